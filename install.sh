@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up this project on a fresh machine: a virtual environment in .venv with
+# Chainer 7.8.1, this package (editable) and the test tools. Safe to re-run.
+#
+# Chainer 7.8.1 exists on PyPI only as an sdist whose setup.py imports
+# pkg_resources, which pip's isolated build environment no longer provides.
+# The recipe: put setuptools<70 (which still has pkg_resources) and wheel in
+# the environment, then build Chainer without build isolation.
+#
+#   PYTHON=python3.12 ./install.sh     choose the interpreter (default python3)
+#   CHAINER_WHEEL=path/to.whl ./install.sh   use a prebuilt Chainer wheel
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+
+pip install "setuptools<70" wheel
+if ! "$VENV/bin/python" -m pip show chainer 2>/dev/null | grep -q '^Version: 7.8.1$'; then
+    if [ -n "${CHAINER_WHEEL:-}" ]; then
+        pip install --no-deps "$CHAINER_WHEEL"
+    else
+        pip install --no-build-isolation "chainer==7.8.1"
+    fi
+fi
+pip install --no-build-isolation -e ".[test]"
+"$VENV/bin/python" -c "import branchynet, chainer, numpy; print('branchynet ready: chainer', chainer.__version__, '| numpy', numpy.__version__)"

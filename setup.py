@@ -1,0 +1,18 @@
+from setuptools import setup
+
+setup(
+    name='branchynet',
+    version='0.1.0',
+    description='BranchyNet (ICPR 2016) early-exit networks on Chainer 7.8.1 '
+                'and CuPy, for NumPy 2 and Python 3.11/3.12',
+    packages=['branchynet', 'networks'],
+    python_requires='>=3.11',
+    # Chainer 7.8.1 is only on PyPI as an sdist whose setup.py needs
+    # pkg_resources: install it first as install.sh does (see README).
+    install_requires=['chainer==7.8.1', 'numpy>=2.0,<3', 'matplotlib>=3.8'],
+    extras_require={
+        'test': ['pytest>=8', 'scipy>=1.12'],
+        # CuPy 13/14 for NVIDIA GPUs; pick the wheel that matches your CUDA.
+        'gpu': ['cupy-cuda12x>=13'],
+    },
+)
