@@ -1,0 +1,83 @@
+import branchynet  # noqa: F401  (first: makes Chainer importable on NumPy 2)
+
+import chainer
+import chainer.functions as F
+import chainer.links as L
+import numpy
+import pytest
+
+from branchynet import Branch, BranchyNet, entropy
+from branchynet.layers import dropout, max_pool, relu
+
+TINY_SHAPE = (1, 6, 6)
+TINY_CLASSES = 4
+
+
+def make_tiny_net(seed=0, batchnorm=True, dropout_ratio=0.5, **kwargs):
+    """A 3-exit BranchyNet small enough for exact checks.
+
+    Stage 2 carries BatchNorm and the last stage dropout, so train/test
+    behaviour matters; ``batchnorm=False, dropout_ratio=None`` removes both.
+    """
+    numpy.random.seed(seed)
+    stage2 = [L.Convolution2D(3, 4, 3, pad=1)]
+    if batchnorm:
+        stage2.append(L.BatchNormalization(4))
+    last = [relu, L.Linear(36, 8), relu]
+    if dropout_ratio:
+        last.append(dropout(dropout_ratio))
+    layers = [
+        L.Convolution2D(1, 3, 3, pad=1),
+        Branch([relu, L.Linear(3 * 6 * 6, TINY_CLASSES)]),
+        relu, max_pool(2, 2),
+        *stage2,
+        Branch([relu, L.Linear(4 * 3 * 3, TINY_CLASSES)]),
+        *last,
+        Branch([L.Linear(8, TINY_CLASSES)]),
+    ]
+    return BranchyNet(layers, TINY_SHAPE, name='tiny', **kwargs)
+
+
+def tiny_batch(size=16, seed=1):
+    rng = numpy.random.RandomState(seed)
+    x = rng.randn(size, *TINY_SHAPE).astype(numpy.float32)
+    t = rng.randint(0, TINY_CLASSES, size).astype(numpy.int32)
+    return x, t
+
+
+def exit_entropies(net, x):
+    """Entropy of every sample at every non-final exit, shape (N-1, B)."""
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        ys = net(net.device.send(x))
+    return numpy.stack([chainer.backends.cuda.to_cpu(
+        entropy(F.softmax(y).array)) for y in ys[:-1]])
+
+
+def mixing_thresholds(net, x):
+    """One threshold per non-final exit that splits the samples near the median.
+
+    Each is the midpoint of the widest gap between neighbouring entropies in
+    the middle half, so that rounding differences between code paths or
+    devices cannot move a sample across it.
+    """
+    thresholds = []
+    for e in exit_entropies(net, x):
+        e = numpy.sort(e)
+        lo, hi = len(e) // 4, 3 * len(e) // 4
+        i = lo + int(numpy.argmax(numpy.diff(e[lo:hi + 1])))
+        thresholds.append(float(e[i] + e[i + 1]) / 2)
+    return thresholds
+
+
+def grads(net):
+    return {name: p.grad.copy() for name, p in net.namedparams()
+            if p.grad is not None}
+
+
+@pytest.fixture
+def cupy():
+    """CuPy with a usable CUDA device, or skip the test saying why."""
+    cupy = pytest.importorskip('cupy', reason='CuPy is not installed')
+    if not chainer.backends.cuda.available:
+        pytest.skip('CuPy is installed but Chainer sees no CUDA device')
+    return cupy

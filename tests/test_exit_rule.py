@@ -1,0 +1,72 @@
+import math
+
+import numpy
+import pytest
+
+from branchynet import EntropyThresholds, LowestEntropyFractions, assign_exits
+from branchynet.exit_rule import make_rule
+
+ENTROPIES = numpy.array([[0.1, 0.5, 0.01, 0.9, 0.3],     # exit 0
+                         [0.2, 0.05, 0.7, 0.04, 0.6]])   # exit 1
+
+
+def test_threshold_rule_is_strict_and_ordered():
+    exits = assign_exits(ENTROPIES, EntropyThresholds([0.1, 0.6], 3))
+    # sample 0: 0.1 is not < 0.1, goes on; 0.2 < 0.6 -> exit 1
+    numpy.testing.assert_array_equal(exits, [1, 1, 0, 1, 2])
+
+
+def test_threshold_extremes():
+    b = ENTROPIES.shape[1]
+    zero = assign_exits(ENTROPIES, EntropyThresholds([0, 0], 3))
+    numpy.testing.assert_array_equal(zero, [2] * b)
+    huge = assign_exits(ENTROPIES, EntropyThresholds([math.inf, 0], 3))
+    numpy.testing.assert_array_equal(huge, [0] * b)
+
+
+def test_thresholds_compare_in_double_precision():
+    # float32(1e-4) is just below 1e-4: it exits, as a host float would.
+    e = numpy.array([[numpy.float32(1e-4)]], dtype=numpy.float32)
+    assert assign_exits(e, EntropyThresholds([1e-4], 2))[0] == 0
+    assert float(e[0, 0]) < 1e-4
+
+
+def test_fraction_rule_takes_share_of_remaining_lowest_first():
+    exits = assign_exits(ENTROPIES, LowestEntropyFractions([0.4, 0.5], 3))
+    # exit 0: 2 of 5 lowest -> samples 2 (0.01), 0 (0.1)
+    # exit 1: of samples 1, 3, 4 -> floor(1.5) = 1 lowest: sample 3 (0.04)
+    numpy.testing.assert_array_equal(exits, [0, 2, 0, 1, 2])
+
+
+def test_fraction_count_is_robust_to_binary_rounding():
+    e = numpy.linspace(0, 1, 100)[None]
+    exits = assign_exits(e, LowestEntropyFractions([0.29], 2))
+    assert (exits == 0).sum() == 29  # int(0.29 * 100) would give 28
+
+
+def test_no_non_final_exits():
+    exits = assign_exits(numpy.zeros((0, 4)), EntropyThresholds([], 1))
+    numpy.testing.assert_array_equal(exits, [0, 0, 0, 0])
+
+
+@pytest.mark.parametrize('values, error, message', [
+    ([0.1], ValueError, 'expected 2, got 1'),
+    ([0.1, 0.2, 0.3], ValueError, 'expected 2, got 3'),
+    ([0.1, -0.5], ValueError, 'non-negative'),
+    ([0.1, float('nan')], ValueError, 'non-negative'),
+    (0.1, TypeError, 'sequence of 2'),
+    ('ab', TypeError, 'sequence of 2'),
+    ([0.1, None], TypeError, 'real numbers'),
+])
+def test_bad_thresholds(values, error, message):
+    with pytest.raises(error, match=message):
+        EntropyThresholds(values, 3)
+
+
+def test_bad_fractions_and_rule_choice():
+    with pytest.raises(ValueError, match=r'\[0, 1\]'):
+        LowestEntropyFractions([0.5, 1.5], 3)
+    with pytest.raises(TypeError, match='exactly one'):
+        make_rule(3)
+    with pytest.raises(TypeError, match='exactly one'):
+        make_rule(3, [0.1, 0.1], [0.5, 0.5])
