@@ -1,0 +1,71 @@
+"""Saving and loading whole BranchyNets (all exits, BatchNorm statistics).
+
+Files are Chainer npz checkpoints (``DictionarySerializer`` output written
+with ``numpy.savez_compressed``, exactly what ``chainer.serializers.save_npz``
+writes) plus one extra key naming the network, so that loading a file made
+for another network fails with a message instead of a ``KeyError`` deep in
+Chainer.
+"""
+import os
+import tempfile
+
+import numpy
+from chainer import serializers
+
+NETWORK_KEY = '_branchynet/network'
+
+
+def _state(net):
+    serializer = serializers.DictionarySerializer()
+    serializer.save(net)
+    return serializer.target
+
+
+def save_model(path, net):
+    """Write ``net`` to ``path`` (npz); the file appears only when complete."""
+    state = _state(net)
+    state[NETWORK_KEY] = numpy.asarray(net.name)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(suffix='.npz', dir=directory)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            numpy.savez_compressed(f, **state)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_model(path, net):
+    """Load parameters and statistics saved by :func:`save_model` into ``net``.
+
+    Raises:
+        ValueError: the file was made for a different network (other name,
+            missing or extra parameters, or other shapes).
+    """
+    expected = {k: v.shape for k, v in _state(net).items()}
+    with numpy.load(path) as npz:
+        saved_name = str(npz[NETWORK_KEY]) if NETWORK_KEY in npz.files else None
+        found = {k: npz[k].shape for k in npz.files if k != NETWORK_KEY}
+        problems = []
+        if saved_name is not None and saved_name != net.name:
+            problems.append('it holds network {!r}, this is {!r}'.format(
+                saved_name, net.name))
+        missing = sorted(set(expected) - set(found))
+        extra = sorted(set(found) - set(expected))
+        if missing:
+            problems.append('{} missing key(s), e.g. {!r}'.format(
+                len(missing), missing[0]))
+        if extra:
+            problems.append('{} unexpected key(s), e.g. {!r}'.format(
+                len(extra), extra[0]))
+        for key in sorted(set(expected) & set(found)):
+            if expected[key] != found[key]:
+                problems.append('{!r} has shape {}, expected {}'.format(
+                    key, found[key], expected[key]))
+                break
+        if problems:
+            raise ValueError('{} does not fit {}: {}'.format(
+                path, net.name, '; '.join(problems)))
+        serializers.NpzDeserializer(npz).load(net)
+    return net

@@ -1,0 +1,331 @@
+import copy
+import math
+
+import chainer
+import chainer.functions as F
+import chainer.links as L
+import numpy
+import pytest
+
+from branchynet import Branch, BranchyNet, assign_exits, entropy
+from branchynet.exit_rule import EntropyThresholds, LowestEntropyFractions
+from conftest import (exit_entropies, grads, make_tiny_net, mixing_thresholds,
+                      tiny_batch)
+
+
+# --- structure -------------------------------------------------------------
+
+def test_layer_list_is_cut_into_stages_and_heads():
+    net = make_tiny_net()
+    assert net.num_exits == 3
+    assert [len(s) for s in net.trunk] == [1, 4, 4]
+    assert [len(h) for h in net.heads] == [2, 2, 1]
+    assert net.branch_weights == (1.0, 1.0, 1.0)
+    # checkpoint keys name the stage and the position in it
+    names = {name for name, _ in net.namedparams()}
+    assert '/trunk/1/l2/W' in names and '/heads/2/l0/b' in names
+
+
+def test_trunk_is_shared_not_copied():
+    net = make_tiny_net()
+    n_params = sum(p.size for p in net.params())
+    stage_params = sum(p.size for s in net.trunk for p in s.params())
+    head_params = sum(p.size for h in net.heads for p in h.params())
+    assert n_params == stage_params + head_params
+
+
+def test_layer_list_must_end_with_final_branch():
+    with pytest.raises(ValueError, match='must end with a Branch'):
+        BranchyNet([L.Linear(4, 4), Branch([L.Linear(4, 2)]), F.relu],
+                   input_shape=(4,))
+    with pytest.raises(ValueError, match='at least one layer'):
+        Branch([])
+
+
+def test_forward_returns_one_logit_per_exit():
+    net = make_tiny_net()
+    x, _ = tiny_batch(5)
+    with chainer.using_config('train', False):
+        ys = net(x)
+        main = net.main_forward(x)
+    assert [y.shape for y in ys] == [(5, 4)] * 3
+    numpy.testing.assert_array_equal(main.array, ys[-1].array)
+
+
+# --- joint training ----------------------------------------------------------
+
+@pytest.mark.parametrize('weights', [None, [1.0, 0.5, 0.3]])
+def test_joint_gradient_is_weighted_sum_of_exit_gradients(weights):
+    net = make_tiny_net(branch_weights=weights)
+    w = net.branch_weights
+    x, t = tiny_batch()
+    expected = {}
+    for n in range(net.num_exits):
+        net.cleargrads()
+        numpy.random.seed(7)  # the same dropout mask in every pass
+        F.softmax_cross_entropy(net(x)[n], t).backward()
+        for name, g in grads(net).items():
+            expected[name] = expected.get(name, 0) + w[n] * g
+    net.cleargrads()
+    numpy.random.seed(7)
+    net.joint_loss(x, t).backward()
+    got = grads(net)
+    assert set(got) == set(expected) == {n for n, _ in net.namedparams()}
+    for name in expected:
+        numpy.testing.assert_allclose(got[name], expected[name], rtol=1e-5,
+                                      atol=1e-6, err_msg=name)
+
+
+def reference_copy_and_add_gradients(net, x, t):
+    """The reference code's scheme: one trunk copy per exit, gradients added back.
+
+    Each exit n gets its own deep copy of trunk stages 0..n and head n, run
+    on the whole batch; its weighted loss is backpropagated through the copy
+    and the copy's gradients are added to the shared trunk.
+    """
+    total = {name: numpy.zeros_like(p.array) for name, p in net.namedparams()}
+    for n in range(net.num_exits):
+        stages = [copy.deepcopy(s) for s in net.trunk[:n + 1]]
+        head = copy.deepcopy(net.heads[n])
+        for link in stages + [head]:
+            link.cleargrads()
+        h = x
+        numpy.random.seed(7)
+        for stage in stages:
+            h = stage(h)
+        loss = net.branch_weights[n] * F.softmax_cross_entropy(head(h), t)
+        loss.backward()
+        for k, stage in enumerate(stages):
+            for name, p in stage.namedparams():
+                total['/trunk/{}{}'.format(k, name)] += p.grad
+        for name, p in head.namedparams():
+            total['/heads/{}{}'.format(n, name)] += p.grad
+    return total
+
+
+def test_joint_gradient_equals_reference_copy_and_add_scheme():
+    net = make_tiny_net(branch_weights=[0.7, 1.0, 0.3])
+    x, t = tiny_batch()
+    expected = reference_copy_and_add_gradients(net, x, t)
+    net.cleargrads()
+    numpy.random.seed(7)
+    net.joint_loss(x, t).backward()
+    got = grads(net)
+    for name in expected:
+        numpy.testing.assert_allclose(got[name], expected[name], rtol=1e-5,
+                                      atol=1e-6, err_msg=name)
+
+
+def test_main_loss_trains_trunk_and_final_exit_only():
+    net = make_tiny_net()
+    x, t = tiny_batch()
+    net.cleargrads()
+    net.main_loss(x, t).backward()
+    assert all(p.grad is not None for p in net.trunk.params())
+    assert all(p.grad is not None for p in net.heads[2].params())
+    assert all(p.grad is None for h in net.heads[:2] for p in h.params())
+
+
+def test_joint_loss_reports_per_exit():
+    net = make_tiny_net()
+    x, t = tiny_batch()
+    reporter = chainer.Reporter()
+    reporter.add_observer('main', net)
+    observation = {}
+    with reporter.scope(observation):
+        loss = net.joint_loss(x, t)
+    keys = set(observation)
+    assert {'main/loss', 'main/exit1/loss', 'main/exit3/accuracy'} <= keys
+    parts = sum(float(observation['main/exit{}/loss'.format(k)].array)
+                for k in (1, 2, 3))
+    assert float(loss.array) == pytest.approx(parts, rel=1e-6)
+
+
+def test_percent_train_keeps_trains_deeper_exits_on_uncertain_samples():
+    net = make_tiny_net(batchnorm=False, dropout_ratio=None,
+                        percent_train_keeps=0.5)
+    x, t = tiny_batch(8)
+    ys = [y.array for y in net(x)]
+    # exit 1 trains on all 8; the 4 with highest entropy go on; of those
+    # the 2 with highest exit-2 entropy train exit 3.
+    kept1 = numpy.argsort(entropy(F.softmax(ys[0]).array))[4:]
+    kept2 = kept1[numpy.argsort(entropy(F.softmax(ys[1][kept1]).array))[2:]]
+    expected = sum(float(F.softmax_cross_entropy(y[idx], t[idx]).array)
+                   for y, idx in [(ys[0], numpy.arange(8)), (ys[1], kept1),
+                                  (ys[2], kept2)])
+    assert float(net.joint_loss(x, t).array) == pytest.approx(expected,
+                                                              rel=1e-5)
+
+
+def test_percent_train_keeps_one_uses_every_sample():
+    x, t = tiny_batch(8)
+    kept = make_tiny_net(batchnorm=False, dropout_ratio=None)
+    plain = sum(F.softmax_cross_entropy(y, t) for y in kept(x))
+    assert float(kept.joint_loss(x, t).array) == pytest.approx(
+        float(plain.array), rel=1e-6)
+
+
+# --- train / test behaviour ------------------------------------------------
+
+def test_dropout_active_only_in_train_mode():
+    net = make_tiny_net(batchnorm=False)
+    x, _ = tiny_batch(4)
+    a, b = net(x)[-1].array, net(x)[-1].array
+    assert not numpy.allclose(a, b)  # fresh dropout masks
+    with chainer.using_config('train', False):
+        c, d = net(x)[-1].array, net(x)[-1].array
+    numpy.testing.assert_array_equal(c, d)
+
+
+def test_batchnorm_uses_batch_statistics_only_in_train_mode():
+    net = make_tiny_net(dropout_ratio=None)
+    x, _ = tiny_batch(6)
+    one_by_one = numpy.concatenate([net(x[i:i + 1])[1].array for i in range(6)])
+    assert not numpy.allclose(net(x)[1].array, one_by_one, atol=1e-3)
+    with chainer.using_config('train', False):
+        alone = numpy.concatenate([net(x[i:i + 1])[1].array
+                                   for i in range(6)])
+        numpy.testing.assert_allclose(net(x)[1].array, alone, rtol=1e-5,
+                                      atol=1e-6)
+
+
+def test_batchnorm_statistics_update_only_in_train_mode():
+    net = make_tiny_net()
+    bn = net.trunk[1].l3
+    x, _ = tiny_batch()
+    with chainer.using_config('train', False):
+        net(x)
+    numpy.testing.assert_array_equal(bn.avg_mean, 0)
+    net(x)
+    assert numpy.abs(bn.avg_mean).sum() > 0
+
+
+# --- early-exit inference --------------------------------------------------
+
+def test_predict_routing_invariants():
+    net = make_tiny_net()
+    x, _ = tiny_batch(32)
+    labels, exits = net.predict(x, thresholds=mixing_thresholds(net, x))
+    assert labels.shape == exits.shape == (32,)
+    assert labels.dtype == exits.dtype == numpy.int64
+    assert numpy.bincount(exits, minlength=3).sum() == 32
+    assert set(numpy.unique(exits)) == {0, 1, 2}
+
+    _, exits = net.predict(x, thresholds=[0, 0])
+    numpy.testing.assert_array_equal(exits, 2)
+    _, exits = net.predict(x, thresholds=[1e9, 1e9])
+    numpy.testing.assert_array_equal(exits, 0)
+
+
+def test_predict_labels_are_argmax_of_the_exit_taken():
+    net = make_tiny_net()
+    x, _ = tiny_batch(32)
+    labels, exits = net.predict(x, thresholds=mixing_thresholds(net, x))
+    with chainer.using_config('train', False):
+        logits = numpy.stack([y.array for y in net(x)])
+    numpy.testing.assert_array_equal(
+        labels, logits[exits, numpy.arange(32)].argmax(axis=1))
+
+
+def test_predict_equals_offline_rule_on_full_outputs():
+    net = make_tiny_net()
+    x, _ = tiny_batch(40, seed=3)
+    entropies = exit_entropies(net, x)
+    thresholds = mixing_thresholds(net, x)
+    _, exits = net.predict(x, thresholds=thresholds)
+    numpy.testing.assert_array_equal(
+        exits, assign_exits(entropies, EntropyThresholds(thresholds, 3)))
+    _, exits = net.predict(x, exit_fractions=[0.25, 0.5])
+    numpy.testing.assert_array_equal(
+        exits, assign_exits(entropies, LowestEntropyFractions([0.25, 0.5], 3)))
+    assert numpy.bincount(exits).tolist() == [10, 15, 15]
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_batched_and_per_sample_paths_agree(seed):
+    net = make_tiny_net(seed=seed)
+    x, _ = tiny_batch(48, seed=10 + seed)
+    thresholds = mixing_thresholds(net, x)
+    labels, exits = net.predict(x, thresholds=thresholds)
+    one_by_one = [net.predict_sample(x[i:i + 1], thresholds) for i in range(48)]
+    numpy.testing.assert_array_equal(labels, [label for label, _ in one_by_one])
+    numpy.testing.assert_array_equal(exits, [e for _, e in one_by_one])
+    assert len(set(exits)) == 3
+
+
+def test_predict_runs_in_test_mode_and_restores_config():
+    net = make_tiny_net()
+    x, _ = tiny_batch(16)
+    first = net.predict(x, thresholds=[0.5, 0.5])
+    second = net.predict(x, thresholds=[0.5, 0.5])
+    numpy.testing.assert_array_equal(first, second)  # no dropout masks
+    numpy.testing.assert_array_equal(net.trunk[1].l3.avg_mean, 0)  # BN untouched
+    assert chainer.config.train and chainer.config.enable_backprop
+
+
+# --- bad input ---------------------------------------------------------------
+
+@pytest.mark.parametrize('shape, message', [
+    ((4, 3, 6, 6), r'expects input of shape \(batch, 1, 6, 6\), got \(4, 3, 6, 6\)'),
+    ((4, 1, 7, 6), r'got \(4, 1, 7, 6\)'),
+    ((1, 6, 6), r'got \(1, 6, 6\)'),
+    ((4, 1, 6, 6, 1), r'got \(4, 1, 6, 6, 1\)'),
+])
+def test_wrong_input_shape(shape, message):
+    net = make_tiny_net()
+    x = numpy.zeros(shape, numpy.float32)
+    for call in (net, net.main_forward,
+                 lambda v: net.predict(v, thresholds=[0.1, 0.1])):
+        with pytest.raises(ValueError, match=message):
+            call(x)
+
+
+def test_wrong_input_dtype_and_type():
+    net = make_tiny_net()
+    with pytest.raises(TypeError, match='float32 input, got float64'):
+        net(numpy.zeros((2, 1, 6, 6)))
+    with pytest.raises(TypeError, match='numpy/cupy array'):
+        net([[0.0]])
+
+
+def test_bad_thresholds_for_predict():
+    net = make_tiny_net()
+    x, _ = tiny_batch(2)
+    with pytest.raises(ValueError, match='expected 2, got 1'):
+        net.predict(x, thresholds=[0.1])
+    with pytest.raises(ValueError, match='non-negative'):
+        net.predict(x, thresholds=[0.1, math.nan])
+    with pytest.raises(ValueError, match='non-negative'):
+        net.predict_sample(x[:1], [-1, 0.1])
+    with pytest.raises(TypeError, match='sequence'):
+        net.predict(x, thresholds=0.1)
+    with pytest.raises(ValueError, match='batch of one'):
+        net.predict_sample(x, [0.1, 0.1])
+
+
+@pytest.mark.parametrize('weights, message', [
+    ([1.0, 1.0], 'expected 3, got 2'),
+    ([1.0] * 4, 'expected 3, got 4'),
+    ([1.0, -1.0, 1.0], 'non-negative'),
+    ([1.0, math.nan, 1.0], 'non-negative'),
+])
+def test_bad_branch_weights(weights, message):
+    with pytest.raises(ValueError, match=message):
+        make_tiny_net(branch_weights=weights)
+    net = make_tiny_net()
+    with pytest.raises(ValueError, match=message):
+        net.branch_weights = weights
+
+
+@pytest.mark.parametrize('keeps', [0, -0.1, 1.5])
+def test_bad_percent_train_keeps(keeps):
+    with pytest.raises(ValueError, match='percent_train_keeps'):
+        make_tiny_net(percent_train_keeps=keeps)
+
+
+def test_printing_a_network_lists_every_layer_in_order():
+    text = str(make_tiny_net(branch_weights=[1, 0.5, 0.3]))
+    assert text.startswith('tiny (3 exits, input 1x6x6)')
+    assert text.index('trunk[1]') < text.index('max_pool(ksize=2, stride=2, '
+                                               'cover_all=True)')
+    assert 'heads[2] (exit 3, weight 0.3)' in text

@@ -1,0 +1,102 @@
+import os
+
+import chainer
+import numpy
+import pytest
+from chainer import optimizers, serializers
+
+from branchynet import load_model, save_model
+from conftest import make_tiny_net, tiny_batch
+from networks import alex_cifar10, lenet_mnist
+
+
+def trained_tiny_net(steps=3):
+    """A tiny net after a few Adam steps: weights and BN statistics moved."""
+    net = make_tiny_net()
+    optimizer = optimizers.Adam()
+    optimizer.setup(net)
+    for step in range(steps):
+        x, t = tiny_batch(seed=step)
+        optimizer.update(net.joint_loss, x, t)
+    return net
+
+
+def test_round_trip_reproduces_outputs_exactly(tmp_path):
+    net = trained_tiny_net()
+    path = str(tmp_path / 'tiny.npz')
+    save_model(path, net)
+    fresh = make_tiny_net(seed=123)
+    x, _ = tiny_batch(8, seed=99)
+    with chainer.using_config('train', False):
+        before = [y.array for y in fresh(x)]
+        load_model(path, fresh)
+        expected = [y.array for y in net(x)]
+        got = [y.array for y in fresh(x)]
+    assert not numpy.allclose(before[0], expected[0])
+    for a, b in zip(got, expected):
+        numpy.testing.assert_array_equal(a, b)
+    bn, fresh_bn = net.trunk[1].l3, fresh.trunk[1].l3
+    assert numpy.abs(bn.avg_mean).sum() > 0
+    numpy.testing.assert_array_equal(bn.avg_mean, fresh_bn.avg_mean)
+    numpy.testing.assert_array_equal(bn.avg_var, fresh_bn.avg_var)
+    numpy.testing.assert_array_equal(
+        net.predict(x, thresholds=[0.3, 0.3]),
+        fresh.predict(x, thresholds=[0.3, 0.3]))
+
+
+def test_file_is_a_chainer_npz_with_the_network_name(tmp_path):
+    path = str(tmp_path / 'tiny.npz')
+    save_model(path, make_tiny_net())
+    with numpy.load(path) as npz:
+        assert str(npz['_branchynet/network']) == 'tiny'
+        assert 'trunk/1/l3/avg_mean' in npz.files
+    serializers.load_npz(path, make_tiny_net(seed=5))  # plain Chainer reads it
+
+
+def test_plain_chainer_checkpoint_loads(tmp_path):
+    net = trained_tiny_net()
+    path = str(tmp_path / 'plain.npz')
+    serializers.save_npz(path, net)
+    fresh = load_model(path, make_tiny_net(seed=4))
+    numpy.testing.assert_array_equal(fresh.heads[2].l0.W.array,
+                                     net.heads[2].l0.W.array)
+
+
+def test_loading_another_network_names_the_problem(tmp_path):
+    path = str(tmp_path / 'lenet.npz')
+    save_model(path, lenet_mnist.get_network())
+    with pytest.raises(ValueError, match="holds network 'B-LeNet', this is "
+                                         "'B-AlexNet'.*missing key"):
+        load_model(path, alex_cifar10.get_network())
+
+
+def test_same_name_different_shapes(tmp_path):
+    path = str(tmp_path / 'variant.npz')
+    net = alex_cifar10.get_network(branch1_convs=1)
+    net.name = 'B-AlexNet'  # pretend: names alone must not be trusted
+    save_model(path, net)
+    with pytest.raises(ValueError, match='unexpected key|missing key|shape'):
+        load_model(path, alex_cifar10.get_network())
+
+
+def test_shape_mismatch_reports_key_and_shapes(tmp_path):
+    path = str(tmp_path / 'plain.npz')
+    net = make_tiny_net()
+    serializers.save_npz(path, net)
+    other = make_tiny_net()
+    with numpy.load(path) as npz:
+        state = dict(npz)
+    state['heads/2/l0/W'] = numpy.zeros((4, 9), numpy.float32)
+    numpy.savez(path, **state)
+    with pytest.raises(ValueError, match=r"'heads/2/l0/W' has shape \(4, 9\), "
+                                         r"expected \(4, 8\)"):
+        load_model(path, other)
+
+
+def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError('disk full')
+    monkeypatch.setattr(numpy, 'savez_compressed', broken)
+    with pytest.raises(OSError, match='disk full'):
+        save_model(str(tmp_path / 'tiny.npz'), make_tiny_net())
+    assert os.listdir(tmp_path) == []
