@@ -1,0 +1,77 @@
+"""B-AlexNet for CIFAR-10 (3x32x32): 3 exits, or the Fig. 5 two-exit variant.
+
+Layer lists as in the reference code (SPEC.md). The reference places the
+branches after conv2 and conv3; the paper's text says after conv1 and conv2.
+We follow the code.
+"""
+import chainer.links as L
+from chainer.initializers import HeNormal
+
+from branchynet import Branch, BranchyNet
+from branchynet.layers import dropout, lrn, max_pool, relu
+
+INPUT_SHAPE = (3, 32, 32)
+NUM_CLASSES = 10
+MAX_BRANCH1_CONVS = 4
+
+
+def _conv3x3(in_channels, out_channels):
+    return [L.Convolution2D(in_channels, out_channels, 3, pad=1,
+                            initialW=HeNormal()), relu]
+
+
+def _exit1(num_convs):
+    """Exit 1 head on the 64x16x16 conv2 output: ``num_convs`` 3x3 convs."""
+    layers = [relu, max_pool(3, 2), lrn()]
+    if num_convs == 0:
+        return layers + [max_pool(3, 2),
+                         L.Linear(64 * 4 * 4, NUM_CLASSES, initialW=HeNormal())]
+    layers += _conv3x3(64, 32)
+    for _ in range(num_convs - 1):
+        layers += _conv3x3(32, 32)
+    return layers + [max_pool(3, 2),
+                     L.Linear(512, NUM_CLASSES, initialW=HeNormal())]
+
+
+def get_network(branch1_convs=None, branch_weights=None,
+                percent_train_keeps=1.0):
+    """B-AlexNet.
+
+    Args:
+        branch1_convs: ``None`` for the paper's 3-exit B-AlexNet (exit 1 with
+            two convs, exit 2 with one). An int ``k`` in 0..4 builds the
+            Fig. 5 variant instead: exit 1 with ``k`` convs and no exit 2.
+        branch_weights: loss weight per exit; default all 1.0.
+        percent_train_keeps: see :class:`branchynet.BranchyNet`.
+    """
+    he = HeNormal()
+    if branch1_convs is None:
+        exit1, name = _exit1(2), 'B-AlexNet'
+    elif isinstance(branch1_convs, int) and not isinstance(branch1_convs, bool) \
+            and 0 <= branch1_convs <= MAX_BRANCH1_CONVS:
+        exit1, name = _exit1(branch1_convs), \
+            'B-AlexNet-exit1-{}conv'.format(branch1_convs)
+    else:
+        raise ValueError('branch1_convs must be None or an int in 0..{}, got '
+                         '{!r}'.format(MAX_BRANCH1_CONVS, branch1_convs))
+    exit2 = [Branch([relu, max_pool(3, 2), lrn()] + _conv3x3(96, 32) + [
+        max_pool(3, 2), L.Linear(128, NUM_CLASSES, initialW=he)])]
+    layers = [
+        L.Convolution2D(3, 32, 5, pad=2, initialW=he),
+        relu, max_pool(3, 2), lrn(),
+        L.Convolution2D(32, 64, 5, pad=2, initialW=he),
+        Branch(exit1),
+        relu, max_pool(3, 2), lrn(),
+        L.Convolution2D(64, 96, 3, pad=1, initialW=he),
+    ] + (exit2 if branch1_convs is None else []) + [
+        relu,
+        L.Convolution2D(96, 96, 3, pad=1, initialW=he), relu,
+        L.Convolution2D(96, 64, 3, pad=1, initialW=he), relu,
+        max_pool(3, 2),
+        L.Linear(1024, 256, initialW=he), relu, dropout(0.5),
+        L.Linear(256, 128, initialW=he), relu, dropout(0.5),
+        Branch([L.Linear(128, NUM_CLASSES, initialW=he)]),
+    ]
+    return BranchyNet(layers, INPUT_SHAPE, name=name,
+                      branch_weights=branch_weights,
+                      percent_train_keeps=percent_train_keeps)

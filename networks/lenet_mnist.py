@@ -1,0 +1,37 @@
+"""B-LeNet for MNIST (1x28x28): LeNet with one early exit after the first conv.
+
+Layer list as in the reference code (SPEC.md); pooling uses Chainer's
+``cover_all=True``, which is why the flattened sizes are 720 and 640.
+"""
+import chainer.links as L
+from chainer.initializers import HeNormal
+
+from branchynet import Branch, BranchyNet
+from branchynet.layers import max_pool, relu
+
+INPUT_SHAPE = (1, 28, 28)
+NUM_CLASSES = 10
+
+
+def get_network(branch_weights=None, percent_train_keeps=1.0):
+    """B-LeNet with 2 exits; ``branch_weights`` defaults to ``[1, 1]``."""
+    he = HeNormal()
+    layers = [
+        L.Convolution2D(1, 5, 5, pad=3, initialW=he),
+        Branch([
+            max_pool(2, 2), relu,
+            L.Convolution2D(5, 10, 3, pad=1, initialW=he),
+            max_pool(2, 2), relu,
+            L.Linear(640, NUM_CLASSES, initialW=he),
+        ]),
+        max_pool(2, 2), relu,
+        L.Convolution2D(5, 10, 5, pad=3, initialW=he),
+        max_pool(2, 2), relu,
+        L.Convolution2D(10, 20, 5, pad=3, initialW=he),
+        max_pool(2, 2), relu,
+        L.Linear(720, 84, initialW=he),
+        Branch([L.Linear(84, NUM_CLASSES, initialW=he)]),
+    ]
+    return BranchyNet(layers, INPUT_SHAPE, name='B-LeNet',
+                      branch_weights=branch_weights,
+                      percent_train_keeps=percent_train_keeps)

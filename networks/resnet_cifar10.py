@@ -1,0 +1,82 @@
+"""B-ResNet-110 for CIFAR-10 (3x32x32): 3 exits, 109 conv + 1 linear on the main path.
+
+Layer list as in the reference code (SPEC.md): the branches leave after the
+stem and after the first 18 residual blocks. The paper's text places them
+after the 2nd and the 37th conv; we follow the code.
+"""
+import chainer
+import chainer.functions as F
+import chainer.links as L
+from chainer.initializers import HeNormal
+
+from branchynet import Branch, BranchyNet
+from branchynet.layers import average_pool, lrn, relu
+
+INPUT_SHAPE = (3, 32, 32)
+NUM_CLASSES = 10
+BLOCKS_PER_STAGE = 18
+
+
+class ResBlock(chainer.Chain):
+    """Basic residual block: conv3x3-BN-relu-conv3x3-BN plus the shortcut.
+
+    When the block changes the channel count, the shortcut is the input with
+    zero channels concatenated in front; when it also strides, the shortcut
+    is subsampled by ``average_pooling_2d(1, stride)`` (the reference's
+    parameter-free "option A" shortcut).
+    """
+
+    def __init__(self, in_channels, out_channels, stride=1):
+        super().__init__()
+        self.extra_channels = out_channels - in_channels
+        self.stride = stride
+        he = HeNormal()
+        with self.init_scope():
+            self.conv1 = L.Convolution2D(in_channels, out_channels, 3, stride,
+                                         1, initialW=he)
+            self.bn1 = L.BatchNormalization(out_channels)
+            self.conv2 = L.Convolution2D(out_channels, out_channels, 3, 1, 1,
+                                         initialW=he)
+            self.bn2 = L.BatchNormalization(out_channels)
+
+    def forward(self, x):
+        h = F.relu(self.bn1(self.conv1(x)))
+        h = self.bn2(self.conv2(h))
+        shortcut = x
+        if self.extra_channels:
+            zeros = self.xp.zeros(
+                (x.shape[0], self.extra_channels) + x.shape[2:], x.dtype)
+            shortcut = F.concat((zeros, shortcut), axis=1)
+        if self.stride != 1:
+            shortcut = F.average_pooling_2d(shortcut, 1, self.stride)
+        return F.relu(h + shortcut)
+
+
+def _stage(in_channels, out_channels, stride):
+    return [ResBlock(in_channels, out_channels, stride)] + [
+        ResBlock(out_channels, out_channels)
+        for _ in range(BLOCKS_PER_STAGE - 1)]
+
+
+def get_network(branch_weights=None, percent_train_keeps=1.0):
+    """B-ResNet-110 with 3 exits; batch size 64 in the reference protocol."""
+    he = HeNormal()
+    layers = [
+        L.Convolution2D(3, 16, 3, 1, 0, initialW=he),  # 30x30 maps
+        L.BatchNormalization(16), relu,
+        Branch([
+            L.Convolution2D(16, 64, 5, pad=2, initialW=he), relu, lrn(),
+            L.Convolution2D(64, 32, 3, pad=1, initialW=he), relu,
+            L.Convolution2D(32, 32, 3, pad=1, initialW=he), relu,
+            L.Linear(28800, NUM_CLASSES, initialW=he),
+        ]),
+        *_stage(16, 16, 1),
+        Branch([ResBlock(16, 16), L.Linear(14400, NUM_CLASSES, initialW=he)]),
+        *_stage(16, 32, 2),
+        *_stage(32, 64, 2),
+        average_pool(6, 1),  # 8x8 -> 3x3
+        Branch([L.Linear(576, NUM_CLASSES, initialW=he)]),
+    ]
+    return BranchyNet(layers, INPUT_SHAPE, name='B-ResNet-110',
+                      branch_weights=branch_weights,
+                      percent_train_keeps=percent_train_keeps)

@@ -1,0 +1,152 @@
+"""The three paper networks match SPEC.md's layer lists exactly."""
+import chainer
+import chainer.links as L
+import numpy
+import pytest
+
+from branchynet.layers import FunctionLayer
+from networks import alex_cifar10, lenet_mnist, resnet_cifar10
+from networks.resnet_cifar10 import ResBlock
+
+
+def describe(layer):
+    if isinstance(layer, L.Convolution2D):
+        return 'conv({}->{},k{},s{},p{})'.format(
+            layer.W.shape[1], layer.out_channels, layer.ksize, layer.stride[0],
+            layer.pad[0])
+    if isinstance(layer, L.Linear):
+        return 'linear({}->{})'.format(layer.W.shape[1], layer.W.shape[0])
+    if isinstance(layer, L.BatchNormalization):
+        return 'bn({})'.format(layer.avg_mean.size)
+    if isinstance(layer, ResBlock):
+        return 'res({}->{},s{})'.format(layer.conv1.W.shape[1],
+                                        layer.conv1.out_channels, layer.stride)
+    assert isinstance(layer, FunctionLayer), layer
+    return {'relu()': 'relu',
+            'lrn(n=3, k=2, alpha=5e-05, beta=0.75)': 'lrn',
+            'dropout(ratio=0.5)': 'dropout'}.get(repr(layer), repr(layer))
+
+
+def pool(k, s):
+    return 'max_pool(ksize={}, stride={}, cover_all=True)'.format(k, s)
+
+
+def structure(net):
+    return ([[describe(layer) for layer in stage.layers()] for stage in net.trunk],
+            [[describe(layer) for layer in head.layers()] for head in net.heads])
+
+
+def stage_output_shapes(net, batch=2):
+    h = numpy.zeros((batch,) + net.input_shape, numpy.float32)
+    shapes = []
+    with chainer.using_config('train', False):
+        for stage in net.trunk:
+            h = stage(h)
+            shapes.append(h.shape[1:])
+    return shapes
+
+
+def test_b_lenet():
+    net = lenet_mnist.get_network()
+    trunk, heads = structure(net)
+    assert trunk == [
+        ['conv(1->5,k5,s1,p3)'],
+        [pool(2, 2), 'relu', 'conv(5->10,k5,s1,p3)', pool(2, 2), 'relu',
+         'conv(10->20,k5,s1,p3)', pool(2, 2), 'relu', 'linear(720->84)'],
+    ]
+    assert heads == [
+        [pool(2, 2), 'relu', 'conv(5->10,k3,s1,p1)', pool(2, 2), 'relu',
+         'linear(640->10)'],
+        ['linear(84->10)'],
+    ]
+    assert stage_output_shapes(net) == [(5, 30, 30), (84,)]
+    assert net.input_shape == (1, 28, 28) and net.num_exits == 2
+
+
+ALEX_TRUNK = [
+    ['conv(3->32,k5,s1,p2)', 'relu', pool(3, 2), 'lrn', 'conv(32->64,k5,s1,p2)'],
+    ['relu', pool(3, 2), 'lrn', 'conv(64->96,k3,s1,p1)'],
+    ['relu', 'conv(96->96,k3,s1,p1)', 'relu', 'conv(96->64,k3,s1,p1)', 'relu',
+     pool(3, 2), 'linear(1024->256)', 'relu', 'dropout', 'linear(256->128)',
+     'relu', 'dropout'],
+]
+
+
+def test_b_alexnet():
+    net = alex_cifar10.get_network()
+    trunk, heads = structure(net)
+    assert trunk == ALEX_TRUNK
+    assert heads == [
+        ['relu', pool(3, 2), 'lrn', 'conv(64->32,k3,s1,p1)', 'relu',
+         'conv(32->32,k3,s1,p1)', 'relu', pool(3, 2), 'linear(512->10)'],
+        ['relu', pool(3, 2), 'lrn', 'conv(96->32,k3,s1,p1)', 'relu', pool(3, 2),
+         'linear(128->10)'],
+        ['linear(128->10)'],
+    ]
+    assert stage_output_shapes(net) == [(64, 16, 16), (96, 8, 8), (128,)]
+
+
+@pytest.mark.parametrize('convs', range(5))
+def test_b_alexnet_fig5_variants(convs):
+    net = alex_cifar10.get_network(branch1_convs=convs)
+    trunk, heads = structure(net)
+    assert net.num_exits == 2
+    assert trunk == [ALEX_TRUNK[0], ALEX_TRUNK[1] + ALEX_TRUNK[2]]
+    exit1 = heads[0]
+    expected_convs = (['conv(64->32,k3,s1,p1)', 'relu'] +
+                      ['conv(32->32,k3,s1,p1)', 'relu'] * (convs - 1)
+                      if convs else [])
+    assert exit1 == ['relu', pool(3, 2), 'lrn'] + expected_convs + [
+        pool(3, 2), 'linear({}->10)'.format(512 if convs else 1024)]
+    assert heads[1] == ['linear(128->10)']
+    ys = net(numpy.zeros((2, 3, 32, 32), numpy.float32))
+    assert [y.shape for y in ys] == [(2, 10), (2, 10)]
+
+
+@pytest.mark.parametrize('bad', [5, -1, 2.0, True, 'two'])
+def test_b_alexnet_rejects_bad_variant(bad):
+    with pytest.raises(ValueError, match='branch1_convs must be None or an int'):
+        alex_cifar10.get_network(branch1_convs=bad)
+
+
+def test_b_resnet110():
+    net = resnet_cifar10.get_network()
+    trunk, heads = structure(net)
+    assert trunk[0] == ['conv(3->16,k3,s1,p0)', 'bn(16)', 'relu']
+    assert trunk[1] == ['res(16->16,s1)'] * 18
+    assert trunk[2] == (['res(16->32,s2)'] + ['res(32->32,s1)'] * 17 +
+                        ['res(32->64,s2)'] + ['res(64->64,s1)'] * 17 +
+                        ['average_pool(ksize=6, stride=1)'])
+    assert heads == [
+        ['conv(16->64,k5,s1,p2)', 'relu', 'lrn', 'conv(64->32,k3,s1,p1)',
+         'relu', 'conv(32->32,k3,s1,p1)', 'relu', 'linear(28800->10)'],
+        ['res(16->16,s1)', 'linear(14400->10)'],
+        ['linear(576->10)'],
+    ]
+    main_path = list(net.trunk.links()) + list(net.heads[-1].links())
+    assert sum(isinstance(link, L.Convolution2D) for link in main_path) == 109
+    assert sum(isinstance(link, L.Linear) for link in main_path) == 1
+    assert stage_output_shapes(net) == [(16, 30, 30), (16, 30, 30), (64, 3, 3)]
+
+
+def test_resblock_shortcut_pads_channels_in_front_and_subsamples():
+    block = ResBlock(2, 4, stride=2)
+    for link in (block.conv1, block.conv2):
+        link.W.array[...] = 0
+        link.b.array[...] = 0
+    x = numpy.random.RandomState(0).rand(1, 2, 5, 5).astype(numpy.float32)
+    with chainer.using_config('train', False):
+        y = block(x).array  # residual branch is zero: y = relu(shortcut)
+    assert y.shape == (1, 4, 3, 3)
+    numpy.testing.assert_array_equal(y[:, :2], 0)
+    numpy.testing.assert_array_equal(y[:, 2:], x[:, :, ::2, ::2])
+
+
+@pytest.mark.parametrize('module', [lenet_mnist, alex_cifar10, resnet_cifar10])
+def test_branch_weights_and_keeps_are_passed_on(module):
+    default = module.get_network()
+    weights = [0.5] * default.num_exits
+    net = module.get_network(branch_weights=weights, percent_train_keeps=0.8)
+    assert net.branch_weights == tuple(weights)
+    assert net.percent_train_keeps == 0.8
+    assert default.branch_weights == (1.0,) * default.num_exits
