@@ -6,11 +6,10 @@ writes) plus one extra key naming the network, so that loading a file made
 for another network fails with a message instead of a ``KeyError`` deep in
 Chainer.
 """
-import os
-import tempfile
-
 import numpy
 from chainer import serializers
+
+from branchynet.files import atomic_write
 
 NETWORK_KEY = '_branchynet/network'
 
@@ -25,15 +24,8 @@ def save_model(path, net):
     """Write ``net`` to ``path`` (npz); the file appears only when complete."""
     state = _state(net)
     state[NETWORK_KEY] = numpy.asarray(net.name)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix='.npz', dir=directory)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            numpy.savez_compressed(f, **state)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        numpy.savez_compressed(f, **state)
 
 
 def load_model(path, net):

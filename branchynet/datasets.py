@@ -1,0 +1,370 @@
+"""MNIST and CIFAR-10 from their standard files, checked, preprocessed and cached.
+
+Where the files are: ``data_dir`` (the ``--data-dir`` flag) or else the
+``BRANCHYNET_DATA_DIR`` environment variable. Files are looked for in that
+directory and in the standard sub-folders (``mnist/``, ``cifar10/``,
+``cifar-10-batches-bin/``, ``cifar-10-batches-py/``), so one root such as
+``../shared/data`` serves both datasets. With neither set, Chainer's own
+downloaders fetch the data (``chainer.datasets.get_mnist`` / ``get_cifar10``).
+
+Every file is checked before use: its structure (idx headers, record sizes,
+label range) always, and its MD5 whenever it claims to be one of the
+official files (same name and sample count). A missing, truncated or corrupt
+file raises :class:`DataError` naming the file and what was expected.
+
+CIFAR-10 preprocessing follows the reference's "pcifar10": ZCA whitening
+fitted on the training images, then each image min-max scaled to [0, 1]
+(``preprocessing='zca'``); ``'scale'`` divides by 255 instead. Preprocessed
+arrays are cached (``cache_dir``, ``BRANCHYNET_CACHE_DIR`` or
+``~/.cache/branchynet``) under a key made of the source files' checksums,
+the split and the preprocessing, so a second run loads them directly.
+"""
+import dataclasses
+import gzip
+import hashlib
+import os
+import pickle
+import zlib
+
+import numpy
+
+from branchynet.files import atomic_write
+
+DATA_DIR_ENV = 'BRANCHYNET_DATA_DIR'
+CACHE_DIR_ENV = 'BRANCHYNET_CACHE_DIR'
+_CACHE_VERSION = 1
+
+# MD5 of the official files: MNIST as distributed (.gz) and decompressed,
+# CIFAR-10 binary training batches as extracted from the official archive.
+OFFICIAL_MD5 = {
+    'train-images-idx3-ubyte.gz': 'f68b3c2dcbeaaa9fbdd348bbdeb94873',
+    'train-labels-idx1-ubyte.gz': 'd53e105ee54ea40749a09fcbcd1e9432',
+    't10k-images-idx3-ubyte.gz': '9fb629c4189551a2d022fa330f9573f3',
+    't10k-labels-idx1-ubyte.gz': 'ec29112dd5afa0611ce80d1b7f02629c',
+    'train-images-idx3-ubyte': '6bbc9ace898e44ae57da46a324031adb',
+    'train-labels-idx1-ubyte': 'a25bea736e30d166cdddb491f175f624',
+    't10k-images-idx3-ubyte': '2646ac647ad5339dbf082846283269ea',
+    't10k-labels-idx1-ubyte': '27ae3e4e09519cfbb04c329615203637',
+    'data_batch_1.bin': '5dd7e06a14cb22eb9f671a540d1b7c25',
+    'data_batch_2.bin': '5ea93a67294ea407fff1d09f752e9692',
+    'data_batch_3.bin': '942cd6a4bcdd0dd3c604fbe906cb4421',
+    'data_batch_4.bin': 'ae636b3ba5c66a11e91e8cb52e771fcb',
+    'data_batch_5.bin': '53f37980c15c3d472c316c40844f3f0d',
+}
+MNIST_FILES = {
+    'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 60000),
+    'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte', 10000),
+}
+CIFAR10_BATCHES = ['data_batch_{}'.format(i) for i in range(1, 6)]
+CIFAR10_TEST = 'test_batch'
+CIFAR10_RECORDS = 10000
+_CIFAR10_RECORD = 1 + 3 * 32 * 32
+_SUBDIRS = {
+    'mnist': ['', 'mnist'],
+    'cifar10': ['', 'cifar-10-batches-bin', 'cifar-10-batches-py',
+                os.path.join('cifar10', 'cifar-10-batches-bin'),
+                os.path.join('cifar10', 'cifar-10-batches-py')],
+}
+
+
+class DataError(Exception):
+    """A dataset file is missing, truncated or corrupt, or a split is impossible."""
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Train and test arrays plus a record of where they came from.
+
+    ``info`` is JSON-ready: dataset name, files used for training and for
+    testing, sample counts, preprocessing. Result files embed it.
+    """
+    train_x: numpy.ndarray
+    train_t: numpy.ndarray
+    test_x: numpy.ndarray
+    test_t: numpy.ndarray
+    info: dict
+
+
+# --- locating and checking files ---------------------------------------------
+
+def resolve_data_dir(data_dir):
+    """``data_dir``, else ``$BRANCHYNET_DATA_DIR``, else None (download)."""
+    return data_dir or os.environ.get(DATA_DIR_ENV) or None
+
+
+def _md5(data):
+    return hashlib.md5(data).hexdigest()
+
+
+def _find(data_dir, dataset, names):
+    """First existing path among ``names`` in ``data_dir`` and its sub-folders."""
+    searched = [os.path.join(data_dir, sub) for sub in _SUBDIRS[dataset]]
+    for folder in searched:
+        for name in names:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+def _read(path):
+    """File contents, decompressed if gzip; a corrupt gzip is a DataError."""
+    try:
+        with open(path, 'rb') as f:
+            raw = f.read()
+        data = gzip.decompress(raw) if path.endswith('.gz') else raw
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError('{}: cannot read ({}): the file is truncated or '
+                        'corrupt'.format(path, e)) from e
+    return raw, data
+
+
+def _check_md5(path, raw, claims_official):
+    expected = OFFICIAL_MD5.get(os.path.basename(path))
+    if expected and claims_official and _md5(raw) != expected:
+        raise DataError('{}: MD5 {} differs from the official file\'s {}: '
+                        'the file is corrupt'.format(path, _md5(raw), expected))
+
+
+# --- MNIST -----------------------------------------------------------------
+
+def _read_idx(path, magic, item_shape, official_count):
+    raw, data = _read(path)
+    header = 4 * (1 + 1 + len(item_shape))
+    if len(data) < header:
+        raise DataError('{}: {} bytes, too short for an idx header of {} '
+                        'bytes'.format(path, len(data), header))
+    fields = numpy.frombuffer(data[:header], dtype='>u4')
+    if fields[0] != magic or tuple(fields[2:]) != item_shape:
+        raise DataError('{}: idx header says magic {} and item shape {}, '
+                        'expected magic {} and {}'.format(
+                            path, fields[0], tuple(fields[2:]), magic,
+                            item_shape))
+    count = int(fields[1])
+    expected = header + count * int(numpy.prod(item_shape, dtype=int))
+    if len(data) != expected:
+        raise DataError('{}: {} bytes of data, expected {} for {} items: the '
+                        'file is truncated or corrupt'.format(
+                            path, len(data), expected, count))
+    _check_md5(path, raw, count == official_count)
+    return numpy.frombuffer(data, dtype=numpy.uint8, offset=header).reshape(
+        (count,) + item_shape)
+
+
+def _mnist_part(data_dir, part):
+    image_name, label_name, official_count = MNIST_FILES[part]
+    arrays = []
+    for name, magic, shape in ((image_name, 2051, (28, 28)),
+                               (label_name, 2049, ())):
+        path = _find(data_dir, 'mnist', [name + '.gz', name])
+        if path is None:
+            raise DataError('MNIST file {}(.gz) not found in {} or its mnist/ '
+                            'folder'.format(name, data_dir))
+        arrays.append(_read_idx(path, magic, shape, official_count))
+    images, labels = arrays
+    if len(images) != len(labels):
+        raise DataError('MNIST {} set: {} images but {} labels'.format(
+            part, len(images), len(labels)))
+    if labels.max(initial=0) > 9:
+        raise DataError('MNIST {} labels: values above 9'.format(part))
+    return (images.astype(numpy.float32)[:, None] / 255,
+            labels.astype(numpy.int32))
+
+
+def load_mnist(data_dir=None, train_size=None, test_size=None):
+    """MNIST as float32 ``(N, 1, 28, 28)`` in [0, 1] (pixels / 255)."""
+    data_dir = resolve_data_dir(data_dir)
+    if data_dir is None:
+        train_x, train_t, test_x, test_t = _download('mnist')
+        source = 'chainer.datasets.get_mnist'
+    else:
+        train_x, train_t = _mnist_part(data_dir, 'train')
+        test_x, test_t = _mnist_part(data_dir, 'test')
+        source = os.path.abspath(data_dir)
+    train_x, train_t = train_x[:train_size], train_t[:train_size]
+    test_x, test_t = test_x[:test_size], test_t[:test_size]
+    info = {'dataset': 'mnist', 'source': source,
+            'train': 'train-images-idx3-ubyte', 'test': 't10k-images-idx3-ubyte',
+            'train_size': len(train_t), 'test_size': len(test_t),
+            'preprocessing': 'pixels / 255'}
+    return Dataset(train_x, train_t, test_x, test_t, info)
+
+
+# --- CIFAR-10 ----------------------------------------------------------------
+
+def _cifar10_batch(path):
+    """Images (uint8, N x 3 x 32 x 32), labels and the raw file's MD5."""
+    raw, data = _read(path)
+    if path.endswith('.bin'):
+        if len(data) == 0 or len(data) % _CIFAR10_RECORD:
+            raise DataError('{}: {} bytes is not a whole number of {}-byte '
+                            'records: the file is truncated or corrupt'.format(
+                                path, len(data), _CIFAR10_RECORD))
+        records = numpy.frombuffer(data, numpy.uint8).reshape(
+            -1, _CIFAR10_RECORD)
+        labels, images = records[:, 0], records[:, 1:]
+    else:
+        try:
+            batch = pickle.loads(data, encoding='bytes')
+            images = numpy.asarray(batch[b'data'], numpy.uint8)
+            labels = numpy.asarray(batch[b'labels'])
+        except Exception as e:
+            raise DataError('{}: not a CIFAR-10 python batch ({})'.format(
+                path, e)) from e
+        if images.ndim != 2 or images.shape[1] != 3072 or \
+                len(labels) != len(images):
+            raise DataError('{}: data of shape {} with {} labels, expected '
+                            '(N, 3072) with N labels'.format(
+                                path, images.shape, len(labels)))
+    _check_md5(path, raw, len(labels) == CIFAR10_RECORDS)
+    if labels.max(initial=0) > 9:
+        raise DataError('{}: labels above 9: the file is corrupt'.format(path))
+    return images.reshape(-1, 3, 32, 32), labels.astype(numpy.int32), _md5(raw)
+
+
+def _cifar10_path(data_dir, batch):
+    path = _find(data_dir, 'cifar10', [batch + '.bin', batch])
+    if path is None and batch == CIFAR10_TEST:
+        raise DataError(
+            'CIFAR-10 test batch (test_batch.bin or test_batch) not found in {} '
+            'or its CIFAR-10 folders. To evaluate on a held-out training batch '
+            'instead, pass --test-batch data_batch_5 (trains on the other '
+            'four).'.format(data_dir))
+    if path is None:
+        raise DataError('CIFAR-10 batch {}(.bin) not found in {} or its '
+                        'CIFAR-10 folders'.format(batch, data_dir))
+    return path
+
+
+def zca_whiten(train, test, epsilon=0.0):
+    """ZCA whitening fitted on ``train`` (N x D), applied to both; float32 out.
+
+    As the reference: mean-centre, covariance over samples,
+    ``W = U diag(1/sqrt(S + epsilon)) U^T`` from its SVD. The reference uses
+    ``epsilon = 0``; directions with zero variance are then left at zero.
+    """
+    train = train.astype(numpy.float64)
+    mean = train.mean(axis=0)
+    train -= mean
+    sigma = train.T @ train / len(train)
+    u, s, _ = numpy.linalg.svd(sigma)
+    s = s + epsilon
+    scale = numpy.divide(1.0, numpy.sqrt(s), out=numpy.zeros_like(s),
+                         where=s > 0)
+    components = (u * scale) @ u.T
+    white_train = (train @ components.T).astype(numpy.float32)
+    white_test = ((test.astype(numpy.float64) - mean) @ components.T).astype(
+        numpy.float32)
+    return white_train, white_test
+
+
+def minmax_per_image(x):
+    """Scale each image (row) to [0, 1] by its own min and max."""
+    x = x - x.min(axis=1, keepdims=True)
+    peak = x.max(axis=1, keepdims=True)
+    return x / numpy.where(peak > 0, peak, 1)
+
+
+PREPROCESSINGS = {
+    'zca': 'ZCA whitening fitted on the training set, then per-image '
+           'min-max to [0, 1] (reference "pcifar10")',
+    'scale': 'pixels / 255',
+}
+
+
+def _preprocess(train, test, preprocessing, zca_epsilon):
+    flat_train = train.reshape(len(train), -1)
+    flat_test = test.reshape(len(test), -1)
+    if preprocessing == 'zca':
+        flat_train, flat_test = zca_whiten(flat_train, flat_test, zca_epsilon)
+        flat_train, flat_test = (minmax_per_image(flat_train),
+                                 minmax_per_image(flat_test))
+    else:
+        flat_train = flat_train.astype(numpy.float32) / 255
+        flat_test = flat_test.astype(numpy.float32) / 255
+    return (flat_train.reshape(train.shape).astype(numpy.float32),
+            flat_test.reshape(test.shape).astype(numpy.float32))
+
+
+def _cache_dir(cache_dir):
+    return cache_dir or os.environ.get(CACHE_DIR_ENV) or os.path.join(
+        os.path.expanduser('~'), '.cache', 'branchynet')
+
+
+def load_cifar10(data_dir=None, test_batch=None, preprocessing='zca',
+                 train_size=None, test_size=None, cache_dir=None,
+                 zca_epsilon=0.0):
+    """CIFAR-10 as float32 ``(N, 3, 32, 32)``, preprocessed and cached.
+
+    Args:
+        data_dir: folder with the binary (``*.bin``) or python batches.
+        test_batch: ``None`` to test on the official ``test_batch``; or the
+            name of a training batch (e.g. ``'data_batch_5'``) to hold out
+            for testing, training on the other four.
+        preprocessing: ``'zca'`` (reference) or ``'scale'``.
+        train_size, test_size: use only the first samples (before
+            preprocessing, so ZCA is fitted on what is trained on).
+    """
+    if preprocessing not in PREPROCESSINGS:
+        raise ValueError('preprocessing must be one of {}, got {!r}'.format(
+            sorted(PREPROCESSINGS), preprocessing))
+    if test_batch not in (None, CIFAR10_TEST) + tuple(CIFAR10_BATCHES):
+        raise ValueError('test_batch must be None or one of {}, got {!r}'
+                         .format(CIFAR10_BATCHES, test_batch))
+    test_name = test_batch or CIFAR10_TEST
+    train_names = [b for b in CIFAR10_BATCHES if b != test_name]
+    data_dir = resolve_data_dir(data_dir)
+    info = {'dataset': 'cifar10', 'train': train_names, 'test': test_name,
+            'held_out_training_batch': test_name != CIFAR10_TEST,
+            'preprocessing': preprocessing + ': ' + PREPROCESSINGS[preprocessing]}
+    if data_dir is None:
+        if test_name != CIFAR10_TEST:
+            raise DataError('a held-out test batch needs --data-dir with the '
+                            'CIFAR-10 batches')
+        raw_train_x, train_t, raw_test_x, test_t = _download('cifar10')
+        info['source'], checksums = 'chainer.datasets.get_cifar10', ['download']
+    else:
+        parts = [_cifar10_batch(_cifar10_path(data_dir, name))
+                 for name in train_names + [test_name]]
+        raw_train_x = numpy.concatenate([p[0] for p in parts[:-1]])
+        train_t = numpy.concatenate([p[1] for p in parts[:-1]])
+        raw_test_x, test_t, _ = parts[-1]
+        info['source'], checksums = os.path.abspath(data_dir), [
+            p[2] for p in parts]
+    raw_train_x, train_t = raw_train_x[:train_size], train_t[:train_size]
+    raw_test_x, test_t = raw_test_x[:test_size], test_t[:test_size]
+    info.update(train_size=len(train_t), test_size=len(test_t))
+
+    key = hashlib.sha1(repr((_CACHE_VERSION, checksums, train_names, test_name,
+                             preprocessing, zca_epsilon, len(train_t),
+                             len(test_t))).encode()).hexdigest()[:16]
+    path = os.path.join(_cache_dir(cache_dir), 'cifar10-{}.npz'.format(key))
+    if os.path.isfile(path):
+        with numpy.load(path) as cached:
+            train_x, test_x = cached['train_x'], cached['test_x']
+    else:
+        train_x, test_x = _preprocess(raw_train_x, raw_test_x, preprocessing,
+                                      zca_epsilon)
+        with atomic_write(path) as f:
+            numpy.savez(f, train_x=train_x, test_x=test_x)
+    info['cache'] = path
+    return Dataset(train_x, train_t, test_x, test_t, info)
+
+
+# --- download fallback ---------------------------------------------------------
+
+def _download(dataset):
+    """Chainer's downloaders: MNIST in [0, 1], CIFAR-10 as raw uint8 pixels."""
+    import chainer
+    from chainer.dataset import concat_examples
+    if dataset == 'mnist':
+        train, test = chainer.datasets.get_mnist(ndim=3)
+    else:
+        train, test = chainer.datasets.get_cifar10(scale=255.)
+    arrays = []
+    for part in (train, test):
+        x, t = concat_examples(part)
+        if dataset == 'cifar10':
+            x = x.round().astype(numpy.uint8)
+        arrays += [x, t.astype(numpy.int32)]
+    return arrays
