@@ -1,0 +1,115 @@
+"""One training phase with Chainer's Trainer: resumable and repeatable.
+
+The reference protocol has two phases, each a :func:`train_phase` call with
+its own output folder: the main network alone (``net.main_loss``), then all
+exits jointly (``net.joint_loss``). Everything is Chainer's stock machinery
+(``StandardUpdater``, ``Evaluator``, ``LogReport``, ``PrintReport``,
+``ProgressBar``, ``snapshot``); the one addition is :class:`RandomStates`,
+which puts the random generators into the snapshot so that a resumed run
+continues exactly where an uninterrupted one would be.
+"""
+import glob
+import json
+import os
+
+import chainer
+import numpy
+from chainer import training
+from chainer.datasets import TupleDataset
+from chainer.iterators import SerialIterator, ShuffleOrderSampler
+from chainer.training import extensions
+
+SNAPSHOT = 'snapshot_epoch_{.updater.epoch}'
+
+
+class RandomStates(training.Extension):
+    """Saves and restores random generators with the trainer's snapshot.
+
+    Shuffling (the iterator's order sampler) and dropout (NumPy's global
+    generator on CPU) draw from these; with them restored, a run resumed
+    from a snapshot makes the same updates as one that never stopped.
+    """
+    trigger = (1, 'epoch')
+
+    def __init__(self, generators):
+        self.generators = generators  # name -> object with get/set_state
+
+    def __call__(self, trainer):
+        pass  # nothing to do per epoch; the state travels in serialize()
+
+    def serialize(self, serializer):
+        for name, generator in self.generators.items():
+            _, keys, position, has_gauss, cached = generator.get_state()
+            keys = numpy.array(keys, dtype=numpy.uint32)
+            rest = numpy.array([position, has_gauss, cached], numpy.float64)
+            serializer(name + '_keys', keys)
+            serializer(name + '_rest', rest)
+            if isinstance(serializer, chainer.serializer.Deserializer):
+                generator.set_state(('MT19937', keys, int(rest[0]),
+                                     int(rest[1]), float(rest[2])))
+
+
+def has_snapshot(out):
+    return bool(glob.glob(os.path.join(out, 'snapshot_epoch_*')))
+
+
+PHASES = ('main', 'joint')
+
+
+def train_phase(net, optimizer, phase, train, test, epochs, out, batchsize,
+                device, seed, resume=False, progress=True, eval_batchsize=1000):
+    """Train ``net`` for ``epochs`` epochs in one phase of the protocol.
+
+    Args:
+        net: the BranchyNet (the optimizer's target).
+        optimizer: a set-up Chainer optimizer.
+        phase: ``'main'`` trains the main network alone (``net.main_loss``),
+            ``'joint'`` all exits (``net.joint_loss``). The same function
+            evaluates ``test`` (in test mode) after every epoch.
+        train, test: ``(x, t)`` array pairs.
+        out: folder for the log and the per-epoch snapshot.
+        seed: seeds the shuffling of the training set.
+        resume: continue from the latest snapshot in ``out`` (a finished
+            phase then returns at once, with its final state loaded).
+
+    Returns:
+        The log: a list of per-epoch dicts from ``LogReport``.
+    """
+    if phase not in PHASES:
+        raise ValueError('phase must be one of {}, got {!r}'.format(PHASES,
+                                                                   phase))
+    loss_func = net.main_loss if phase == 'main' else net.joint_loss
+    if not resume and has_snapshot(out):
+        raise FileExistsError(
+            '{} already holds a training run; pass --resume to continue it or '
+            'choose another --out'.format(out))
+    shuffle = numpy.random.RandomState(seed)
+    train_iter = SerialIterator(TupleDataset(*train), batchsize,
+                                order_sampler=ShuffleOrderSampler(shuffle))
+    test_iter = SerialIterator(TupleDataset(*test), eval_batchsize,
+                               repeat=False, shuffle=False)
+    updater = training.StandardUpdater(train_iter, optimizer, device=device,
+                                       loss_func=loss_func)
+    trainer = training.Trainer(updater, (epochs, 'epoch'), out=out)
+    trainer.extend(extensions.Evaluator(test_iter, net, eval_func=loss_func,
+                                        device=device))
+    trainer.extend(extensions.LogReport())
+    # On GPU, dropout draws from CuPy's generator, which has no state export:
+    # GPU runs resume correctly but not bit-identically.
+    trainer.extend(RandomStates({'shuffle': shuffle,
+                                 'numpy_global': numpy.random}))
+    trainer.extend(extensions.snapshot(filename=SNAPSHOT, n_retains=1,
+                                       autoload=resume))
+    if progress:
+        if phase == 'main':
+            keys = ['main/loss', 'validation/main/accuracy']
+        else:
+            keys = ['main/loss'] + ['validation/main/exit{}/accuracy'.format(
+                n + 1) for n in range(net.num_exits)]
+        trainer.extend(extensions.PrintReport(['epoch'] + keys +
+                                              ['elapsed_time']))
+        trainer.extend(extensions.ProgressBar(update_interval=10))
+    trainer.run()
+    with open(os.path.join(out, 'log')) as f:
+        return json.load(f)
+
