@@ -1,0 +1,172 @@
+"""Threshold sweep: every threshold combination, exact, without re-running the net.
+
+A sample's output and entropy at exit ``n`` do not depend on the thresholds,
+so the test set is run once through every exit (:func:`exit_outputs`), and
+each threshold combination is then scored exactly by applying the exit rule
+to those stored entropies (:func:`evaluate`). Runtime per combination is
+predicted from measured per-exit path costs: ``sum_n fraction_n * cost_n``
+(the reference code combines its per-exit times the same way); the chosen
+knee point is then confirmed with a real batch-1 run.
+
+Frontier (Fig. 3): points sorted by runtime, keeping a point when its
+accuracy exceeds the last kept point's minus a tolerance (the reference's
+``get_inc_points`` with ``inc_amt = -0.0005``).
+
+Knee (Table I): the fastest frontier point whose accuracy is within
+``tolerance`` of a target accuracy; the target is the baseline's accuracy,
+or the frontier's best accuracy if that is lower (a BranchyNet that never
+reaches its baseline is then judged against its own best).
+"""
+import dataclasses
+import itertools
+
+import chainer
+import chainer.functions as F
+import numpy
+
+from branchynet.entropy import entropy
+from branchynet.exit_rule import EntropyThresholds, assign_exits
+from branchynet.files import atomic_write
+
+# Threshold lists of the reference experiments (SPEC.md).
+LENET_THRESHOLDS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.075,
+                    0.1, 0.25, 0.5, 0.75, 1, 2, 3, 5, 10)
+CIFAR_THRESHOLDS = (0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 0.75, 1, 5,
+                    10)
+FRONTIER_TOLERANCE = 0.0005
+
+
+@dataclasses.dataclass
+class ExitOutputs:
+    """What every exit says about every test sample.
+
+    Attributes:
+        predictions: ``(N, B)`` int, argmax class at each exit.
+        entropies: ``(N, B)`` float32, softmax entropy at each exit.
+        labels: ``(B,)`` int, the true classes.
+    """
+    predictions: numpy.ndarray
+    entropies: numpy.ndarray
+    labels: numpy.ndarray
+
+    def save(self, path):
+        with atomic_write(path) as f:
+            numpy.savez_compressed(f, **dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, path):
+        with numpy.load(path) as npz:
+            return cls(**{f.name: npz[f.name] for f in dataclasses.fields(cls)})
+
+    def subset(self, count):
+        """The first ``count`` samples."""
+        return ExitOutputs(self.predictions[:, :count],
+                           self.entropies[:, :count], self.labels[:count])
+
+
+def exit_outputs(net, x, t, batchsize=1000):
+    """Run ``x`` through every exit of ``net`` in test mode, batch by batch."""
+    predictions, entropies = [], []
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        for start in range(0, len(x), batchsize):
+            ys = net(net.device.send(x[start:start + batchsize]))
+            predictions.append(numpy.stack(
+                [chainer.backends.cuda.to_cpu(y.array.argmax(axis=1))
+                 for y in ys]))
+            entropies.append(numpy.stack(
+                [chainer.backends.cuda.to_cpu(entropy(F.softmax(y).array))
+                 for y in ys]))
+    return ExitOutputs(numpy.concatenate(predictions, axis=1),
+                       numpy.concatenate(entropies, axis=1),
+                       numpy.asarray(t))
+
+
+def evaluate(outputs, thresholds):
+    """Accuracy and exit statistics of one threshold vector, exactly.
+
+    Returns a dict with ``thresholds``, ``accuracy``, ``exit_counts``,
+    ``exit_fractions`` and ``exit_accuracy`` (accuracy among the samples
+    that took each exit; ``None`` where none did).
+    """
+    num_exits, size = outputs.predictions.shape
+    rule = EntropyThresholds(thresholds, num_exits)
+    exits = assign_exits(outputs.entropies[:-1], rule)
+    correct = outputs.predictions[exits, numpy.arange(size)] == outputs.labels
+    counts = numpy.bincount(exits, minlength=num_exits)
+    right = numpy.bincount(exits, weights=correct, minlength=num_exits)
+    return {
+        'thresholds': list(rule.values),
+        'accuracy': float(correct.mean()),
+        'exit_counts': counts.tolist(),
+        'exit_fractions': (counts / size).tolist(),
+        'exit_accuracy': [float(r / c) if c else None
+                          for r, c in zip(right, counts)],
+    }
+
+
+def threshold_grid(threshold_list, num_exits):
+    """Every combination of ``threshold_list`` over the non-final exits."""
+    return [list(c) for c in itertools.product(threshold_list,
+                                               repeat=num_exits - 1)]
+
+
+def predicted_ms(exit_fractions, path_costs_ms):
+    """Expected ms per sample: ``sum_n fraction_n * cost_n``."""
+    return float(numpy.dot(exit_fractions, path_costs_ms))
+
+
+def run_sweep(outputs, threshold_list):
+    """:func:`evaluate` for every combination of ``threshold_list``."""
+    num_exits = outputs.predictions.shape[0]
+    return [evaluate(outputs, combo)
+            for combo in threshold_grid(threshold_list, num_exits)]
+
+
+def frontier(accuracies, times, tolerance=FRONTIER_TOLERANCE):
+    """Indices of the points whose accuracy rises with runtime (Fig. 3 curve).
+
+    Points are visited fastest first; a point is kept when its accuracy is
+    above the last kept point's accuracy minus ``tolerance``. Ties in time
+    are visited in input order.
+    """
+    order = numpy.argsort(times, kind='stable')
+    kept = [int(order[0])]
+    for i in order[1:]:
+        if accuracies[i] > accuracies[kept[-1]] - tolerance:
+            kept.append(int(i))
+    return kept
+
+
+def select_knee(accuracies, times, frontier_indices, baseline_accuracy,
+                tolerance):
+    """Index of the knee point (see the module docstring for the rule)."""
+    best = max(accuracies[i] for i in frontier_indices)
+    target = min(baseline_accuracy, best) - tolerance
+    eligible = [i for i in frontier_indices if accuracies[i] >= target]
+    return min(eligible, key=lambda i: (times[i], -accuracies[i]))
+
+
+def exit1_curve(outputs, points=101):
+    """Fig. 4: vary exit 1's threshold, nothing exits at other non-final exits.
+
+    The samples exiting at exit 1 are then the ``k`` with the lowest exit-1
+    entropy (ties broken by sample order, as the threshold rule would take a
+    tied group together or not at all; with continuous entropies ties do
+    not occur). Returns ``k/B``, overall accuracy and the largest entropy
+    among the exited samples for ``points`` evenly spaced ``k``.
+    """
+    num_exits, size = outputs.predictions.shape
+    order = numpy.argsort(outputs.entropies[0], kind='stable')
+    first = outputs.predictions[0, order] == outputs.labels[order]
+    last = outputs.predictions[-1, order] == outputs.labels[order]
+    # correct(k) = correct at exit 1 among the first k + at the end for the rest
+    correct = numpy.concatenate([[0], numpy.cumsum(first)]) + \
+        numpy.concatenate([numpy.cumsum(last[::-1])[::-1], [0]])
+    ks = numpy.unique(numpy.linspace(0, size, points).round().astype(int))
+    sorted_entropy = outputs.entropies[0, order]
+    return {
+        'exited_fraction': (ks / size).tolist(),
+        'accuracy': (correct[ks] / size).tolist(),
+        'max_exited_entropy': [float(sorted_entropy[k - 1]) if k else 0.0
+                               for k in ks],
+    }

@@ -1,0 +1,140 @@
+"""Honest batch-1 timing: milliseconds per sample over the whole path.
+
+What is timed, per sample, starting from a host (NumPy) sample and ending
+with the predicted class on the host:
+
+- the transfer of the sample to the device,
+- every trunk stage and exit head the sample passes through,
+- softmax, entropy and the exit decision (entropy read back to the host),
+- the transfer of the predicted class back.
+
+GPU work is synchronised before the clock stops. ``warmup`` samples are run
+first and not timed; then the whole sample set is timed ``repeats`` times.
+Each repeat gives a mean per sample; we report the median over repeats and
+their min and max.
+
+For comparison, :func:`reference_style` reproduces how the reference code
+timed: only the trunk stages, inputs already on the device, no head,
+softmax, entropy or transfer, and no synchronisation. Its figures are
+labelled as such wherever they appear.
+"""
+import time
+
+import chainer
+import numpy
+
+
+def _synchronize(device):
+    if device.xp is not numpy:
+        chainer.backends.cuda.cupy.cuda.Device().synchronize()
+
+
+def summarize(per_sample_ms):
+    """Median, min and max of the per-repeat means (ms per sample)."""
+    values = [float(v) for v in per_sample_ms]
+    return {'median_ms': float(numpy.median(values)), 'min_ms': min(values),
+            'max_ms': max(values), 'repeats_ms': values}
+
+
+def _measure(function, samples, repeats, warmup, clock):
+    if not len(samples):
+        raise ValueError('no samples to time')
+    for sample in samples[:warmup]:
+        function(sample)
+    return summarize([clock(function, samples) for _ in range(repeats)])
+
+
+def time_per_sample(function, samples, device, repeats=3, warmup=10):
+    """Mean ms per sample of ``function(sample)`` over ``samples``, summarised.
+
+    Args:
+        function: called with one sample (a ``(1, ...)`` host array).
+        samples: list of such samples.
+        device: the Chainer device the work runs on; it is synchronised
+            before the clock starts and before it stops.
+    """
+    def clock(function, samples):
+        _synchronize(device)
+        start = time.perf_counter()
+        for sample in samples:
+            function(sample)
+        _synchronize(device)
+        return (time.perf_counter() - start) * 1000 / len(samples)
+    return _measure(function, samples, repeats, warmup, clock)
+
+
+def time_reference_style(function, samples, repeats=3, warmup=10):
+    """As the reference timed: a clock around each call, no synchronisation.
+
+    ``samples`` should already be on the device, as the reference's were.
+    On a GPU this mostly measures kernel launches.
+    """
+    def clock(function, samples):
+        total = 0.0
+        for sample in samples:
+            start = time.perf_counter()
+            function(sample)
+            total += time.perf_counter() - start
+        return total * 1000 / len(samples)
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        return _measure(function, samples, repeats, warmup, clock)
+
+
+def as_samples(x):
+    """Split a host array into a list of ``(1, ...)`` samples."""
+    return [x[i:i + 1] for i in range(len(x))]
+
+
+def forced_thresholds(num_exits, exit_index):
+    """Thresholds that send every sample out at ``exit_index``."""
+    return [float('inf') if n == exit_index else 0.0
+            for n in range(num_exits - 1)]
+
+
+def baseline_classifier(net):
+    """The main network as a batch-1 classifier: host sample -> host label."""
+    def classify(x):
+        with chainer.using_config('train', False), \
+                chainer.no_backprop_mode():
+            y = net.main_forward(net.device.send(x)).array
+        return int(y[0].argmax())
+    return classify
+
+
+def exit_path_costs(net, samples, repeats=3, warmup=10):
+    """Cost of the whole path of a sample that leaves at each exit.
+
+    The path to exit ``n`` includes the heads, softmax, entropy and host
+    reads of exits ``0..n-1``, where the sample was considered and kept.
+    """
+    costs = []
+    for n in range(net.num_exits):
+        thresholds = forced_thresholds(net.num_exits, n)
+        costs.append(time_per_sample(
+            lambda x: net.predict_sample(x, thresholds), samples, net.device,
+            repeats, warmup))
+    return costs
+
+
+def reference_style_costs(net, baseline, samples, repeats=3, warmup=10):
+    """The reference code's figures: trunk stages only, unsynchronised.
+
+    Returns ``{'baseline': ..., 'trunk_to_exit': [...]}``: the whole main
+    network of ``baseline`` (the reference timed its baseline whole), and
+    for each exit ``n`` of ``net`` the trunk stages up to that exit.
+    """
+    on_device = [net.device.send(x) for x in samples]
+
+    def trunk_to(n):
+        def run(h):
+            for stage in net.trunk[:n + 1]:
+                h = stage(h)
+        return run
+
+    return {
+        'baseline': time_reference_style(baseline.main_forward, on_device,
+                                         repeats, warmup),
+        'trunk_to_exit': [time_reference_style(trunk_to(n), on_device,
+                                               repeats, warmup)
+                          for n in range(net.num_exits)],
+    }
