@@ -1,0 +1,148 @@
+"""The paper's figures, drawn from result files alone (no model, no training).
+
+- Fig. 3: accuracy vs runtime per network and device: the B-network's
+  frontier (points whose accuracy rises with runtime), the knee, and the
+  baseline as a diamond.
+- Fig. 4: overall accuracy and the largest exited entropy vs the share of
+  samples leaving at exit 1 (the other non-final exits take nothing).
+- Fig. 5: final-exit accuracy vs the number of conv layers in exit 1.
+- Training curves: training loss and per-exit test accuracy per epoch,
+  both phases.
+
+Each figure is written as PNG and PDF. Matplotlib is used through its
+object-oriented API (``Figure``), so no backend is set globally.
+"""
+import os
+import re
+
+from matplotlib.figure import Figure
+
+FORMATS = ('png', 'pdf')
+EXIT_COLOURS = ['tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple']
+
+
+def slug(name):
+    return re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')
+
+
+def _save(figure, out_dir, stem):
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for extension in FORMATS:
+        path = os.path.join(out_dir, '{}.{}'.format(stem, extension))
+        figure.savefig(path, bbox_inches='tight', dpi=150)
+        paths.append(path)
+    return paths
+
+
+def fig3(results, device):
+    """Accuracy (%) vs runtime (ms per sample) on ``device``."""
+    timing = results['timing'][device]
+    points = results['sweep']['points']
+    frontier = sorted(timing['frontier'],
+                      key=lambda i: timing['predicted_ms'][i])
+    figure = Figure(figsize=(5, 3.6))
+    ax = figure.add_subplot()
+    ax.plot([timing['predicted_ms'][i] for i in frontier],
+            [100 * points[i]['accuracy'] for i in frontier],
+            '-o', color='tab:blue', markersize=4, label=results['network'])
+    knee = timing['knee']
+    ax.plot(timing['predicted_ms'][knee['index']], 100 * knee['accuracy'],
+            '*', color='tab:red', markersize=14, label='knee T = {}'.format(
+                ', '.join('{:g}'.format(t) for t in knee['thresholds'])))
+    ax.plot(knee['measured']['median_ms'], 100 * knee['accuracy'], 'x',
+            color='tab:red', markersize=8, label='knee, measured end to end')
+    ax.plot(timing['baseline']['median_ms'],
+            100 * results['baseline']['accuracy'], 'D', color='black',
+            markersize=7, label=results['baseline_name'])
+    ax.set_xlabel('Runtime (ms per sample, batch 1)')
+    ax.set_ylabel('Classification accuracy (%)')
+    ax.set_title('{} ({})'.format(results['network'], device.upper()))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc='lower right')
+    return figure
+
+
+def fig4(results):
+    """Overall accuracy and max exited entropy vs % exited at exit 1."""
+    curve = results['exit1_curve']
+    share = [100 * f for f in curve['exited_fraction']]
+    figure = Figure(figsize=(5, 3.6))
+    ax = figure.add_subplot()
+    ax.plot(share, [100 * a for a in curve['accuracy']], color='tab:blue')
+    ax.set_xlabel('Samples exited at exit 1 (%)')
+    ax.set_ylabel('Overall accuracy (%)', color='tab:blue')
+    entropy_ax = ax.twinx()
+    entropy_ax.plot(share, curve['max_exited_entropy'], color='tab:orange',
+                    linestyle='--')
+    entropy_ax.set_ylabel('Max entropy of exited samples', color='tab:orange')
+    ax.set_title('{}: exit 1 threshold varied'.format(results['network']))
+    ax.grid(alpha=0.3)
+    return figure
+
+
+def training_curves(results):
+    """Training loss and per-exit test accuracy per epoch, both phases."""
+    figure = Figure(figsize=(10, 3.6))
+    loss_ax, acc_ax = figure.subplots(1, 2)
+    main = results['training']['main']
+    joint = results['training']['joint']
+    offset = len(main)
+    main_epochs = [e['epoch'] for e in main]
+    joint_epochs = [offset + e['epoch'] for e in joint]
+    style = {'marker': 'o', 'markersize': 2}
+    loss_ax.plot(main_epochs, [e['main/loss'] for e in main], color='black',
+                 label='main network', **style)
+    loss_ax.plot(joint_epochs, [e['main/loss'] for e in joint], color='gray',
+                 label='joint (weighted sum)', **style)
+    acc_ax.plot(main_epochs, [100 * e['validation/main/accuracy'] for e in main],
+                color='black', label='main network', **style)
+    num_exits = len(results['exit_accuracy'])
+    for n in range(num_exits):
+        key = 'validation/main/exit{}/accuracy'.format(n + 1)
+        acc_ax.plot(joint_epochs, [100 * e[key] for e in joint],
+                    color=EXIT_COLOURS[n % len(EXIT_COLOURS)],
+                    label='exit {}'.format(n + 1), **style)
+    for ax, label in ((loss_ax, 'Training loss'),
+                      (acc_ax, 'Test accuracy (%)')):
+        ax.axvline(offset + 0.5, color='gray', linestyle=':', linewidth=1)
+        ax.set_xlabel('Epoch (main phase, then joint phase)')
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    figure.suptitle('{}: training'.format(results['network']))
+    return figure
+
+
+def fig5(summary):
+    """Final-exit accuracy vs conv layers in exit 1 (a branch-layers summary)."""
+    variants = sorted(summary['variants'], key=lambda v: v['branch1_convs'])
+    figure = Figure(figsize=(5, 3.6))
+    ax = figure.add_subplot()
+    ax.plot([v['branch1_convs'] for v in variants],
+            [100 * v['final_exit_accuracy'] for v in variants], '-o',
+            label='final exit')
+    ax.plot([v['branch1_convs'] for v in variants],
+            [100 * v['exit1_accuracy'] for v in variants], '--s',
+            color='tab:orange', label='exit 1')
+    ax.set_xticks([v['branch1_convs'] for v in variants])
+    ax.set_xlabel('Conv layers in exit 1')
+    ax.set_ylabel('Test accuracy (%)')
+    ax.set_title('B-AlexNet: exit 1 depth')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return figure
+
+
+def run_figures(results, out_dir):
+    """All figures of one results dictionary; returns the written paths."""
+    if results.get('kind') == 'branch-layers':
+        return _save(fig5(results), out_dir, 'fig5_alexnet_branch_layers')
+    name = slug(results['network'])
+    paths = []
+    for device in results['timing']:
+        paths += _save(fig3(results, device), out_dir,
+                       'fig3_{}_{}'.format(name, device))
+    paths += _save(fig4(results), out_dir, 'fig4_{}'.format(name))
+    paths += _save(training_curves(results), out_dir, 'training_{}'.format(name))
+    return paths

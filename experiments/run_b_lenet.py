@@ -1,0 +1,18 @@
+"""B-LeNet on MNIST: Table I rows, Fig. 3/4 and training curves.
+
+    python experiments/run_b_lenet.py --data-dir ../shared/data        # CPU
+    python experiments/run_b_lenet.py --data-dir ../shared/data -g 0   # GPU (+ CPU timing)
+
+Run with --help for every option; --quick is a one-minute smoke test.
+"""
+import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
+from branchynet.experiment import Protocol, main
+from branchynet.sweep import LENET_THRESHOLDS
+from networks import lenet_mnist
+
+PROTOCOL = Protocol(key='b_lenet', network=lenet_mnist.get_network,
+                    dataset='mnist', baseline_name='LeNet',
+                    threshold_list=LENET_THRESHOLDS)
+
+if __name__ == '__main__':
+    main(PROTOCOL)
