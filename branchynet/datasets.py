@@ -240,17 +240,22 @@ def zca_whiten(train, test, epsilon=0.0):
     """ZCA whitening fitted on ``train`` (N x D), applied to both; float32 out.
 
     As the reference: mean-centre, covariance over samples,
-    ``W = U diag(1/sqrt(S + epsilon)) U^T`` from its SVD. The reference uses
-    ``epsilon = 0``; directions with zero variance are then left at zero.
+    ``W = U diag(1/sqrt(S + epsilon)) U^T`` with ``U, S`` its eigenvectors
+    and eigenvalues (the reference takes them from an SVD, which for a
+    covariance matrix is the same decomposition; ``eigh`` is faster). The
+    reference uses ``epsilon = 0``; directions without variance (eigenvalues
+    below NumPy's matrix-rank tolerance, e.g. when there are fewer samples
+    than dimensions) are left at zero instead of being amplified.
     """
     train = train.astype(numpy.float64)
     mean = train.mean(axis=0)
     train -= mean
     sigma = train.T @ train / len(train)
-    u, s, _ = numpy.linalg.svd(sigma)
+    s, u = numpy.linalg.eigh(sigma)
+    kept = s > s.max() * len(s) * numpy.finfo(s.dtype).eps
     s = s + epsilon
-    scale = numpy.divide(1.0, numpy.sqrt(s), out=numpy.zeros_like(s),
-                         where=s > 0)
+    scale = numpy.zeros_like(s)
+    scale[kept] = 1 / numpy.sqrt(s[kept])
     components = (u * scale) @ u.T
     white_train = (train @ components.T).astype(numpy.float32)
     white_test = ((test.astype(numpy.float64) - mean) @ components.T).astype(

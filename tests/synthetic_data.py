@@ -1,0 +1,58 @@
+"""Small datasets written in the standard file formats, for loader and smoke tests.
+
+The images are not noise: each class has its own mean pattern, so a network
+can learn something in a few steps.
+"""
+import gzip
+import os
+import pickle
+
+import numpy
+
+
+def _images(rng, labels, shape):
+    patterns = rng.randint(0, 256, (10,) + shape)
+    noise = rng.randint(-40, 41, (len(labels),) + shape)
+    return numpy.clip(patterns[labels] + noise, 0, 255).astype(numpy.uint8)
+
+
+def idx_bytes(array, magic):
+    header = numpy.array([magic, len(array)] + list(array.shape[1:]), '>u4')
+    return header.tobytes() + array.astype(numpy.uint8).tobytes()
+
+
+def write_mnist(folder, train=300, test=100, gz=True, seed=0):
+    rng = numpy.random.RandomState(seed)
+    os.makedirs(folder, exist_ok=True)
+    for prefix, count in (('train', train), ('t10k', test)):
+        labels = rng.randint(0, 10, count)
+        for kind, magic, array in (
+                ('images-idx3-ubyte', 2051, _images(rng, labels, (28, 28))),
+                ('labels-idx1-ubyte', 2049, labels)):
+            data = idx_bytes(array, magic)
+            name = '{}-{}'.format(prefix, kind)
+            if gz:
+                name, data = name + '.gz', gzip.compress(data)
+            with open(os.path.join(folder, name), 'wb') as f:
+                f.write(data)
+    return folder
+
+
+def write_cifar10(folder, per_batch=60, test=True, python=False, seed=0):
+    """Five training batches (and test_batch) of ``per_batch`` images each."""
+    rng = numpy.random.RandomState(seed)
+    os.makedirs(folder, exist_ok=True)
+    names = ['data_batch_{}'.format(i) for i in range(1, 6)]
+    names += ['test_batch'] if test else []
+    for name in names:
+        labels = rng.randint(0, 10, per_batch)
+        images = _images(rng, labels, (3, 32, 32)).reshape(per_batch, -1)
+        if python:
+            with open(os.path.join(folder, name), 'wb') as f:
+                pickle.dump({b'data': images, b'labels': labels.tolist()}, f)
+        else:
+            records = numpy.concatenate([labels[:, None].astype(numpy.uint8),
+                                         images], axis=1)
+            with open(os.path.join(folder, name + '.bin'), 'wb') as f:
+                f.write(records.tobytes())
+    return folder

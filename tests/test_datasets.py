@@ -1,0 +1,215 @@
+import os
+
+import numpy
+import pytest
+
+from branchynet import datasets
+from branchynet.datasets import DataError
+from synthetic_data import write_cifar10, write_mnist
+
+SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data')
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return str(tmp_path / 'cache')
+
+
+# --- MNIST -------------------------------------------------------------------
+
+@pytest.mark.parametrize('gz', [True, False])
+def test_mnist_loads_gz_or_plain(tmp_path, gz):
+    write_mnist(str(tmp_path / 'mnist'), train=30, test=20, gz=gz)
+    data = datasets.load_mnist(str(tmp_path))  # finds the mnist/ sub-folder
+    assert data.train_x.shape == (30, 1, 28, 28) and data.test_x.shape == (
+        20, 1, 28, 28)
+    assert data.train_x.dtype == numpy.float32 and data.train_t.dtype == numpy.int32
+    assert 0 <= data.train_x.min() and data.train_x.max() <= 1
+    assert data.info['train_size'] == 30 and data.info['test_size'] == 20
+
+
+def test_mnist_pixels_are_divided_by_255(tmp_path):
+    folder = write_mnist(str(tmp_path), train=5, test=5, gz=False)
+    raw = numpy.fromfile(os.path.join(folder, 'train-images-idx3-ubyte'),
+                         numpy.uint8, offset=16).reshape(5, 1, 28, 28)
+    labels = numpy.fromfile(os.path.join(folder, 'train-labels-idx1-ubyte'),
+                            numpy.uint8, offset=8)
+    data = datasets.load_mnist(folder)
+    numpy.testing.assert_allclose(data.train_x, raw / 255, rtol=1e-6)
+    numpy.testing.assert_array_equal(data.train_t, labels)
+
+
+def test_mnist_subsets(tmp_path):
+    folder = write_mnist(str(tmp_path), train=30, test=20)
+    data = datasets.load_mnist(folder, train_size=7, test_size=3)
+    assert len(data.train_t) == 7 and len(data.test_t) == 3
+
+
+def test_mnist_missing_file(tmp_path):
+    folder = write_mnist(str(tmp_path))
+    os.remove(os.path.join(folder, 't10k-labels-idx1-ubyte.gz'))
+    with pytest.raises(DataError, match='t10k-labels-idx1-ubyte.*not found'):
+        datasets.load_mnist(folder)
+
+
+def test_mnist_truncated_file(tmp_path):
+    folder = write_mnist(str(tmp_path), gz=False)
+    path = os.path.join(folder, 'train-images-idx3-ubyte')
+    with open(path, 'r+b') as f:
+        f.truncate(16 + 300 * 784 - 100)
+    with pytest.raises(DataError, match='train-images-idx3-ubyte.*expected '
+                                        '235216 for 300 items.*truncated'):
+        datasets.load_mnist(folder)
+
+
+def test_mnist_corrupt_gzip(tmp_path):
+    folder = write_mnist(str(tmp_path))
+    path = os.path.join(folder, 'train-images-idx3-ubyte.gz')
+    with open(path, 'rb') as f:
+        data = bytearray(f.read())
+    data[len(data) // 2:len(data) // 2 + 20] = b'\0' * 20
+    with open(path, 'wb') as f:
+        f.write(bytes(data[:len(data) - 50]))
+    with pytest.raises(DataError, match='train-images-idx3-ubyte.gz.*truncated '
+                                        'or corrupt'):
+        datasets.load_mnist(folder)
+
+
+def test_mnist_wrong_header(tmp_path):
+    folder = write_mnist(str(tmp_path), gz=False)
+    with open(os.path.join(folder, 't10k-labels-idx1-ubyte'), 'r+b') as f:
+        f.write(numpy.array([2051], '>u4').tobytes())
+    with pytest.raises(DataError, match='magic 2051.*expected magic 2049'):
+        datasets.load_mnist(folder)
+
+
+def test_file_claiming_to_be_official_is_checked_by_md5(tmp_path):
+    folder = write_mnist(str(tmp_path), test=10000, train=10, gz=False)
+    with pytest.raises(DataError, match='t10k-images-idx3-ubyte: MD5 .* '
+                                        'differs from the official'):
+        datasets.load_mnist(folder)
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, 'mnist')),
+                    reason='real MNIST (../shared/data/mnist) not present')
+def test_real_mnist_passes_every_check():
+    data = datasets.load_mnist(SHARED)
+    assert data.train_x.shape == (60000, 1, 28, 28)
+    assert numpy.bincount(data.test_t).tolist()[:2] == [980, 1135]
+
+
+# --- CIFAR-10 ----------------------------------------------------------------
+
+@pytest.mark.parametrize('python', [False, True])
+def test_cifar10_official_split(tmp_path, cache, python):
+    write_cifar10(str(tmp_path / 'cifar-10-batches-py'), per_batch=12,
+                  python=python)
+    data = datasets.load_cifar10(str(tmp_path), preprocessing='scale',
+                                 cache_dir=cache)
+    assert data.train_x.shape == (60, 3, 32, 32) and len(data.test_t) == 12
+    assert data.info['test'] == 'test_batch'
+    assert data.info['train'] == ['data_batch_{}'.format(i) for i in range(1, 6)]
+    assert not data.info['held_out_training_batch']
+
+
+def test_cifar10_binary_and_python_give_the_same_arrays(tmp_path, cache):
+    write_cifar10(str(tmp_path / 'bin'), per_batch=8, seed=3)
+    write_cifar10(str(tmp_path / 'py'), per_batch=8, seed=3, python=True)
+    a = datasets.load_cifar10(str(tmp_path / 'bin'), preprocessing='scale',
+                              cache_dir=cache)
+    b = datasets.load_cifar10(str(tmp_path / 'py'), preprocessing='scale',
+                              cache_dir=cache)
+    numpy.testing.assert_array_equal(a.train_x, b.train_x)
+    numpy.testing.assert_array_equal(a.test_t, b.test_t)
+
+
+def test_cifar10_missing_test_batch_needs_a_held_out_split(tmp_path, cache):
+    folder = write_cifar10(str(tmp_path), per_batch=10, test=False)
+    with pytest.raises(DataError, match='test batch .* not found.*--test-batch '
+                                        'data_batch_5'):
+        datasets.load_cifar10(folder, cache_dir=cache)
+    data = datasets.load_cifar10(folder, test_batch='data_batch_5',
+                                 preprocessing='scale', cache_dir=cache)
+    assert data.info['train'] == ['data_batch_{}'.format(i) for i in range(1, 5)]
+    assert data.info['test'] == 'data_batch_5'
+    assert data.info['held_out_training_batch']
+    assert len(data.train_t) == 40 and len(data.test_t) == 10
+    raw = numpy.fromfile(os.path.join(folder, 'data_batch_5.bin'), numpy.uint8)
+    numpy.testing.assert_array_equal(data.test_t, raw.reshape(10, -1)[:, 0])
+
+
+def test_cifar10_bad_arguments(tmp_path, cache):
+    folder = write_cifar10(str(tmp_path), per_batch=4)
+    with pytest.raises(ValueError, match='test_batch must be'):
+        datasets.load_cifar10(folder, test_batch='batch_9', cache_dir=cache)
+    with pytest.raises(ValueError, match='preprocessing must be'):
+        datasets.load_cifar10(folder, preprocessing='pca', cache_dir=cache)
+
+
+def test_cifar10_truncated_and_corrupt(tmp_path, cache):
+    folder = write_cifar10(str(tmp_path), per_batch=4)
+    path = os.path.join(folder, 'data_batch_2.bin')
+    with open(path, 'r+b') as f:
+        f.truncate(3 * 3073 + 100)
+    with pytest.raises(DataError, match='data_batch_2.bin: 9319 bytes is not a '
+                                        'whole number of 3073-byte records'):
+        datasets.load_cifar10(folder, cache_dir=cache)
+    with open(path, 'wb') as f:
+        f.write(bytes([12]) + bytes(3072))
+    with pytest.raises(DataError, match='data_batch_2.bin: labels above 9'):
+        datasets.load_cifar10(folder, cache_dir=cache)
+
+
+def test_cifar10_official_size_checked_by_md5(tmp_path, cache):
+    folder = write_cifar10(str(tmp_path), per_batch=2)
+    records = numpy.zeros((10000, 3073), numpy.uint8)
+    records.tofile(os.path.join(folder, 'data_batch_3.bin'))
+    with pytest.raises(DataError, match='data_batch_3.bin: MD5 .* differs'):
+        datasets.load_cifar10(folder, cache_dir=cache)
+
+
+def test_zca_whitens_the_training_set():
+    rng = numpy.random.RandomState(0)
+    mixing = rng.randn(6, 6)
+    train = rng.randn(5000, 6) @ mixing + 3
+    test = rng.randn(100, 6) @ mixing + 3
+    white, white_test = datasets.zca_whiten(train, test)
+    numpy.testing.assert_allclose(numpy.cov(white.T, bias=True), numpy.eye(6),
+                                  atol=1e-4)
+    numpy.testing.assert_allclose(white.mean(axis=0), 0, atol=1e-5)
+    # ZCA is the symmetric whitening: the closest whitened data to the input
+    centred = train - train.mean(axis=0)
+    sigma = centred.T @ centred / len(train)
+    u, s, _ = numpy.linalg.svd(sigma)
+    expected = (test - train.mean(axis=0)) @ (u @ numpy.diag(s ** -0.5) @ u.T)
+    numpy.testing.assert_allclose(white_test, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_minmax_per_image():
+    x = numpy.array([[2.0, 4.0, 6.0], [-1.0, -1.0, -1.0]])
+    numpy.testing.assert_array_equal(datasets.minmax_per_image(x),
+                                     [[0, 0.5, 1], [0, 0, 0]])
+
+
+def test_cifar10_zca_output_range_and_cache(tmp_path, cache, monkeypatch):
+    folder = write_cifar10(str(tmp_path), per_batch=20)
+    first = datasets.load_cifar10(folder, cache_dir=cache)
+    x = first.train_x.reshape(len(first.train_x), -1)
+    numpy.testing.assert_allclose(x.min(axis=1), 0, atol=1e-6)
+    numpy.testing.assert_allclose(x.max(axis=1), 1, atol=1e-6)
+    assert os.path.isfile(first.info['cache'])
+
+    def must_not_run(*args):
+        raise AssertionError('preprocessing recomputed despite the cache')
+    monkeypatch.setattr(datasets, '_preprocess', must_not_run)
+    second = datasets.load_cifar10(folder, cache_dir=cache)
+    numpy.testing.assert_array_equal(first.train_x, second.train_x)
+    # another split is another cache entry
+    with pytest.raises(AssertionError, match='recomputed'):
+        datasets.load_cifar10(folder, test_batch='data_batch_1', cache_dir=cache)
+
+
+def test_data_dir_from_environment(tmp_path, monkeypatch):
+    write_mnist(str(tmp_path / 'mnist'), train=10, test=10)
+    monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path))
+    assert len(datasets.load_mnist().train_t) == 10

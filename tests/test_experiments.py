@@ -1,0 +1,232 @@
+"""End-to-end smoke runs of the experiment scripts on tiny synthetic data."""
+import csv
+import importlib
+import json
+import os
+import sys
+
+import numpy
+import pytest
+
+from branchynet import report
+from branchynet.model import BranchyNet
+from synthetic_data import write_cifar10, write_mnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_MNIST = os.path.join(ROOT, '..', 'shared', 'data', 'mnist')
+sys.path.insert(0, os.path.join(ROOT, 'experiments'))
+FAST = ['--quick', '--no-progress']
+
+
+def script(name):
+    return importlib.import_module(name)
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp('data')
+    write_mnist(str(root / 'mnist'), train=256, test=64)
+    write_cifar10(str(root / 'cifar10' / 'cifar-10-batches-bin'), per_batch=40,
+                  test=False)
+    return str(root)
+
+
+@pytest.fixture(scope='module')
+def lenet_run(data, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp('runs') / 'b_lenet')
+    lenet = script('run_b_lenet')
+    results = lenet.main(lenet.PROTOCOL, ['--data-dir', data, '-o', out,
+                                          '--thresholds', '0.5'] + FAST)
+    return out, results
+
+
+def test_lenet_run_writes_every_result_file(lenet_run):
+    out, results = lenet_run
+    for name in ('baseline.npz', 'branchynet.npz', 'exit_outputs.npz',
+                 'results.json', 'sweep.csv', 'table1.csv', 'table1.md',
+                 'figures/fig3_b_lenet_cpu.png', 'figures/fig3_b_lenet_cpu.pdf',
+                 'figures/fig4_b_lenet.png', 'figures/training_b_lenet.pdf'):
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert not [n for n in os.listdir(out) if n.endswith('.tmp')]
+    assert report.read_json(os.path.join(out, 'results.json')) == results
+
+
+def test_lenet_results_content(lenet_run):
+    out, results = lenet_run
+    assert results['network'] == 'B-LeNet' and results['baseline_name'] == 'LeNet'
+    assert results['data']['test'] == 't10k-images-idx3-ubyte'
+    assert results['data']['test_size'] == 64
+    assert results['config']['epoch_main'] == 1 and results['config']['seed'] == 0
+    assert results['environment']['chainer'] == '7.8.1'
+    assert [len(results['training'][p]) for p in ('main', 'joint')] == [1, 1]
+    points = results['sweep']['points']
+    assert len(points) == 17  # the LeNet threshold list over one exit
+    cpu = results['timing']['cpu']
+    assert len(cpu['predicted_ms']) == 17 and len(cpu['exit_path_ms']) == 2
+    knee = cpu['knee']
+    assert knee['thresholds'] == points[knee['index']]['thresholds']
+    assert knee['index'] in cpu['frontier']
+    assert knee['measured']['median_ms'] > 0 and knee['predicted_ms'] > 0
+    assert cpu['user']['thresholds'] == [0.5]
+    assert 'trunk_to_exit' in cpu['reference_style']
+
+
+def test_lenet_tables(lenet_run):
+    out, results = lenet_run
+    with open(os.path.join(out, 'table1.csv')) as f:
+        rows = list(csv.DictReader(f))
+    assert [r['Network'] for r in rows] == ['LeNet', 'B-LeNet',
+                                            'B-LeNet (user T)']
+    assert list(rows[0]) == report.TABLE1_COLUMNS
+    knee = results['timing']['cpu']['knee']
+    assert rows[1]['Acc. (%)'] == '{:.2f}'.format(100 * knee['accuracy'])
+    assert rows[2]['Thrshld. T'] == '0.5'
+    gain = results['timing']['cpu']['baseline']['median_ms'] / \
+        knee['measured']['median_ms']
+    assert rows[1]['Gain'] == '{:.1f}x'.format(gain)
+    markdown = open(os.path.join(out, 'table1.md')).read()
+    assert '| CPU | LeNet |' in markdown
+    assert 'test = t10k-images-idx3-ubyte (64 samples)' in markdown
+    with open(os.path.join(out, 'sweep.csv')) as f:
+        sweep_rows = list(csv.DictReader(f))
+    assert len(sweep_rows) == 17 and float(sweep_rows[0]['T1']) == 0.0001
+
+
+def test_figures_regenerate_from_the_results_file_alone(lenet_run, tmp_path):
+    out, _ = lenet_run
+    alone = tmp_path / 'copy'
+    alone.mkdir()
+    (alone / 'results.json').write_text(open(os.path.join(out,
+                                                          'results.json')).read())
+    script('make_figures').main([str(alone), '--out', str(tmp_path / 'figs')])
+    assert sorted(os.listdir(tmp_path / 'figs')) == sorted(
+        ['{}.{}'.format(stem, ext)
+         for stem in ('fig3_b_lenet_cpu', 'fig4_b_lenet', 'training_b_lenet')
+         for ext in ('png', 'pdf')])
+
+
+def test_alexnet_run_on_a_held_out_batch(data, tmp_path):
+    alex = script('run_b_alexnet')
+    results = alex.main(alex.PROTOCOL, FAST + [
+        '--data-dir', data, '-o', str(tmp_path / 'alex'), '--test-batch',
+        'data_batch_5', '--preprocessing', 'scale', '--cache-dir',
+        str(tmp_path / 'cache'), '--train-size', '32', '--test-size', '16',
+        '--timing-samples', '4'])
+    assert results['data']['test'] == 'data_batch_5'
+    assert results['data']['held_out_training_batch']
+    assert len(results['sweep']['points']) == 121
+    assert 'data_batch_5' in open(tmp_path / 'alex' / 'table1.md').read()
+
+
+def test_resnet_run(data, tmp_path):
+    resnet = script('run_b_resnet110')
+    results = resnet.main(resnet.PROTOCOL, FAST + [
+        '--data-dir', data, '-o', str(tmp_path / 'resnet'), '--test-batch',
+        'data_batch_5', '--preprocessing', 'scale', '--train-size', '16',
+        '--test-size', '4', '-b', '16', '--timing-samples', '2',
+        '--timing-warmup', '0', '--cache-dir', str(tmp_path / 'cache')])
+    assert results['network'] == 'B-ResNet-110'
+    assert len(results['timing']['cpu']['exit_path_ms']) == 3
+
+
+def test_branch_layers_run(data, tmp_path):
+    out = tmp_path / 'layers'
+    summary = script('run_alexnet_branch_layers').main(FAST + [
+        '--data-dir', data, '-o', str(out), '--test-batch', 'data_batch_5',
+        '--preprocessing', 'scale', '--convs', '0', '3', '--cache-dir',
+        str(tmp_path / 'cache'), '--train-size', '32', '--test-size', '16'])
+    assert [v['branch1_convs'] for v in summary['variants']] == [0, 3]
+    assert (out / 'figures' / 'fig5_alexnet_branch_layers.png').is_file()
+    saved = report.read_json(str(out / 'summary.json'))
+    assert saved['variants'][1]['final_exit_accuracy'] == \
+        report.read_json(saved['variants'][1]['results'])['exit_accuracy'][-1]
+
+
+def test_missing_test_batch_fails_clearly_and_writes_nothing(data, tmp_path,
+                                                            capsys):
+    alex = script('run_b_alexnet')
+    out = tmp_path / 'alex'
+    with pytest.raises(SystemExit, match='test batch .* not found.*--test-batch'):
+        alex.main(alex.PROTOCOL, ['--data-dir', data, '-o', str(out)] + FAST)
+    assert not out.exists() or os.listdir(out) == []
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--thresholds', '0.1', '0.2'], 'expected 1, got 2'),
+    (['--thresholds', '-1'], 'non-negative'),
+    (['--branch-weights', '1'], 'expected 2, got 1'),
+    (['--threshold-list', '0.1', 'nan'], 'non-negative'),
+    (['--timing-samples', '-3'], 'must not be negative'),
+])
+def test_bad_arguments_stop_before_any_work(data, tmp_path, capsys, flags,
+                                            message):
+    lenet = script('run_b_lenet')
+    out = tmp_path / 'run'
+    with pytest.raises(SystemExit) as stop:
+        lenet.main(lenet.PROTOCOL, ['--data-dir', data, '-o', str(out)] +
+                   FAST + flags)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_refuses_to_overwrite_a_run_without_resume(lenet_run, data):
+    out, _ = lenet_run
+    lenet = script('run_b_lenet')
+    with pytest.raises(SystemExit, match='already holds a training run; pass '
+                                         '--resume'):
+        lenet.main(lenet.PROTOCOL, ['--data-dir', data, '-o', out] + FAST)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_after_interruption_gives_the_same_weights(data, tmp_path,
+                                                          monkeypatch):
+    lenet = script('run_b_lenet')
+    flags = ['--data-dir', data, '--epoch-main', '2', '--epoch-joint', '3',
+             '-b', '64', '--skip-timing'] + FAST  # 4 steps per epoch
+    lenet.main(lenet.PROTOCOL, ['-o', str(tmp_path / 'straight')] + flags)
+
+    calls = []
+    joint_loss = BranchyNet.joint_loss
+
+    def interrupt_in_joint_epoch_2(self, x, t):
+        import chainer
+        if chainer.config.train:
+            calls.append(1)
+            if len(calls) == 6:
+                raise Interrupted()
+        return joint_loss(self, x, t)
+    monkeypatch.setattr(BranchyNet, 'joint_loss', interrupt_in_joint_epoch_2)
+    with pytest.raises(Interrupted):
+        lenet.main(lenet.PROTOCOL, ['-o', str(tmp_path / 'resumed')] + flags)
+    assert not (tmp_path / 'resumed' / 'branchynet.npz').exists()
+    monkeypatch.setattr(BranchyNet, 'joint_loss', joint_loss)
+    results = lenet.main(lenet.PROTOCOL, ['-o', str(tmp_path / 'resumed'),
+                                          '--resume'] + flags)
+
+    for name in ('baseline.npz', 'branchynet.npz'):
+        with numpy.load(tmp_path / 'straight' / name) as a, \
+                numpy.load(tmp_path / 'resumed' / name) as b:
+            assert a.files == b.files
+            for key in a.files:
+                numpy.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert [e['epoch'] for e in results['training']['joint']] == [1, 2, 3]
+    straight = json.load(open(tmp_path / 'straight' / 'results.json'))
+    assert straight['sweep'] == results['sweep']
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_MNIST),
+                    reason='real MNIST (../shared/data/mnist) not present')
+def test_b_lenet_learns_real_mnist(tmp_path):
+    lenet = script('run_b_lenet')
+    results = lenet.main(lenet.PROTOCOL, [
+        '--data-dir', SHARED_MNIST, '-o', str(tmp_path / 'real'),
+        '--train-size', '10000', '--test-size', '1000', '--epoch-main', '1',
+        '--epoch-joint', '1', '-b', '32', '--skip-timing', '--no-progress'])
+    # chance is 10 %; one pass over 10000 images gives about 92 and 95 %
+    assert results['baseline']['accuracy'] > 0.9
+    assert results['exit_accuracy'][-1] > 0.9
+    assert results['exit_accuracy'][0] > 0.8
