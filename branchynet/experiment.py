@@ -54,74 +54,88 @@ class Protocol:
     network_kwargs: dict = dataclasses.field(default_factory=dict)
 
 
-# What --quick changes, unless the flag is also given explicitly.
+# Defaults of the timing flags, and what --quick changes unless the flag is
+# also given explicitly.
+TIMING_DEFAULTS = {'timing_samples': 1000, 'timing_repeats': 3,
+                   'timing_warmup': 20}
 QUICK = {'epoch_main': 1, 'epoch_joint': 1, 'train_size': 1024,
          'test_size': 256, 'timing_samples': 16, 'timing_repeats': 1,
          'timing_warmup': 2}
 
 
 def build_parser(protocol):
+    d = ' (default: %(default)s)'
     p = argparse.ArgumentParser(
         description='Train and evaluate {} as in the BranchyNet paper; '
                     'defaults reproduce the reference protocol.'.format(
-                        protocol.key),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        protocol.key))
     p.add_argument('--gpu', '-g', type=int, default=-1,
-                   help='GPU id (negative: CPU only)')
+                   help='GPU id; negative: CPU only' + d)
     p.add_argument('--out', '-o', default=os.path.join('results', protocol.key),
-                   help='output folder')
+                   help='output folder' + d)
     p.add_argument('--resume', '-r', action='store_true',
                    help='continue the run in --out from its latest snapshots')
-    p.add_argument('--batchsize', '-b', type=int, default=protocol.batchsize)
-    p.add_argument('--epoch-main', type=int, default=None,
-                   help='epochs of the main-network phase [{}]'.format(
+    p.add_argument('--batchsize', '-b', type=int, default=protocol.batchsize,
+                   help='training batch size' + d)
+    p.add_argument('--epoch-main', type=int,
+                   help='epochs of the main-network phase (default: {})'.format(
                        protocol.epoch_main))
-    p.add_argument('--epoch-joint', type=int, default=None,
-                   help='epochs of the joint phase [{}]'.format(
+    p.add_argument('--epoch-joint', type=int,
+                   help='epochs of the joint phase (default: {})'.format(
                        protocol.epoch_joint))
-    p.add_argument('--data-dir', default=None,
+    p.add_argument('--data-dir',
                    help='folder with the dataset files (default: ${}, else '
                         'download with Chainer)'.format(datasets.DATA_DIR_ENV))
     if protocol.dataset == 'cifar10':
-        p.add_argument('--test-batch', default=None,
+        p.add_argument('--test-batch',
                        help='hold out this training batch (e.g. data_batch_5) '
                             'as the test set instead of the official test_batch')
         p.add_argument('--preprocessing', choices=sorted(datasets.PREPROCESSINGS),
-                       default='zca')
-        p.add_argument('--cache-dir', default=None,
+                       default='zca', help='zca: the reference\'s ZCA + per-'
+                       'image min-max; scale: pixels / 255' + d)
+        p.add_argument('--cache-dir',
                        help='cache for preprocessed arrays (default: ${} or '
                             '~/.cache/branchynet)'.format(datasets.CACHE_DIR_ENV))
     p.add_argument('--seed', type=int, default=0,
-                   help='seeds initialisation, shuffling and dropout')
-    p.add_argument('--alpha', type=float, default=0.001, help='Adam step size')
+                   help='seeds initialisation, shuffling and dropout' + d)
+    p.add_argument('--alpha', type=float, default=0.001,
+                   help='Adam step size' + d)
     p.add_argument('--adam-beta1', type=float, default=0.9,
-                   help='Adam beta1 (reference code 0.9; the paper says 0.99)')
-    p.add_argument('--branch-weights', type=float, nargs='+', default=None,
-                   help='loss weight per exit (default all 1.0, as the code; '
-                        'the paper reports e.g. 1.0 ... 0.3)')
-    p.add_argument('--percent-train-keeps', type=float, default=1.0)
-    p.add_argument('--thresholds', type=float, nargs='+', default=None,
+                   help='Adam beta1; the reference code uses 0.9, the paper '
+                        'says 0.99' + d)
+    p.add_argument('--branch-weights', type=float, nargs='+',
+                   help='loss weight per exit (default: all 1.0, as the code; '
+                        'the paper reports 1.0 for exit 1 and 0.3 for the last '
+                        'as better)')
+    p.add_argument('--percent-train-keeps', type=float, default=1.0,
+                   help='share of samples kept for deeper exits in training'
+                        + d)
+    p.add_argument('--thresholds', type=float, nargs='+',
                    help='also evaluate and time this threshold vector')
     p.add_argument('--threshold-list', type=float, nargs='+',
                    default=list(protocol.threshold_list),
-                   help='values combined over the non-final exits in the sweep')
+                   help='values combined over the non-final exits in the '
+                        'sweep' + d)
     p.add_argument('--knee-tolerance', type=float, default=0.1,
-                   help='knee: fastest frontier point within this many '
-                        'accuracy points of the baseline (or of the best '
-                        'point if lower)')
-    p.add_argument('--timing-samples', type=int, default=None,
-                   help='test samples timed at batch size 1; 0 = all [1000]')
-    p.add_argument('--timing-repeats', type=int, default=None,
-                   help='timed passes over those samples [3]')
-    p.add_argument('--timing-warmup', type=int, default=None,
-                   help='untimed samples run first [20]')
+                   help='knee: the fastest frontier point within this many '
+                        'accuracy points of the baseline (of the best point if '
+                        'that is lower)' + d)
+    p.add_argument('--timing-samples', type=int,
+                   help='test samples timed at batch size 1; 0 = all '
+                        '(default: {timing_samples})'.format(**TIMING_DEFAULTS))
+    p.add_argument('--timing-repeats', type=int,
+                   help='timed passes over those samples (default: '
+                        '{timing_repeats})'.format(**TIMING_DEFAULTS))
+    p.add_argument('--timing-warmup', type=int,
+                   help='untimed samples run first (default: {timing_warmup})'
+                        .format(**TIMING_DEFAULTS))
     p.add_argument('--no-cpu-timing', action='store_true',
                    help='with --gpu, time on the GPU only')
     p.add_argument('--skip-timing', action='store_true',
-                   help='no timing at all (accuracy and exit shares only)')
-    p.add_argument('--train-size', type=int, default=None,
+                   help='no timing: accuracy and exit shares only, no Table I')
+    p.add_argument('--train-size', type=int,
                    help='use only the first N training samples')
-    p.add_argument('--test-size', type=int, default=None,
+    p.add_argument('--test-size', type=int,
                    help='use only the first N test samples')
     p.add_argument('--quick', action='store_true',
                    help='smoke test: ' + ', '.join(
@@ -133,9 +147,8 @@ def build_parser(protocol):
 
 def resolve_args(protocol, args):
     """Fill what the user left open: --quick values, then protocol defaults."""
-    defaults = {'epoch_main': protocol.epoch_main,
-                'epoch_joint': protocol.epoch_joint, 'timing_samples': 1000,
-                'timing_repeats': 3, 'timing_warmup': 20}
+    defaults = dict(TIMING_DEFAULTS, epoch_main=protocol.epoch_main,
+                    epoch_joint=protocol.epoch_joint)
     for key in set(QUICK) | set(defaults):
         if getattr(args, key, None) is None:
             value = QUICK[key] if args.quick and key in QUICK else \
