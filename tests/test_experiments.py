@@ -3,7 +3,6 @@ import csv
 import importlib
 import json
 import os
-import sys
 
 import numpy
 import pytest
@@ -14,7 +13,6 @@ from synthetic_data import write_cifar10, write_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.join(ROOT, '..', 'shared', 'data', 'mnist')
-sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 FAST = ['--quick', '--no-progress']
 
 

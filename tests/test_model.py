@@ -1,4 +1,3 @@
-import copy
 import math
 
 import chainer
@@ -11,6 +10,7 @@ from branchynet import Branch, BranchyNet, assign_exits, entropy
 from branchynet.exit_rule import EntropyThresholds, LowestEntropyFractions
 from conftest import (exit_entropies, grads, make_tiny_net, mixing_thresholds,
                       tiny_batch)
+from reference_design import ReferenceTrainer  # experiments/, see conftest
 
 
 # --- structure -------------------------------------------------------------
@@ -76,44 +76,24 @@ def test_joint_gradient_is_weighted_sum_of_exit_gradients(weights):
                                       atol=1e-6, err_msg=name)
 
 
-def reference_copy_and_add_gradients(net, x, t):
-    """The reference code's scheme: one trunk copy per exit, gradients added back.
-
-    Each exit n gets its own deep copy of trunk stages 0..n and head n, run
-    on the whole batch; its weighted loss is backpropagated through the copy
-    and the copy's gradients are added to the shared trunk.
-    """
-    total = {name: numpy.zeros_like(p.array) for name, p in net.namedparams()}
-    for n in range(net.num_exits):
-        stages = [copy.deepcopy(s) for s in net.trunk[:n + 1]]
-        head = copy.deepcopy(net.heads[n])
-        for link in stages + [head]:
-            link.cleargrads()
-        h = x
-        numpy.random.seed(7)
-        for stage in stages:
-            h = stage(h)
-        loss = net.branch_weights[n] * F.softmax_cross_entropy(head(h), t)
-        loss.backward()
-        for k, stage in enumerate(stages):
-            for name, p in stage.namedparams():
-                total['/trunk/{}{}'.format(k, name)] += p.grad
-        for name, p in head.namedparams():
-            total['/heads/{}{}'.format(n, name)] += p.grad
-    return total
-
-
 def test_joint_gradient_equals_reference_copy_and_add_scheme():
+    """The reference keeps one trunk copy per exit and adds their gradients."""
     net = make_tiny_net(branch_weights=[0.7, 1.0, 0.3])
     x, t = tiny_batch()
-    expected = reference_copy_and_add_gradients(net, x, t)
+    reference = ReferenceTrainer(net)
+    numpy.random.seed(7)
+    reference.accumulate_gradients(x, t)
     net.cleargrads()
     numpy.random.seed(7)
     net.joint_loss(x, t).backward()
     got = grads(net)
-    for name in expected:
-        numpy.testing.assert_allclose(got[name], expected[name], rtol=1e-5,
-                                      atol=1e-6, err_msg=name)
+    parts = [('trunk', reference.trunk()), ('heads', reference.heads())]
+    for prefix, links in parts:
+        for k, link in enumerate(links):
+            for name, p in link.namedparams():
+                key = '/{}/{}{}'.format(prefix, k, name)
+                numpy.testing.assert_allclose(got[key], p.grad, rtol=1e-5,
+                                              atol=1e-6, err_msg=key)
 
 
 def test_main_loss_trains_trunk_and_final_exit_only():
