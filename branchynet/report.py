@@ -12,6 +12,8 @@ from branchynet.files import atomic_write
 
 TABLE1_COLUMNS = ['Device', 'Network', 'Acc. (%)', 'Time (ms)', 'Gain',
                   'Thrshld. T', 'Exit (%)']
+# The CSV files also say which data each number comes from.
+SPLIT_COLUMNS = ['Test set', 'Train set']
 
 
 def write_atomic(path, text):
@@ -72,22 +74,31 @@ def table1_rows(results):
     return rows
 
 
+def split_names(results):
+    """``{'Test set': ..., 'Train set': ...}`` with sample counts."""
+    data = results['data']
+    train = data['train'] if isinstance(data['train'], str) else \
+        '+'.join(data['train'])
+    return {'Test set': '{} ({} samples)'.format(data['test'],
+                                                 data['test_size']),
+            'Train set': '{} ({} samples)'.format(train, data['train_size'])}
+
+
 def table1_csv(results):
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, TABLE1_COLUMNS, lineterminator='\n')
+    writer = csv.DictWriter(buffer, TABLE1_COLUMNS + SPLIT_COLUMNS,
+                            lineterminator='\n')
     writer.writeheader()
-    writer.writerows(table1_rows(results))
+    split = split_names(results)
+    writer.writerows(dict(row, **split) for row in table1_rows(results))
     return buffer.getvalue()
 
 
 def describe_run(results):
     """One line: split, epochs and machine of a run, for table captions."""
-    data, config, env = results['data'], results['config'], \
-        results['environment']
-    split = 'test = {} ({} samples), train = {} ({} samples)'.format(
-        data['test'], data['test_size'],
-        data['train'] if isinstance(data['train'], str)
-        else '+'.join(data['train']), data['train_size'])
+    config, env = results['config'], results['environment']
+    split = 'test = {Test set}, train = {Train set}'.format(
+        **split_names(results))
     machine = env['cpu'] + (' / ' + env['gpu']['name'] if env['gpu'] else '')
     return '{}; epochs main {} + joint {}; {}; timing on {} test samples'.format(
         split, config['epoch_main'], config['epoch_joint'], machine,
@@ -104,16 +115,15 @@ def table1_markdown(results):
         results['network'], '\n'.join(lines), describe_run(results)))
 
 
-SWEEP_COLUMNS = ['thresholds', 'accuracy', 'exit_fractions', 'exit_accuracy']
-
-
 def sweep_csv(results):
     """One row per threshold combination, with predicted time per device."""
     devices = list(results['timing'])
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator='\n')
     num_exits = len(results['sweep']['points'][0]['exit_fractions'])
-    header = (['T{}'.format(n + 1) for n in range(num_exits - 1)] +
+    test_set = split_names(results)['Test set']
+    header = (['test_set'] +
+              ['T{}'.format(n + 1) for n in range(num_exits - 1)] +
               ['accuracy'] +
               ['exit{}_fraction'.format(n + 1) for n in range(num_exits)] +
               ['exit{}_accuracy'.format(n + 1) for n in range(num_exits)])
@@ -123,7 +133,7 @@ def sweep_csv(results):
                    '{}_frontier'.format(device)]
     writer.writerow(header)
     for i, point in enumerate(results['sweep']['points']):
-        row = (point['thresholds'] + [point['accuracy']] +
+        row = ([test_set] + point['thresholds'] + [point['accuracy']] +
                point['exit_fractions'] +
                ['' if a is None else a for a in point['exit_accuracy']])
         for device in devices:

@@ -75,7 +75,8 @@ def test_lenet_tables(lenet_run):
         rows = list(csv.DictReader(f))
     assert [r['Network'] for r in rows] == ['LeNet', 'B-LeNet',
                                             'B-LeNet (user T)']
-    assert list(rows[0]) == report.TABLE1_COLUMNS
+    assert list(rows[0]) == report.TABLE1_COLUMNS + ['Test set', 'Train set']
+    assert {r['Test set'] for r in rows} == {'t10k-images-idx3-ubyte (64 samples)'}
     knee = results['timing']['cpu']['knee']
     assert rows[1]['Acc. (%)'] == '{:.2f}'.format(100 * knee['accuracy'])
     assert rows[2]['Thrshld. T'] == '0.5'
@@ -88,6 +89,9 @@ def test_lenet_tables(lenet_run):
     with open(os.path.join(out, 'sweep.csv')) as f:
         sweep_rows = list(csv.DictReader(f))
     assert len(sweep_rows) == 17 and float(sweep_rows[0]['T1']) == 0.0001
+    assert sweep_rows[0]['test_set'] == 't10k-images-idx3-ubyte (64 samples)'
+    assert float(sweep_rows[3]['cpu_predicted_ms']) == pytest.approx(
+        results['timing']['cpu']['predicted_ms'][3])
 
 
 def test_figures_regenerate_from_the_results_file_alone(lenet_run, tmp_path):
