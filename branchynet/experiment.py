@@ -293,8 +293,6 @@ def evaluate(protocol, args, data, device):
     baseline_accuracy = main_accuracy(baseline, data.test_x, data.test_t)
     outputs = sweep.exit_outputs(net, data.test_x, data.test_t)
     outputs.save(os.path.join(args.out, 'exit_outputs.npz'))
-    if args.thresholds is not None:
-        sweep.evaluate(outputs, args.thresholds)  # bad vectors fail early
     points = sweep.run_sweep(outputs, args.threshold_list)
     results = {
         'network': net.name,
