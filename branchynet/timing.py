@@ -11,7 +11,9 @@ with the predicted class on the host:
 GPU work is synchronised before the clock stops. ``warmup`` samples are run
 first and not timed; then the whole sample set is timed ``repeats`` times.
 Each repeat gives a mean per sample; we report the median over repeats and
-their min and max.
+their min and max. Things that will be compared (the baseline and a
+B-network, the paths to each exit) are timed in turns, block by block, so
+that the machine's slow and fast spells fall on all of them alike.
 
 For comparison, :func:`reference_style` reproduces how the reference code
 timed: only the trunk stages, inputs already on the device, no head,
@@ -36,48 +38,71 @@ def summarize(per_sample_ms):
             'max_ms': max(values), 'repeats_ms': values}
 
 
-def _measure(function, samples, repeats, warmup, clock):
+def _in_turns(functions, samples, repeats, warmup, block, clock):
+    """Run ``functions`` over ``samples`` in turns; mean ms per sample each.
+
+    Each repeat walks the samples in blocks of ``block``, and every function
+    runs each block in turn, so a slow spell of the machine (frequency
+    scaling, a busy neighbour on a shared host) falls on all of them alike
+    instead of on whichever happened to be timed then: their ratios stay
+    honest. ``clock(function, chunk)`` returns the seconds to attribute.
+    """
     if not len(samples):
         raise ValueError('no samples to time')
-    for sample in samples[:warmup]:
-        function(sample)
-    return summarize([clock(function, samples) for _ in range(repeats)])
+    if block < 1:
+        raise ValueError('block must be at least 1, got {}'.format(block))
+    for function in functions:
+        for sample in samples[:warmup]:
+            function(sample)
+    seconds = [[0.0] * repeats for _ in functions]
+    for r in range(repeats):
+        for start in range(0, len(samples), block):
+            chunk = samples[start:start + block]
+            for i, function in enumerate(functions):
+                seconds[i][r] += clock(function, chunk)
+    return [summarize([s * 1000 / len(samples) for s in row])
+            for row in seconds]
 
 
-def time_per_sample(function, samples, device, repeats=3, warmup=10):
-    """Mean ms per sample of ``function(sample)`` over ``samples``, summarised.
+def time_in_turns(functions, samples, device, repeats=3, warmup=10,
+                  block=50):
+    """Mean ms per sample of each ``function(sample)``, timed in turns.
 
     Args:
-        function: called with one sample (a ``(1, ...)`` host array).
+        functions: each called with one sample (a ``(1, ...)`` host array).
         samples: list of such samples.
         device: the Chainer device the work runs on; it is synchronised
             before the clock starts and before it stops.
+        block: samples each function runs before the next one's turn.
+
+    Returns one summary (see :func:`summarize`) per function, in order.
     """
-    def clock(function, samples):
+    def clock(function, chunk):
         _synchronize(device)
         start = time.perf_counter()
-        for sample in samples:
+        for sample in chunk:
             function(sample)
         _synchronize(device)
-        return (time.perf_counter() - start) * 1000 / len(samples)
-    return _measure(function, samples, repeats, warmup, clock)
+        return time.perf_counter() - start
+    return _in_turns(functions, samples, repeats, warmup, block, clock)
 
 
-def time_reference_style(function, samples, repeats=3, warmup=10):
+def time_reference_style(functions, samples, repeats=3, warmup=10, block=50):
     """As the reference timed: a clock around each call, no synchronisation.
 
     ``samples`` should already be on the device, as the reference's were.
-    On a GPU this mostly measures kernel launches.
+    On a GPU this mostly measures kernel launches. Functions are run in
+    turns as in :func:`time_in_turns`; one summary per function.
     """
-    def clock(function, samples):
+    def clock(function, chunk):
         total = 0.0
-        for sample in samples:
+        for sample in chunk:
             start = time.perf_counter()
             function(sample)
             total += time.perf_counter() - start
-        return total * 1000 / len(samples)
+        return total
     with chainer.using_config('train', False), chainer.no_backprop_mode():
-        return _measure(function, samples, repeats, warmup, clock)
+        return _in_turns(functions, samples, repeats, warmup, block, clock)
 
 
 def as_samples(x):
@@ -106,14 +131,13 @@ def exit_path_costs(net, samples, repeats=3, warmup=10):
 
     The path to exit ``n`` includes the heads, softmax, entropy and host
     reads of exits ``0..n-1``, where the sample was considered and kept.
+    The paths are timed in turns (:func:`time_in_turns`).
     """
-    costs = []
-    for n in range(net.num_exits):
+    def leaving_at(n):
         thresholds = forced_thresholds(net.num_exits, n)
-        costs.append(time_per_sample(
-            lambda x: net.predict_sample(x, thresholds), samples, net.device,
-            repeats, warmup))
-    return costs
+        return lambda x: net.predict_sample(x, thresholds)
+    return time_in_turns([leaving_at(n) for n in range(net.num_exits)],
+                         samples, net.device, repeats, warmup)
 
 
 def reference_style_costs(net, baseline, samples, repeats=3, warmup=10):
@@ -131,10 +155,7 @@ def reference_style_costs(net, baseline, samples, repeats=3, warmup=10):
                 h = stage(h)
         return run
 
-    return {
-        'baseline': time_reference_style(baseline.main_forward, on_device,
-                                         repeats, warmup),
-        'trunk_to_exit': [time_reference_style(trunk_to(n), on_device,
-                                               repeats, warmup)
-                          for n in range(net.num_exits)],
-    }
+    timed = time_reference_style(
+        [baseline.main_forward] + [trunk_to(n) for n in range(net.num_exits)],
+        on_device, repeats, warmup)
+    return {'baseline': timed[0], 'trunk_to_exit': timed[1:]}

@@ -317,19 +317,19 @@ def bench_latency(net, samples, thresholds, repeats, warmup):
     labels_ours = [net.predict_sample(s, thresholds) for s in samples]
     labels_ref = [reference_predict(net, s, thresholds) for s in samples]
     exits = numpy.array([e for _, e in labels_ours])
+    baseline_ms, ours_ms, reference_ms = timing.time_in_turns(
+        [timing.baseline_classifier(net),
+         lambda s: net.predict_sample(s, thresholds),
+         lambda s: reference_predict(net, s, thresholds)],
+        samples, device, repeats, warmup)
     return {
         'thresholds': thresholds,
         'exit_shares': (numpy.bincount(exits, minlength=net.num_exits) /
                         len(samples)).tolist(),
         'same_predictions': labels_ours == labels_ref,
-        'baseline_ms': timing.time_per_sample(
-            timing.baseline_classifier(net), samples, device, repeats, warmup),
-        'ours_ms': timing.time_per_sample(
-            lambda s: net.predict_sample(s, thresholds), samples, device,
-            repeats, warmup),
-        'reference_ms': timing.time_per_sample(
-            lambda s: reference_predict(net, s, thresholds), samples, device,
-            repeats, warmup),
+        'baseline_ms': baseline_ms,
+        'ours_ms': ours_ms,
+        'reference_ms': reference_ms,
     }
 
 
