@@ -59,7 +59,7 @@ def fig3(results, device):
     ax.set_ylabel('Classification accuracy (%)')
     ax.set_title('{} ({})'.format(results['network'], device.upper()))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc='lower right')
+    ax.legend(fontsize=8, loc='best')
     return figure
 
 
