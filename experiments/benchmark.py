@@ -396,6 +396,13 @@ def run_network(key, profile, device, say):
     return result
 
 
+def _table_head(title, columns):
+    """Markdown lines opening a section with a table, one row per network."""
+    columns = ['network'] + columns
+    return ['', '## ' + title, '', '| ' + ' | '.join(columns) + ' |',
+            '|' + '---|' * len(columns)]
+
+
 def markdown(results):
     device = results['device']
     lines = ['# Benchmark: this project vs the reference design ({})'.format(
@@ -404,10 +411,10 @@ def markdown(results):
             results['environment']['cpu'],
             ' / ' + results['environment']['gpu']['name']
             if results['environment']['gpu'] else '',
-            results['profile'], results['environment']['date_utc']), '',
-        '## Joint training step (ms per step; median [min-max])', '',
-        '| network | batch | ours | reference design | speed-up | peak MB ours / ref | same update |',
-        '|---|---|---|---|---|---|---|']
+            results['profile'], results['environment']['date_utc'])]
+    lines += _table_head('Joint training step (ms per step; median [min-max])', [
+        'batch', 'ours', 'reference design', 'speed-up', 'peak MB ours / ref',
+        'same update'])
 
     def span(s):
         return '{:.3g} [{:.3g}-{:.3g}]'.format(s['median_ms'], s['min_ms'],
@@ -420,9 +427,10 @@ def markdown(results):
             key, tr['batchsize'], span(tr['ours_ms']), span(tr['reference_ms']),
             tr['reference_ms']['median_ms'] / tr['ours_ms']['median_ms'], peak,
             'yes' if tr['agreement']['same_update'] else 'NO'))
-    lines += ['', '## Threshold sweep, full grid (seconds)', '',
-              '| network | combinations | test samples | ours | reference protocol (extrapolated from N samples) | speed-up | identical |',
-              '|---|---|---|---|---|---|---|']
+    lines += _table_head('Threshold sweep, full grid (seconds)', [
+        'combinations', 'test samples', 'ours',
+        'reference protocol (extrapolated from N samples)', 'speed-up',
+        'identical'])
     for key, r in results['networks'].items():
         s = r['sweep']
         lines.append('| {} | {} | {} | {:.3g} | {:.4g} (N = {}) | {:.0f}x | {} |'
@@ -430,9 +438,9 @@ def markdown(results):
                              s['ours_s'], s['reference_s_extrapolated'],
                              s['reference_measured_on_samples'], s['speedup'],
                              'yes' if s['identical_on_measured_subset'] else 'NO'))
-    lines += ['', '## Batch-1 latency (ms per sample; median [min-max])', '',
-              '| network | exit shares (%) | baseline | ours (early exit) | reference algorithm | speed-up vs reference | same predictions |',
-              '|---|---|---|---|---|---|---|']
+    lines += _table_head('Batch-1 latency (ms per sample; median [min-max])', [
+        'exit shares (%)', 'baseline', 'ours (early exit)',
+        'reference algorithm', 'speed-up vs reference', 'same predictions'])
     for key, r in results['networks'].items():
         lat = r['latency']
         lines.append('| {} | {} | {} | {} | {} | {:.2f}x | {} |'.format(
@@ -441,9 +449,10 @@ def markdown(results):
             span(lat['reference_ms']),
             lat['reference_ms']['median_ms'] / lat['ours_ms']['median_ms'],
             'yes' if lat['same_predictions'] else 'NO'))
-    lines += ['', '## Batched early exit (batch 256)', '',
-              '| network | exit shares (%) | full network (samples/s) | early exit (samples/s) | measured speed-up | ideal (multiply-adds) | fraction of ideal |',
-              '|---|---|---|---|---|---|---|']
+    lines += _table_head('Batched early exit (batch 256)', [
+        'exit shares (%)', 'full network (samples/s)',
+        'early exit (samples/s)', 'measured speed-up', 'ideal (multiply-adds)',
+        'fraction of ideal'])
     for key, r in results['networks'].items():
         b = r['batched']
         lines.append('| {} | {} | {:.0f} | {:.0f} | {:.2f}x | {:.2f}x | {:.2f} |'
