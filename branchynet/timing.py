@@ -15,7 +15,7 @@ their min and max. Things that will be compared (the baseline and a
 B-network, the paths to each exit) are timed in turns, block by block, so
 that the machine's slow and fast spells fall on all of them alike.
 
-For comparison, :func:`reference_style` reproduces how the reference code
+For comparison, :func:`time_reference_style` reproduces how the reference code
 timed: only the trunk stages, inputs already on the device, no head,
 softmax, entropy or transfer, and no synchronisation. Its figures are
 labelled as such wherever they appear.
@@ -26,7 +26,8 @@ import chainer
 import numpy
 
 
-def _synchronize(device):
+def synchronize(device):
+    """Wait for the device's queued work (a no-op on the CPU)."""
     if device.xp is not numpy:
         chainer.backends.cuda.cupy.cuda.Device().synchronize()
 
@@ -78,11 +79,11 @@ def time_in_turns(functions, samples, device, repeats=3, warmup=10,
     Returns one summary (see :func:`summarize`) per function, in order.
     """
     def clock(function, chunk):
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         for sample in chunk:
             function(sample)
-        _synchronize(device)
+        synchronize(device)
         return time.perf_counter() - start
     return _in_turns(functions, samples, repeats, warmup, block, clock)
 

@@ -79,11 +79,6 @@ PROFILES = {
 
 # --- helpers -----------------------------------------------------------------
 
-def synchronize(device):
-    if device.xp is not numpy:
-        cuda.cupy.cuda.Device().synchronize()
-
-
 def timed(functions, device, repeats, warmup=1):
     """Median/min/max ms of each ``function()``, called in turns.
 
@@ -99,10 +94,10 @@ def peak_memory_mb(function, device):
     if device.xp is numpy:
         return None
     pool = cuda.cupy.get_default_memory_pool()
-    synchronize(device)
+    timing.synchronize(device)
     pool.free_all_blocks()
     function()
-    synchronize(device)
+    timing.synchronize(device)
     return pool.total_bytes() / 2 ** 20
 
 
@@ -274,7 +269,7 @@ def bench_sweep(net, x, t, threshold_list, reference_samples):
         outputs = sweep.exit_outputs(net, x, t)
         return outputs, [sweep.evaluate(outputs, combo) for combo in grid]
 
-    synchronize(device)
+    timing.synchronize(device)
     start = time.perf_counter()
     outputs, points = ours()
     ours_s = time.perf_counter() - start
