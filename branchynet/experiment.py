@@ -27,7 +27,7 @@ import numpy
 from branchynet import datasets, environment, figures, report, sweep, timing
 from branchynet.exit_rule import EntropyThresholds
 from branchynet.serialization import load_model, save_model
-from branchynet.training import train_phase
+from branchynet.training import fresh_optimizer_state, train_phase
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +211,11 @@ def train(protocol, args, data, device):
     for phase, epochs, model_file in (('main', args.epoch_main, 'baseline.npz'),
                                       ('joint', args.epoch_joint,
                                        'branchynet.npz')):
+        if phase == 'joint':
+            # As the reference: new optimizer state for the exit heads; the
+            # trunk and the final head keep theirs. A resumed joint phase
+            # then loads the saved state over this.
+            fresh_optimizer_state(net.heads[:-1])
         _say(args, 'training phase "{}": {} epochs'.format(phase, epochs))
         logs[phase] = train_phase(
             net, optimizer, phase, (data.train_x, data.train_t),
@@ -300,6 +305,12 @@ def evaluate(protocol, args, data, device):
     results = {
         'network': net.name,
         'baseline': {'accuracy': baseline_accuracy},
+        # What the reference reports as its baseline: the main path
+        # evaluated once joint training is done (its notebook tests with
+        # main=True at the end), not the main-phase model.
+        'baseline_after_joint': {
+            'accuracy': main_accuracy(net, data.test_x, data.test_t),
+            'model': 'branchynet.npz'},
         'exit_accuracy': [float(a) for a in
                           (outputs.predictions == outputs.labels).mean(axis=1)],
         'sweep': {'threshold_list': list(args.threshold_list),

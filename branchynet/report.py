@@ -12,6 +12,8 @@ from branchynet.files import atomic_write
 
 TABLE1_COLUMNS = ['Device', 'Network', 'Acc. (%)', 'Time (ms)', 'Gain',
                   'Thrshld. T', 'Exit (%)']
+# The reference's baseline figure: the main path after joint training.
+AFTER_JOINT_SUFFIX = ' (main path after joint training: the reference\'s figure)'
 # The CSV files also say which data each number comes from.
 SPLIT_COLUMNS = ['Test set', 'Train set']
 
@@ -42,8 +44,11 @@ def _format_exits(fractions):
 def table1_rows(results):
     """Table I rows (dicts keyed by :data:`TABLE1_COLUMNS`), per timed device.
 
-    For each device: the baseline row, the B-network at the knee, and the
-    B-network at the user's thresholds if any were given. Accuracy and exit
+    For each device: the baseline row (the main network as the main phase
+    left it), the reference's baseline figure (the main path of the jointly
+    trained network; accuracy only, it is the same computation as the
+    baseline), the B-network at the knee, and the B-network at the user's
+    thresholds if any were given. Accuracy and exit
     shares are over the whole test set; time is the measured batch-1 time
     per sample on the timing subset.
     """
@@ -56,6 +61,15 @@ def table1_rows(results):
                      'Acc. (%)': '{:.2f}'.format(100 * baseline['accuracy']),
                      'Time (ms)': '{:.3g}'.format(base_ms),
                      'Gain': '-', 'Thrshld. T': '-', 'Exit (%)': '-'})
+        after_joint = results.get('baseline_after_joint')
+        if after_joint is not None:
+            rows.append({'Device': device.upper(),
+                         'Network': results['baseline_name'] +
+                         AFTER_JOINT_SUFFIX,
+                         'Acc. (%)': '{:.2f}'.format(
+                             100 * after_joint['accuracy']),
+                         'Time (ms)': '-', 'Gain': '-', 'Thrshld. T': '-',
+                         'Exit (%)': '-'})
         for choice in ('knee', 'user'):
             point = timing.get(choice)
             if point is None:

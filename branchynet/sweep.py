@@ -9,8 +9,9 @@ predicted from measured per-exit path costs: ``sum_n fraction_n * cost_n``
 knee point is then confirmed with a real batch-1 run.
 
 Frontier (Fig. 3): points sorted by runtime, keeping a point when its
-accuracy exceeds the last kept point's minus a tolerance (the reference's
-``get_inc_points`` with ``inc_amt = -0.0005``).
+accuracy exceeds the last kept point's minus a tolerance: 0.0001 as a
+fraction (0.01 points), what every reference experiment passes as
+``inc_amt`` to its ``get_inc_points``.
 
 Knee (Table I): the fastest frontier point whose accuracy is within
 ``tolerance`` of a target accuracy; the target is the baseline's accuracy,
@@ -28,12 +29,16 @@ from branchynet.entropy import entropy
 from branchynet.exit_rule import EntropyThresholds, assign_exits
 from branchynet.files import atomic_write
 
-# Threshold lists of the reference experiments (SPEC.md).
+# Threshold lists of the reference experiments (SPEC.md): the "LeNet list"
+# (17 values), which the ResNet-110 experiment sweeps too, and the AlexNet
+# list (11 values).
 LENET_THRESHOLDS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.075,
                     0.1, 0.25, 0.5, 0.75, 1, 2, 3, 5, 10)
-CIFAR_THRESHOLDS = (0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 0.75, 1, 5,
+ALEXNET_THRESHOLDS = (0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 0.75, 1, 5,
                     10)
-FRONTIER_TOLERANCE = 0.0005
+# Every reference experiment calls its frontier function with inc_amt=-0.0001
+# on accuracy fractions: 0.01 percentage points.
+FRONTIER_TOLERANCE = 0.0001
 
 
 @dataclasses.dataclass

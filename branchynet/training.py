@@ -49,6 +49,27 @@ class RandomStates(training.Extension):
                                      int(rest[1]), float(rest[2])))
 
 
+def fresh_optimizer_state(links):
+    """Give every parameter of ``links`` the state of a newly made optimizer.
+
+    Step count 0 and, for Adam, zero moments. The reference gives each exit
+    head its own new Adam when joint training starts. Here one optimizer
+    serves both phases, and Chainer 7 advances an update rule's step count
+    even for a parameter without a gradient: a head that sat through the
+    main phase would enter the joint phase with a step count in the
+    thousands and zero moments, so Adam's bias correction would be skipped
+    and its first steps would be several times ``alpha``.
+    """
+    for link in links:
+        for param in link.params():
+            rule = param.update_rule
+            if rule is None:
+                continue
+            rule.t = 0
+            if rule.state is not None:
+                rule.init_state(param)
+
+
 def has_snapshot(out):
     return bool(glob.glob(os.path.join(out, 'snapshot_epoch_*')))
 

@@ -23,8 +23,8 @@ For each network (B-LeNet, B-AlexNet, B-ResNet-110) it measures:
    samples continue) against the full main network, next to the ideal
    speed-up implied by the exit shares and per-stage multiply-adds.
 
-Weights are random (He-normal) and inputs random: the timings depend on the
-exit shares, not on what was learned, so the "knee" thresholds are set to
+Weights (the networks' own initialisation) and inputs are random: the
+timings depend on the exit shares, not on what was learned, so the "knee" thresholds are set to
 give the exit shares of the paper's Table I (B-LeNet 94.3/5.7 %, B-AlexNet
 65.6/25.2/9.2 %, B-ResNet 41.5/13.8/44.7 %) on the latency samples. The
 sweep uses the reference's threshold lists as they are.
@@ -52,10 +52,10 @@ NETWORKS = {
                     threshold_list=sweep.LENET_THRESHOLDS,
                     paper_exit_shares=[0.943, 0.057]),
     'b_alexnet': dict(factory=alex_cifar10.get_network, batchsize=512,
-                      threshold_list=sweep.CIFAR_THRESHOLDS,
+                      threshold_list=sweep.ALEXNET_THRESHOLDS,
                       paper_exit_shares=[0.656, 0.252, 0.092]),
     'b_resnet110': dict(factory=resnet_cifar10.get_network, batchsize=64,
-                        threshold_list=sweep.CIFAR_THRESHOLDS,
+                        threshold_list=sweep.LENET_THRESHOLDS,
                         paper_exit_shares=[0.415, 0.138, 0.447]),
 }
 

@@ -2,10 +2,12 @@
 
 Layer lists as in the reference code (SPEC.md). The reference places the
 branches after conv2 and conv3; the paper's text says after conv1 and conv2.
-We follow the code.
+We follow the code. Every weight is LeCun-normal (std ``1 / sqrt(fan_in)``),
+biases zero: what Chainer 1 drew for the reference's links, which pass no
+``wscale``.
 """
 import chainer.links as L
-from chainer.initializers import HeNormal
+from chainer.initializers import LeCunNormal
 
 from branchynet import Branch, BranchyNet
 from branchynet.layers import dropout, lrn, max_pool, relu
@@ -15,9 +17,17 @@ NUM_CLASSES = 10
 MAX_BRANCH1_CONVS = 4
 
 
+def _conv(in_channels, out_channels, ksize, pad):
+    return L.Convolution2D(in_channels, out_channels, ksize, pad=pad,
+                           initialW=LeCunNormal())
+
+
+def _linear(in_size, out_size):
+    return L.Linear(in_size, out_size, initialW=LeCunNormal())
+
+
 def _conv3x3(in_channels, out_channels):
-    return [L.Convolution2D(in_channels, out_channels, 3, pad=1,
-                            initialW=HeNormal()), relu]
+    return [_conv(in_channels, out_channels, 3, 1), relu]
 
 
 def _exit1(num_convs):
@@ -25,12 +35,12 @@ def _exit1(num_convs):
     layers = [relu, max_pool(3, 2), lrn()]
     if num_convs == 0:
         return layers + [max_pool(3, 2),
-                         L.Linear(64 * 4 * 4, NUM_CLASSES, initialW=HeNormal())]
+                         _linear(64 * 4 * 4, NUM_CLASSES)]
     layers += _conv3x3(64, 32)
     for _ in range(num_convs - 1):
         layers += _conv3x3(32, 32)
     return layers + [max_pool(3, 2),
-                     L.Linear(512, NUM_CLASSES, initialW=HeNormal())]
+                     _linear(512, NUM_CLASSES)]
 
 
 def get_network(branch1_convs=None, branch_weights=None,
@@ -44,7 +54,6 @@ def get_network(branch1_convs=None, branch_weights=None,
         branch_weights: loss weight per exit; default all 1.0.
         percent_train_keeps: see :class:`branchynet.BranchyNet`.
     """
-    he = HeNormal()
     if branch1_convs is None:
         exit1, name = _exit1(2), 'B-AlexNet'
     elif isinstance(branch1_convs, int) and not isinstance(branch1_convs, bool) \
@@ -55,22 +64,22 @@ def get_network(branch1_convs=None, branch_weights=None,
         raise ValueError('branch1_convs must be None or an int in 0..{}, got '
                          '{!r}'.format(MAX_BRANCH1_CONVS, branch1_convs))
     exit2 = [Branch([relu, max_pool(3, 2), lrn()] + _conv3x3(96, 32) + [
-        max_pool(3, 2), L.Linear(128, NUM_CLASSES, initialW=he)])]
+        max_pool(3, 2), _linear(128, NUM_CLASSES)])]
     layers = [
-        L.Convolution2D(3, 32, 5, pad=2, initialW=he),
+        _conv(3, 32, 5, 2),
         relu, max_pool(3, 2), lrn(),
-        L.Convolution2D(32, 64, 5, pad=2, initialW=he),
+        _conv(32, 64, 5, 2),
         Branch(exit1),
         relu, max_pool(3, 2), lrn(),
-        L.Convolution2D(64, 96, 3, pad=1, initialW=he),
+        _conv(64, 96, 3, 1),
     ] + (exit2 if branch1_convs is None else []) + [
         relu,
-        L.Convolution2D(96, 96, 3, pad=1, initialW=he), relu,
-        L.Convolution2D(96, 64, 3, pad=1, initialW=he), relu,
+        _conv(96, 96, 3, 1), relu,
+        _conv(96, 64, 3, 1), relu,
         max_pool(3, 2),
-        L.Linear(1024, 256, initialW=he), relu, dropout(0.5),
-        L.Linear(256, 128, initialW=he), relu, dropout(0.5),
-        Branch([L.Linear(128, NUM_CLASSES, initialW=he)]),
+        _linear(1024, 256), relu, dropout(0.5),
+        _linear(256, 128), relu, dropout(0.5),
+        Branch([_linear(128, NUM_CLASSES)]),
     ]
     return BranchyNet(layers, INPUT_SHAPE, name=name,
                       branch_weights=branch_weights,

@@ -2,9 +2,11 @@
 
 Layer list as in the reference code (SPEC.md); pooling uses Chainer's
 ``cover_all=True``, which is why the flattened sizes are 720 and 640.
+Every weight is LeCun-normal (std ``1 / sqrt(fan_in)``), biases zero: what
+Chainer 1 drew for the reference's links, which pass no ``wscale``.
 """
 import chainer.links as L
-from chainer.initializers import HeNormal
+from chainer.initializers import LeCunNormal
 
 from branchynet import Branch, BranchyNet
 from branchynet.layers import max_pool, relu
@@ -15,22 +17,22 @@ NUM_CLASSES = 10
 
 def get_network(branch_weights=None, percent_train_keeps=1.0):
     """B-LeNet with 2 exits; ``branch_weights`` defaults to ``[1, 1]``."""
-    he = HeNormal()
+    lecun = LeCunNormal()
     layers = [
-        L.Convolution2D(1, 5, 5, pad=3, initialW=he),
+        L.Convolution2D(1, 5, 5, pad=3, initialW=lecun),
         Branch([
             max_pool(2, 2), relu,
-            L.Convolution2D(5, 10, 3, pad=1, initialW=he),
+            L.Convolution2D(5, 10, 3, pad=1, initialW=lecun),
             max_pool(2, 2), relu,
-            L.Linear(640, NUM_CLASSES, initialW=he),
+            L.Linear(640, NUM_CLASSES, initialW=lecun),
         ]),
         max_pool(2, 2), relu,
-        L.Convolution2D(5, 10, 5, pad=3, initialW=he),
+        L.Convolution2D(5, 10, 5, pad=3, initialW=lecun),
         max_pool(2, 2), relu,
-        L.Convolution2D(10, 20, 5, pad=3, initialW=he),
+        L.Convolution2D(10, 20, 5, pad=3, initialW=lecun),
         max_pool(2, 2), relu,
-        L.Linear(720, 84, initialW=he),
-        Branch([L.Linear(84, NUM_CLASSES, initialW=he)]),
+        L.Linear(720, 84, initialW=lecun),
+        Branch([L.Linear(84, NUM_CLASSES, initialW=lecun)]),
     ]
     return BranchyNet(layers, INPUT_SHAPE, name='B-LeNet',
                       branch_weights=branch_weights,

@@ -1,13 +1,21 @@
 """B-ResNet-110 for CIFAR-10 (3x32x32): 3 exits, 109 conv + 1 linear on the main path.
 
 Layer list as in the reference code (SPEC.md): the branches leave after the
-stem and after the first 18 residual blocks. The paper's text places them
-after the 2nd and the 37th conv; we follow the code.
+stem's convolution block and after the first 18 residual blocks (the 37th
+convolution). The paper's text places exit 1 after the 2nd convolution; we
+follow the code.
+
+Initialisation, as Chainer 1 drew it for the reference: the stem and the
+residual-block convolutions pass ``wscale=sqrt(2)``, which Chainer 1 turns
+into std ``sqrt(wscale / fan_in) = 2**0.25 / sqrt(fan_in)`` (LeCun-normal
+scaled by ``2**0.25``; not He-normal, which would be ``sqrt(2 / fan_in)``);
+exit 1's convolutions and every linear layer pass nothing: LeCun-normal.
+Biases zero; BatchNorm gamma 1, beta 0.
 """
 import chainer
 import chainer.functions as F
 import chainer.links as L
-from chainer.initializers import HeNormal
+from chainer.initializers import LeCunNormal
 
 from branchynet import Branch, BranchyNet
 from branchynet.layers import average_pool, lrn, relu
@@ -15,6 +23,12 @@ from branchynet.layers import average_pool, lrn, relu
 INPUT_SHAPE = (3, 32, 32)
 NUM_CLASSES = 10
 BLOCKS_PER_STAGE = 18
+# Chainer 1's wscale=sqrt(2): std = sqrt(sqrt(2) / fan_in) = 2**0.25 / sqrt(fan_in)
+RESIDUAL_INIT_SCALE = 2 ** 0.25
+
+
+def _residual_init():
+    return LeCunNormal(scale=RESIDUAL_INIT_SCALE)
 
 
 class ResBlock(chainer.Chain):
@@ -30,13 +44,12 @@ class ResBlock(chainer.Chain):
         super().__init__()
         self.extra_channels = out_channels - in_channels
         self.stride = stride
-        he = HeNormal()
         with self.init_scope():
             self.conv1 = L.Convolution2D(in_channels, out_channels, 3, stride,
-                                         1, initialW=he)
+                                         1, initialW=_residual_init())
             self.bn1 = L.BatchNormalization(out_channels)
             self.conv2 = L.Convolution2D(out_channels, out_channels, 3, 1, 1,
-                                         initialW=he)
+                                         initialW=_residual_init())
             self.bn2 = L.BatchNormalization(out_channels)
 
     def forward(self, x):
@@ -60,22 +73,22 @@ def _stage(in_channels, out_channels, stride):
 
 def get_network(branch_weights=None, percent_train_keeps=1.0):
     """B-ResNet-110 with 3 exits; batch size 64 in the reference protocol."""
-    he = HeNormal()
+    lecun = LeCunNormal()
     layers = [
-        L.Convolution2D(3, 16, 3, 1, 0, initialW=he),  # 30x30 maps
+        L.Convolution2D(3, 16, 3, 1, 0, initialW=_residual_init()),  # 30x30
         L.BatchNormalization(16), relu,
         Branch([
-            L.Convolution2D(16, 64, 5, pad=2, initialW=he), relu, lrn(),
-            L.Convolution2D(64, 32, 3, pad=1, initialW=he), relu,
-            L.Convolution2D(32, 32, 3, pad=1, initialW=he), relu,
-            L.Linear(28800, NUM_CLASSES, initialW=he),
+            L.Convolution2D(16, 64, 5, pad=2, initialW=lecun), relu, lrn(),
+            L.Convolution2D(64, 32, 3, pad=1, initialW=lecun), relu,
+            L.Convolution2D(32, 32, 3, pad=1, initialW=lecun), relu,
+            L.Linear(28800, NUM_CLASSES, initialW=lecun),
         ]),
         *_stage(16, 16, 1),
-        Branch([ResBlock(16, 16), L.Linear(14400, NUM_CLASSES, initialW=he)]),
+        Branch([ResBlock(16, 16), L.Linear(14400, NUM_CLASSES, initialW=lecun)]),
         *_stage(16, 32, 2),
         *_stage(32, 64, 2),
         average_pool(6, 1),  # 8x8 -> 3x3
-        Branch([L.Linear(576, NUM_CLASSES, initialW=he)]),
+        Branch([L.Linear(576, NUM_CLASSES, initialW=lecun)]),
     ]
     return BranchyNet(layers, INPUT_SHAPE, name='B-ResNet-110',
                       branch_weights=branch_weights,

@@ -73,16 +73,23 @@ def test_lenet_tables(lenet_run):
     out, results = lenet_run
     with open(os.path.join(out, 'table1.csv')) as f:
         rows = list(csv.DictReader(f))
-    assert [r['Network'] for r in rows] == ['LeNet', 'B-LeNet',
-                                            'B-LeNet (user T)']
+    assert [r['Network'] for r in rows] == [
+        'LeNet', 'LeNet' + report.AFTER_JOINT_SUFFIX, 'B-LeNet',
+        'B-LeNet (user T)']
+    # the reference's baseline: the final exit of the jointly trained net
+    assert rows[1]['Acc. (%)'] == '{:.2f}'.format(
+        100 * results['exit_accuracy'][-1])
+    assert results['baseline_after_joint']['model'] == 'branchynet.npz'
+    assert results['baseline_after_joint']['accuracy'] == \
+        results['exit_accuracy'][-1]
     assert list(rows[0]) == report.TABLE1_COLUMNS + ['Test set', 'Train set']
     assert {r['Test set'] for r in rows} == {'t10k-images-idx3-ubyte (64 samples)'}
     knee = results['timing']['cpu']['knee']
-    assert rows[1]['Acc. (%)'] == '{:.2f}'.format(100 * knee['accuracy'])
-    assert rows[2]['Thrshld. T'] == '0.5'
+    assert rows[2]['Acc. (%)'] == '{:.2f}'.format(100 * knee['accuracy'])
+    assert rows[3]['Thrshld. T'] == '0.5'
     gain = results['timing']['cpu']['baseline']['median_ms'] / \
         knee['measured']['median_ms']
-    assert rows[1]['Gain'] == '{:.1f}x'.format(gain)
+    assert rows[2]['Gain'] == '{:.1f}x'.format(gain)
     markdown = open(os.path.join(out, 'table1.md')).read()
     assert '| CPU | LeNet |' in markdown
     assert 'test = t10k-images-idx3-ubyte (64 samples)' in markdown
@@ -107,6 +114,17 @@ def test_figures_regenerate_from_the_results_file_alone(lenet_run, tmp_path):
          for ext in ('png', 'pdf')])
 
 
+def test_reference_protocols():
+    lenet, alex, resnet = (script(name).PROTOCOL for name in (
+        'run_b_lenet', 'run_b_alexnet', 'run_b_resnet110'))
+    assert (lenet.epoch_main, lenet.epoch_joint, lenet.batchsize) == (50, 100, 512)
+    assert (alex.epoch_main, alex.epoch_joint, alex.batchsize) == (50, 100, 512)
+    assert (resnet.epoch_main, resnet.epoch_joint, resnet.batchsize) == (100, 100, 64)
+    assert len(lenet.threshold_list) == len(resnet.threshold_list) == 17
+    assert resnet.threshold_list == lenet.threshold_list
+    assert len(alex.threshold_list) == 11
+
+
 def test_alexnet_run_on_a_held_out_batch(data, tmp_path):
     alex = script('run_b_alexnet')
     results = alex.main(alex.PROTOCOL, FAST + [
@@ -128,6 +146,8 @@ def test_resnet_run(data, tmp_path):
         '--test-size', '4', '-b', '16', '--timing-samples', '2',
         '--timing-warmup', '0', '--cache-dir', str(tmp_path / 'cache')])
     assert results['network'] == 'B-ResNet-110'
+    # the reference ResNet experiment sweeps the 17-value list over 2 exits
+    assert len(results['sweep']['points']) == 17 ** 2
     assert len(results['timing']['cpu']['exit_path_ms']) == 3
 
 
@@ -218,6 +238,17 @@ def test_resume_after_interruption_gives_the_same_weights(data, tmp_path,
     assert [e['epoch'] for e in results['training']['joint']] == [1, 2, 3]
     straight = json.load(open(tmp_path / 'straight' / 'results.json'))
     assert straight['sweep'] == results['sweep']
+
+    # Adam's step counts in the final snapshot: 8 main + 12 joint steps; the
+    # exit-1 head started the joint phase with a fresh state (as the
+    # reference's new per-branch optimizer), the trunk and final head did not.
+    for run in ('straight', 'resumed'):
+        snapshot, = (tmp_path / run / 'joint_phase').glob('snapshot_epoch_*')
+        with numpy.load(snapshot) as saved:
+            def steps(param):
+                return int(saved['updater/optimizer:main/{}/t'.format(param)])
+            assert steps('heads/0/l2/W') == steps('heads/0/l5/b') == 12
+            assert steps('trunk/0/l0/W') == steps('heads/1/l0/W') == 20
 
 
 @pytest.mark.skipif(not os.path.isdir(SHARED_MNIST),

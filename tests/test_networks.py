@@ -150,3 +150,83 @@ def test_branch_weights_and_keeps_are_passed_on(module):
     assert net.branch_weights == tuple(weights)
     assert net.percent_train_keeps == 0.8
     assert default.branch_weights == (1.0,) * default.num_exits
+
+
+# --- initialisation (Chainer 1's wscale, as the reference drew it) -----------
+
+LECUN, RESIDUAL = 1.0, 2 ** 0.25  # std * sqrt(fan_in)
+
+
+def expected_scales(net):
+    """Every weighted layer's name and its expected ``std * sqrt(fan_in)``.
+
+    B-LeNet, B-AlexNet, every Linear and ResNet's exit-1 convs: wscale 1
+    (LeCun). ResNet's stem and residual-block convs: wscale sqrt(2), i.e.
+    std = 2**0.25 / sqrt(fan_in).
+    """
+    scales = {}
+    resnet = net.name == 'B-ResNet-110'
+    for name, link in net.namedlinks():
+        if isinstance(link, L.Linear):
+            scales[name] = LECUN
+        elif isinstance(link, L.Convolution2D):
+            residual = name.startswith('/trunk/0/') or '/conv' in name
+            scales[name] = RESIDUAL if resnet and residual else LECUN
+    return scales
+
+
+def drawn_scale(param, samples=60000):
+    """``std * sqrt(fan_in)`` of a weight, pooled over redraws of its initializer.
+
+    The network's own draw is included; small layers are redrawn with the
+    same initializer until ``samples`` values are pooled, so the relative
+    sampling error of the estimate is about ``1 / sqrt(2 * samples)`` (0.3 %).
+    """
+    draws = [param.array.ravel()]
+    while sum(d.size for d in draws) < samples:
+        fresh = numpy.empty(param.shape, numpy.float32)
+        param.initializer(fresh)
+        draws.append(fresh.ravel())
+    values = numpy.concatenate(draws).astype(numpy.float64)
+    fan_in = int(numpy.prod(param.shape[1:]))
+    std = values.std()
+    # the mean in units of its own standard error: a zero-mean draw stays small
+    mean_z = values.mean() / std * numpy.sqrt(values.size)
+    return float(std * numpy.sqrt(fan_in)), float(mean_z)
+
+
+@pytest.mark.parametrize('factory', [
+    lenet_mnist.get_network, alex_cifar10.get_network,
+    lambda: alex_cifar10.get_network(branch1_convs=0),
+    resnet_cifar10.get_network])
+def test_every_layer_is_initialised_as_the_reference(factory):
+    net = factory()
+    scales = expected_scales(net)
+    assert len(scales) >= 7
+    for name, expected in scales.items():
+        link = dict(net.namedlinks())[name]
+        scale, mean_z = drawn_scale(link.W)
+        # He (sqrt 2) and LeCun (1) differ by 41 %, the ResNet scale from
+        # either by 19 %: a 3 % band cannot confuse them.
+        assert scale == pytest.approx(expected, rel=0.03), name
+        assert abs(mean_z) < 5, name
+        numpy.testing.assert_array_equal(link.b.array, 0, err_msg=name)
+
+
+def test_resnet_scales_cover_stem_blocks_and_exits():
+    scales = expected_scales(resnet_cifar10.get_network())
+    residual = [n for n, s in scales.items() if s == RESIDUAL]
+    assert len(residual) == 1 + 2 * 54 + 2  # stem, 54 blocks, exit 2's block
+    assert '/trunk/0/l0' in residual and '/heads/1/l0/conv2' in residual
+    assert scales['/heads/0/l0'] == LECUN and scales['/heads/2/l0'] == LECUN
+
+
+def test_batchnorm_starts_at_identity():
+    net = resnet_cifar10.get_network()
+    norms = [link for _, link in net.namedlinks()
+             if isinstance(link, L.BatchNormalization)]
+    assert len(norms) == 1 + 2 * 55
+    for bn in norms:
+        numpy.testing.assert_array_equal(bn.gamma.array, 1)
+        numpy.testing.assert_array_equal(bn.beta.array, 0)
+        assert bn.eps == 2e-5 and bn.decay == 0.9

@@ -57,7 +57,7 @@ def test_exit_accuracy_is_per_exit_taken(tiny):
 def test_grid_is_every_combination():
     grid = sweep.threshold_grid([0.1, 1, 10], num_exits=3)
     assert len(grid) == 9 and grid[0] == [0.1, 0.1] and grid[-1] == [10, 10]
-    assert len(sweep.threshold_grid(sweep.CIFAR_THRESHOLDS, 3)) == 121
+    assert len(sweep.threshold_grid(sweep.ALEXNET_THRESHOLDS, 3)) == 121
     assert len(sweep.threshold_grid(sweep.LENET_THRESHOLDS, 2)) == 17
     assert len(sweep.run_sweep(ExitOutputs(numpy.zeros((3, 4), int),
                                            numpy.ones((3, 4)), numpy.zeros(4)),
@@ -79,11 +79,14 @@ def test_predicted_time_combines_exit_costs():
 
 
 def test_frontier_keeps_points_whose_accuracy_rises():
-    times = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-    accuracies = [0.90, 0.95, 0.9496, 0.94, 0.97, 0.96]
-    # 0.9496 > 0.95 - 0.0005 stays; 0.94 drops; 0.96 < 0.97 drops
-    assert sweep.frontier(accuracies, times) == [0, 1, 2, 4]
-    assert sweep.frontier(accuracies, times, tolerance=0) == [0, 1, 4]
+    times = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    accuracies = [0.90, 0.95, 0.94995, 0.9496, 0.94, 0.97, 0.96]
+    # the reference's inc_amt = -0.0001 (0.01 points): 0.94995 > 0.95 - 0.0001
+    # stays; 0.9496 is 0.04 points below the last kept point and drops
+    # (the function's unused default, 0.0005, would keep it); 0.96 drops
+    assert sweep.FRONTIER_TOLERANCE == 0.0001
+    assert sweep.frontier(accuracies, times) == [0, 1, 2, 5]
+    assert sweep.frontier(accuracies, times, tolerance=0) == [0, 1, 5]
     # order follows time, not input position
     assert sweep.frontier([0.97, 0.9], [2.0, 1.0]) == [1, 0]
 

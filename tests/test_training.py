@@ -1,0 +1,50 @@
+"""Training-phase machinery: the optimizer state the exit heads start from."""
+import chainer
+import numpy
+import pytest
+
+from branchynet.training import fresh_optimizer_state
+from conftest import make_tiny_net, tiny_batch
+
+
+def test_exit_heads_start_joint_training_with_fresh_adam_state():
+    net = make_tiny_net(dropout_ratio=None)
+    x, t = tiny_batch(16)
+    optimizer = chainer.optimizers.Adam()
+    optimizer.setup(net)
+    main_steps = 3
+    for _ in range(main_steps):
+        optimizer.update(net.main_loss, x, t)
+    head = net.heads[0].l1.W
+    # Chainer 7 counts steps even for a parameter that had no gradient
+    assert head.update_rule.t == main_steps
+
+    fresh_optimizer_state(net.heads[:-1])
+    net.cleargrads()
+    net.joint_loss(x, t).backward()
+    grad = head.grad.copy()
+    before = head.array.copy()
+    optimizer.update()
+
+    rule = head.update_rule
+    assert rule.t == 1
+    beta1, beta2 = rule.hyperparam.beta1, rule.hyperparam.beta2
+    numpy.testing.assert_allclose(rule.state['m'], (1 - beta1) * grad,
+                                  rtol=1e-6)
+    numpy.testing.assert_allclose(rule.state['v'], (1 - beta2) * grad ** 2,
+                                  rtol=1e-5)
+    # a bias-corrected first step moves each weight by about alpha, not more
+    step = numpy.abs(head.array - before)
+    assert step.max() == pytest.approx(rule.hyperparam.alpha, rel=1e-2)
+    # the trunk and the final head keep counting from the main phase
+    assert net.trunk[0].l0.W.update_rule.t == main_steps + 1
+    assert net.heads[-1].l0.W.update_rule.t == main_steps + 1
+
+
+def test_fresh_state_before_any_update_is_harmless():
+    net = make_tiny_net()
+    optimizer = chainer.optimizers.Adam()
+    optimizer.setup(net)
+    fresh_optimizer_state(net.heads)
+    assert all(p.update_rule.t == 0 and p.update_rule.state is None
+               for p in net.heads.params())
