@@ -73,16 +73,66 @@ class DataError(Exception):
 
 @dataclasses.dataclass
 class Dataset:
-    """Train and test arrays plus a record of where they came from.
+    """Train, validation and test arrays plus a record of where they came from.
 
     ``info`` is JSON-ready: dataset name, files used for training and for
-    testing, sample counts, preprocessing. Result files embed it.
+    testing, sample counts, preprocessing, the validation split. Result
+    files embed it. Without a validation split, ``valid_x`` and ``valid_t``
+    hold zero samples.
     """
     train_x: numpy.ndarray
     train_t: numpy.ndarray
     test_x: numpy.ndarray
     test_t: numpy.ndarray
     info: dict
+    valid_x: numpy.ndarray = None
+    valid_t: numpy.ndarray = None
+
+    def __post_init__(self):
+        if self.valid_x is None:
+            self.valid_x = self.train_x[:0]
+            self.valid_t = self.train_t[:0]
+
+
+# --- the validation split ------------------------------------------------------
+
+def stratified_split(labels, size, seed):
+    """Sorted indices of a seeded, class-stratified sample of ``size`` labels.
+
+    Each class gets ``size * count / total`` places rounded down; the places
+    left over go to the classes with the largest remainders (ties: the
+    smaller class label). Within a class the samples are drawn with
+    ``numpy.random.RandomState(seed)``, class by class in label order, so
+    the split depends only on the labels, ``size`` and ``seed``.
+
+    Raises:
+        ValueError: ``size`` is negative or leaves no training sample.
+    """
+    labels = numpy.asarray(labels)
+    if not 0 <= size < len(labels):
+        raise ValueError('a validation split of {} samples needs 0 <= size < '
+                         'the {} training samples'.format(size, len(labels)))
+    classes, counts = numpy.unique(labels, return_counts=True)
+    places = size * counts // len(labels)
+    remainders = size * counts % len(labels)
+    order = numpy.argsort(-remainders, kind='stable')
+    places[order[:size - places.sum()]] += 1
+    rng = numpy.random.RandomState(seed)
+    chosen = [rng.permutation(numpy.flatnonzero(labels == c))[:k]
+              for c, k in zip(classes, places)]
+    return numpy.sort(numpy.concatenate(chosen).astype(numpy.int64))
+
+
+def _carve_validation(x, t, size, seed):
+    """``(train_x, train_t, valid_x, valid_t, info)`` with ``size`` held out."""
+    held = stratified_split(t, size, seed)
+    keep = numpy.ones(len(t), bool)
+    keep[held] = False
+    info = {'size': int(size), 'seed': int(seed),
+            'rule': 'class-stratified, seeded, carved from the training set '
+                    'before training; training uses the rest',
+            'class_counts': numpy.bincount(t[held], minlength=10).tolist()}
+    return x[keep], t[keep], x[held], t[held], info
 
 
 # --- locating and checking files ---------------------------------------------
@@ -171,8 +221,16 @@ def _mnist_part(data_dir, part):
             labels.astype(numpy.int32))
 
 
-def load_mnist(data_dir=None, train_size=None, test_size=None):
-    """MNIST as float32 ``(N, 1, 28, 28)`` in [0, 1] (pixels / 255)."""
+def load_mnist(data_dir=None, train_size=None, test_size=None,
+               validation_size=0, seed=0):
+    """MNIST as float32 ``(N, 1, 28, 28)`` in [0, 1] (pixels / 255).
+
+    Args:
+        train_size, test_size: use only the first samples.
+        validation_size: hold out this many of the (first ``train_size``)
+            training samples as a validation set (:func:`stratified_split`
+            with ``seed``).
+    """
     data_dir = resolve_data_dir(data_dir)
     if data_dir is None:
         train_x, train_t, test_x, test_t = _download('mnist')
@@ -183,11 +241,13 @@ def load_mnist(data_dir=None, train_size=None, test_size=None):
         source = os.path.abspath(data_dir)
     train_x, train_t = train_x[:train_size], train_t[:train_size]
     test_x, test_t = test_x[:test_size], test_t[:test_size]
+    train_x, train_t, valid_x, valid_t, validation = _carve_validation(
+        train_x, train_t, validation_size, seed)
     info = {'dataset': 'mnist', 'source': source,
             'train': 'train-images-idx3-ubyte', 'test': 't10k-images-idx3-ubyte',
             'train_size': len(train_t), 'test_size': len(test_t),
-            'preprocessing': 'pixels / 255'}
-    return Dataset(train_x, train_t, test_x, test_t, info)
+            'validation': validation, 'preprocessing': 'pixels / 255'}
+    return Dataset(train_x, train_t, test_x, test_t, info, valid_x, valid_t)
 
 
 # --- CIFAR-10 ----------------------------------------------------------------
@@ -298,7 +358,7 @@ def _cache_dir(cache_dir):
 
 def load_cifar10(data_dir=None, test_batch=None, preprocessing='zca',
                  train_size=None, test_size=None, cache_dir=None,
-                 zca_epsilon=0.0):
+                 zca_epsilon=0.0, validation_size=0, seed=0):
     """CIFAR-10 as float32 ``(N, 3, 32, 32)``, preprocessed and cached.
 
     Args:
@@ -309,6 +369,9 @@ def load_cifar10(data_dir=None, test_batch=None, preprocessing='zca',
         preprocessing: ``'zca'`` (reference) or ``'scale'``.
         train_size, test_size: use only the first samples (before
             preprocessing, so ZCA is fitted on what is trained on).
+        validation_size, seed: hold out a validation set from those
+            training samples (:func:`stratified_split`), before ZCA is
+            fitted: the validation images are preprocessed as test images.
     """
     if preprocessing not in PREPROCESSINGS:
         raise ValueError('preprocessing must be one of {}, got {!r}'.format(
@@ -338,22 +401,30 @@ def load_cifar10(data_dir=None, test_batch=None, preprocessing='zca',
             p[2] for p in parts]
     raw_train_x, train_t = raw_train_x[:train_size], train_t[:train_size]
     raw_test_x, test_t = raw_test_x[:test_size], test_t[:test_size]
-    info.update(train_size=len(train_t), test_size=len(test_t))
+    raw_train_x, train_t, raw_valid_x, valid_t, validation = \
+        _carve_validation(raw_train_x, train_t, validation_size, seed)
+    info.update(train_size=len(train_t), test_size=len(test_t),
+                validation=validation)
 
     key = hashlib.sha1(repr((_CACHE_VERSION, checksums, train_names, test_name,
                              preprocessing, zca_epsilon, len(train_t),
-                             len(test_t))).encode()).hexdigest()[:16]
+                             len(test_t), validation_size,
+                             seed)).encode()).hexdigest()[:16]
     path = os.path.join(_cache_dir(cache_dir), 'cifar10-{}.npz'.format(key))
     if os.path.isfile(path):
         with numpy.load(path) as cached:
-            train_x, test_x = cached['train_x'], cached['test_x']
+            train_x, held_x = cached['train_x'], cached['test_x']
     else:
-        train_x, test_x = _preprocess(raw_train_x, raw_test_x, preprocessing,
-                                      zca_epsilon)
+        # validation and test images are preprocessed alike, with what was
+        # fitted on the training images
+        train_x, held_x = _preprocess(
+            raw_train_x, numpy.concatenate([raw_valid_x, raw_test_x]),
+            preprocessing, zca_epsilon)
         with atomic_write(path) as f:
-            numpy.savez(f, train_x=train_x, test_x=test_x)
+            numpy.savez(f, train_x=train_x, test_x=held_x)
     info['cache'] = path
-    return Dataset(train_x, train_t, test_x, test_t, info)
+    valid_x, test_x = held_x[:len(valid_t)], held_x[len(valid_t):]
+    return Dataset(train_x, train_t, test_x, test_t, info, valid_x, valid_t)
 
 
 # --- download fallback ---------------------------------------------------------

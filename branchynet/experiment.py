@@ -138,6 +138,10 @@ def build_parser(protocol):
                    help='use only the first N training samples')
     p.add_argument('--test-size', type=int,
                    help='use only the first N test samples')
+    p.add_argument('--validation-size', type=int, default=0,
+                   help='hold out N training samples (class-stratified, '
+                        'seeded by --seed) as a validation set for choosing '
+                        'thresholds; 0 keeps the paper\'s protocol' + d)
     p.add_argument('--quick', action='store_true',
                    help='smoke test: ' + ', '.join(
                        '{}={}'.format(k, v) for k, v in QUICK.items()))
@@ -180,10 +184,13 @@ def check_args(protocol, args):
 def load_data(protocol, args):
     if protocol.dataset == 'mnist':
         return datasets.load_mnist(args.data_dir, args.train_size,
-                                   args.test_size)
+                                   args.test_size, args.validation_size,
+                                   args.seed)
     return datasets.load_cifar10(args.data_dir, args.test_batch,
                                  args.preprocessing, args.train_size,
-                                 args.test_size, args.cache_dir)
+                                 args.test_size, args.cache_dir,
+                                 validation_size=args.validation_size,
+                                 seed=args.seed)
 
 
 def make_network(protocol, args):

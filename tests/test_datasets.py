@@ -213,3 +213,77 @@ def test_data_dir_from_environment(tmp_path, monkeypatch):
     write_mnist(str(tmp_path / 'mnist'), train=10, test=10)
     monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path))
     assert len(datasets.load_mnist().train_t) == 10
+
+
+# --- validation split --------------------------------------------------------
+
+def test_stratified_split_exact_small_case():
+    labels = numpy.array([0] * 6 + [1] * 3 + [2] * 1)
+    # places: 5 * (6, 3, 1) / 10 = 3, 1.5, 0.5 -> 3, 1, 0; the place left
+    # goes to the larger remainder, ties to the smaller label: class 1
+    held = datasets.stratified_split(labels, 5, seed=0)
+    assert numpy.bincount(labels[held], minlength=3).tolist() == [3, 2, 0]
+    assert (numpy.diff(held) > 0).all()
+    numpy.testing.assert_array_equal(held,
+                                     datasets.stratified_split(labels, 5, 0))
+    assert datasets.stratified_split(labels, 0, 0).size == 0
+
+
+def test_stratified_split_keeps_class_shares_and_depends_on_seed():
+    labels = numpy.random.RandomState(0).randint(0, 10, 1000)
+    held = datasets.stratified_split(labels, 100, seed=3)
+    assert len(held) == len(set(held)) == 100
+    expected = numpy.bincount(labels, minlength=10) / 10
+    assert numpy.abs(numpy.bincount(labels[held], minlength=10) -
+                     expected).max() < 1
+    other = datasets.stratified_split(labels, 100, seed=4)
+    assert set(held) != set(other)
+
+
+@pytest.mark.parametrize('size', [-1, 20, 21])
+def test_stratified_split_bad_size(size):
+    with pytest.raises(ValueError, match='validation split of'):
+        datasets.stratified_split(numpy.zeros(20, int), size, 0)
+
+
+def test_mnist_validation_is_carved_from_training(tmp_path):
+    write_mnist(str(tmp_path), train=200, test=50)
+    whole = datasets.load_mnist(str(tmp_path))
+    data = datasets.load_mnist(str(tmp_path), validation_size=40, seed=1)
+    assert len(data.train_t) == 160 and len(data.valid_t) == 40
+    assert len(data.test_t) == 50 and data.info['train_size'] == 160
+    held = datasets.stratified_split(whole.train_t, 40, 1)
+    numpy.testing.assert_array_equal(data.valid_x, whole.train_x[held])
+    rest = numpy.setdiff1d(numpy.arange(200), held)
+    numpy.testing.assert_array_equal(data.train_t, whole.train_t[rest])
+    assert data.info['validation']['size'] == 40
+    assert data.info['validation']['seed'] == 1
+    assert sum(data.info['validation']['class_counts']) == 40
+    assert whole.valid_x.shape == (0, 1, 28, 28)
+    assert whole.info['validation']['size'] == 0
+
+
+def test_cifar10_validation_is_preprocessed_with_the_training_fit(tmp_path,
+                                                                  cache):
+    folder = write_cifar10(str(tmp_path), per_batch=20)
+    data = datasets.load_cifar10(folder, cache_dir=cache, validation_size=10,
+                                 seed=2)
+    assert (len(data.train_t), len(data.valid_t), len(data.test_t)) == \
+        (90, 10, 20)
+    # ZCA fitted on the 90 training images only, applied to the others
+    raw = numpy.concatenate([datasets._cifar10_batch(
+        os.path.join(folder, 'data_batch_{}.bin'.format(i)))[0]
+        for i in range(1, 6)]).reshape(100, -1)
+    raw_t = numpy.concatenate([datasets._cifar10_batch(
+        os.path.join(folder, 'data_batch_{}.bin'.format(i)))[1]
+        for i in range(1, 6)])
+    held = datasets.stratified_split(raw_t, 10, 2)
+    keep = numpy.setdiff1d(numpy.arange(100), held)
+    _, white = datasets.zca_whiten(raw[keep], raw[held])
+    numpy.testing.assert_allclose(
+        data.valid_x.reshape(10, -1), datasets.minmax_per_image(white),
+        atol=1e-5)
+    again = datasets.load_cifar10(folder, cache_dir=cache, validation_size=10,
+                                  seed=2)
+    numpy.testing.assert_array_equal(again.valid_x, data.valid_x)
+    numpy.testing.assert_array_equal(again.test_x, data.test_x)
