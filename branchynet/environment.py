@@ -35,13 +35,18 @@ def _git_commit():
     return commit + ('-dirty' if dirty else '')
 
 
-def gpu_info():
-    """Name and versions of the current CUDA device, or None without one."""
-    if not chainer.backends.cuda.available:
+def gpu_info(device):
+    """Name and versions of the CUDA device ``device`` uses, else ``None``.
+
+    Args:
+        device: a Chainer device; ``None`` or a CPU device gives ``None``,
+            so a CPU run never touches CUDA (CuPy may be installed on a
+            machine without a driver).
+    """
+    if device is None or device.xp is numpy:
         return None
     cupy = chainer.backends.cuda.cupy
-    device = cupy.cuda.Device()
-    props = cupy.cuda.runtime.getDeviceProperties(device.id)
+    props = cupy.cuda.runtime.getDeviceProperties(device.device.id)
     name = props['name']
     return {'name': name.decode() if isinstance(name, bytes) else name,
             'cupy': cupy.__version__,
@@ -49,8 +54,13 @@ def gpu_info():
             'cudnn': bool(chainer.backends.cuda.cudnn_enabled)}
 
 
-def describe():
-    """A JSON-ready description of this machine and software."""
+def describe(device=None):
+    """A JSON-ready description of this machine and software.
+
+    Args:
+        device: the Chainer device the run used; its GPU (if any) is
+            described under ``gpu``.
+    """
     return {
         'date_utc': datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec='seconds'),
@@ -60,6 +70,6 @@ def describe():
         'cpu_count': os.cpu_count(),
         'numpy': numpy.__version__,
         'chainer': chainer.__version__,
-        'gpu': gpu_info(),
+        'gpu': gpu_info(device),
         'git_commit': _git_commit(),
     }

@@ -8,8 +8,11 @@ from the softmax entropy of the samples that reached it:
 - :class:`LowestEntropyFractions` (the reference code's "percent" mode): the
   given fraction of the samples that reached the exit, lowest entropy first.
 
-The model's early-exit inference and the offline threshold sweep both ask the
-same rule objects, so there is exactly one definition of the rule.
+The model's early-exit inference (batched and batch-1), the offline
+threshold sweep and the training loss's ``percent_train_keeps`` (which
+samples go on to train deeper exits) all ask these rule objects, so there is
+exactly one definition of each rule. A rule is validated once, when it is
+made.
 """
 import math
 import numbers
@@ -53,9 +56,19 @@ class EntropyThresholds:
 
     def __init__(self, thresholds, num_exits):
         self.values = _check_values(thresholds, num_exits, 'thresholds')
+        self.num_exits = num_exits
 
     def takes(self, n, entropy):
-        """Boolean mask over ``entropy`` (samples at exit ``n``) that exit."""
+        """Which samples leave at exit ``n``.
+
+        Args:
+            n: 0-based index of a non-final exit.
+            entropy: numpy or cupy array ``(B,)``, the softmax entropy of the
+                samples that reached exit ``n``.
+
+        Returns:
+            Boolean mask ``(B,)`` of the same array module.
+        """
         # In double precision, as a Python float on the host compares: a
         # float32 entropy must not exit in one path and stay in another.
         return entropy.astype(numpy.float64) < self.values[n]
@@ -71,6 +84,10 @@ class LowestEntropyFractions:
     ``floor(fraction * reached)`` (as the reference's ``int(...)``, made robust
     to binary rounding such as ``0.29 * 100 = 28.999...``). Ties are broken
     by sample order.
+
+    Args:
+        fractions: one share in [0, 1] per non-final exit.
+        num_exits: number of exits of the network, the final one included.
     """
 
     def __init__(self, fractions, num_exits):
@@ -78,8 +95,10 @@ class LowestEntropyFractions:
         if any(f > 1 for f in self.values):
             raise ValueError('exit_fractions must lie in [0, 1], got {!r}'
                              .format(list(self.values)))
+        self.num_exits = num_exits
 
     def takes(self, n, entropy):
+        """Which samples leave at exit ``n``: see :meth:`EntropyThresholds.takes`."""
         count = math.floor(self.values[n] * entropy.shape[0] + 1e-9)
         xp = cuda.get_array_module(entropy)
         order = (numpy.argsort(entropy, kind='stable') if xp is numpy
@@ -92,13 +111,60 @@ class LowestEntropyFractions:
         return 'LowestEntropyFractions({})'.format(list(self.values))
 
 
+RULES = (EntropyThresholds, LowestEntropyFractions)
+
+
 def make_rule(num_exits, thresholds=None, exit_fractions=None):
-    """The rule asked for by exactly one of ``thresholds``/``exit_fractions``."""
+    """The rule asked for by exactly one of ``thresholds``/``exit_fractions``.
+
+    Args:
+        num_exits: number of exits of the network.
+        thresholds: a sequence (or an :class:`EntropyThresholds`) for the
+            threshold rule.
+        exit_fractions: a sequence (or a :class:`LowestEntropyFractions`)
+            for percent mode.
+
+    Returns:
+        A rule object; one given ready-made is returned as it is after
+        checking that it was made for ``num_exits`` exits.
+    """
     if (thresholds is None) == (exit_fractions is None):
         raise TypeError('give exactly one of thresholds= or exit_fractions=')
-    if thresholds is not None:
-        return EntropyThresholds(thresholds, num_exits)
-    return LowestEntropyFractions(exit_fractions, num_exits)
+    given, kind = ((thresholds, EntropyThresholds) if thresholds is not None
+                   else (exit_fractions, LowestEntropyFractions))
+    if isinstance(given, RULES):
+        if not isinstance(given, kind):
+            raise TypeError('expected {} values or a {}, got {!r}'.format(
+                'thresholds=' if kind is EntropyThresholds else
+                'exit_fractions=', kind.__name__, given))
+        if given.num_exits != num_exits:
+            raise ValueError('{!r} was made for {} exits, this network has {}'
+                             .format(given, given.num_exits, num_exits))
+        return given
+    return kind(given, num_exits)
+
+
+def keep_for_training(percent_train_keeps, num_exits):
+    """The rule of ``percent_train_keeps``: who stops training at each exit.
+
+    At each non-final exit, the ``1 - percent_train_keeps`` share of the
+    samples that reached it with the lowest entropy stops there (it trains
+    no deeper exit); the rest, the most uncertain, go on. That is percent
+    mode with that share, so it is a :class:`LowestEntropyFractions`.
+
+    Returns:
+        The rule, or ``None`` for ``percent_train_keeps == 1`` (every sample
+        trains every exit, the reference experiments' setting).
+    """
+    if isinstance(percent_train_keeps, bool) or \
+            not isinstance(percent_train_keeps, numbers.Real) or \
+            not 0 < percent_train_keeps <= 1:
+        raise ValueError('percent_train_keeps must lie in (0, 1], got '
+                         '{!r}'.format(percent_train_keeps))
+    if percent_train_keeps == 1:
+        return None
+    return LowestEntropyFractions([1 - percent_train_keeps] * (num_exits - 1),
+                                  num_exits)
 
 
 def assign_exits(entropies, rule):

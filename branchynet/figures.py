@@ -17,6 +17,8 @@ import re
 
 from matplotlib.figure import Figure
 
+from branchynet import report
+
 FORMATS = ('png', 'pdf')
 EXIT_COLOURS = ['tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple']
 
@@ -146,3 +148,30 @@ def run_figures(results, out_dir):
     paths += _save(fig4(results), out_dir, 'fig4_{}'.format(name))
     paths += _save(training_curves(results), out_dir, 'training_{}'.format(name))
     return paths
+
+
+def result_file(path):
+    """``path`` if it is a file, else the results.json or summary.json in it.
+
+    Raises:
+        ValueError: a folder holding neither.
+    """
+    if not os.path.isdir(path):
+        return path
+    for name in ('results.json', 'summary.json'):
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    raise ValueError('{} holds no results.json or summary.json'.format(path))
+
+
+def figures_from_files(paths, out_dir):
+    """Every figure of each result file (or run folder) in ``paths``.
+
+    Returns:
+        The written paths.
+    """
+    written = []
+    for path in paths:
+        written += run_figures(report.read_json(result_file(path)), out_dir)
+    return written
+

@@ -18,14 +18,17 @@ computes every stage once and every head forks off the stage that precedes
 it, so the joint loss has one backward pass and the trunk's gradient is
 ``sum_n w_n dL_n/dtheta``, the quantity the reference code assembles from
 per-exit copies of the trunk.
-"""
-import math
 
+The network is a function from inputs to logits; the training loss (branch
+weights, ``percent_train_keeps``, main-only or joint) is the job of
+:class:`branchynet.loss.BranchyLoss`, which wraps it.
+"""
 import chainer
 import chainer.functions as F
 import numpy
+from chainer.backends import cuda
 
-from branchynet import exit_rule
+from branchynet import exit_rule, loss
 from branchynet.entropy import entropy
 
 
@@ -96,21 +99,27 @@ class BranchyNet(chainer.Chain):
             end with the ``Branch`` of the final exit.
         input_shape: shape of one sample, e.g. ``(3, 32, 32)``; inputs are
             checked against it.
-        name: a name for messages and checkpoints, e.g. ``'B-AlexNet'``.
+        name: the network's title for messages and checkpoints, e.g.
+            ``'B-AlexNet'`` (kept as :attr:`title`: ``Link.name`` is Chainer's
+            name of a link inside its parent).
         branch_weights: loss weight per exit, overriding the weights given
-            in the ``Branch`` markers.
-        percent_train_keeps: at each non-final exit during training, the
-            share of the samples that reached it which goes on to train the
-            deeper exits (those with the highest entropy); ``1.0`` (the
-            reference experiments' setting) trains every exit on every sample.
+            in the ``Branch`` markers; the defaults of
+            :class:`~branchynet.loss.BranchyLoss`.
 
     Attributes:
         trunk: ``ChainList`` of ``num_exits`` stages.
         heads: ``ChainList`` of ``num_exits`` exit heads.
+        title: the network's title.
+
+    Example:
+        >>> net = BranchyNet([L.Linear(4, 8), Branch([L.Linear(8, 3)]),
+        ...                   F.relu, Branch([L.Linear(8, 3)])], (4,))
+        >>> net.num_exits
+        2
     """
 
     def __init__(self, layers, input_shape, name='BranchyNet',
-                 branch_weights=None, percent_train_keeps=1.0):
+                 branch_weights=None):
         super().__init__()
         stages, heads, weights, pending = [], [], [], []
         for layer in layers:
@@ -130,16 +139,12 @@ class BranchyNet(chainer.Chain):
             self.trunk = chainer.ChainList(*stages)
             self.heads = chainer.ChainList(*heads)
         self.input_shape = tuple(input_shape)
-        self.name = name
+        self.title = name
         self.branch_weights = weights if branch_weights is None else branch_weights
-        if not 0 < percent_train_keeps <= 1:
-            raise ValueError('percent_train_keeps must lie in (0, 1], got '
-                             '{!r}'.format(percent_train_keeps))
-        self.percent_train_keeps = percent_train_keeps
 
     def __str__(self):
         text = '{} ({} exits, input {})\n'.format(
-            self.name, self.num_exits, 'x'.join(map(str, self.input_shape)))
+            self.title, self.num_exits, 'x'.join(map(str, self.input_shape)))
         for n, (stage, head) in enumerate(zip(self.trunk, self.heads)):
             text += 'trunk[{}]:\n{}heads[{}] (exit {}, weight {}):\n{}'.format(
                 n, stage, n, n + 1, self.branch_weights[n], head)
@@ -147,43 +152,40 @@ class BranchyNet(chainer.Chain):
 
     @property
     def num_exits(self):
+        """Number of exits, the final one included."""
         return len(self.heads)
 
     @property
     def branch_weights(self):
-        """Loss weight of each exit, in order (a tuple of floats)."""
+        """Declared loss weight of each exit, in order (a tuple of floats)."""
         return self._branch_weights
 
     @branch_weights.setter
     def branch_weights(self, weights):
-        weights = list(weights)
-        if len(weights) != self.num_exits:
-            raise ValueError(
-                'branch_weights must have one weight per exit: expected {}, '
-                'got {} ({!r})'.format(self.num_exits, len(weights), weights))
-        for w in weights:
-            if isinstance(w, bool) or not isinstance(w, (int, float)) \
-                    or not math.isfinite(w) or w < 0:
-                raise ValueError('branch_weights must be finite non-negative '
-                                 'numbers, got {!r}'.format(weights))
-        self._branch_weights = tuple(float(w) for w in weights)
+        self._branch_weights = loss.check_branch_weights(weights,
+                                                         self.num_exits)
 
     def check_input(self, x):
-        """Return ``x`` if it is a float32 batch of ``input_shape`` samples."""
+        """Return ``x`` if it is a float32 batch of ``input_shape`` samples.
+
+        Raises:
+            TypeError: not an array or Variable, or not float32.
+            ValueError: another sample shape.
+        """
         array = x.array if isinstance(x, chainer.Variable) else x
         shape = getattr(array, 'shape', None)
         if shape is None:
             raise TypeError('{} expects a numpy/cupy array or Variable, got '
-                            '{}'.format(self.name, type(x).__name__))
+                            '{}'.format(self.title, type(x).__name__))
         if tuple(shape[1:]) != self.input_shape or len(shape) != 1 + len(
                 self.input_shape):
             raise ValueError(
                 '{} expects input of shape (batch, {}), got {}'.format(
-                    self.name, ', '.join(map(str, self.input_shape)),
+                    self.title, ', '.join(map(str, self.input_shape)),
                     tuple(shape)))
         if array.dtype != numpy.float32:
             raise TypeError('{} expects float32 input, got {}'.format(
-                self.name, array.dtype))
+                self.title, array.dtype))
         return x
 
     def forward(self, x):
@@ -203,44 +205,23 @@ class BranchyNet(chainer.Chain):
         return self.heads[-1](h)
 
     def main_loss(self, x, t):
-        """Softmax cross-entropy of the main network (the baseline phase)."""
-        y = self.main_forward(x)
-        loss = F.softmax_cross_entropy(y, t)
-        chainer.report({'loss': loss, 'accuracy': F.accuracy(y, t)}, self)
-        return loss
+        """Softmax cross-entropy of the main network (the baseline phase).
+
+        A shortcut for :func:`branchynet.loss.main_loss`; reports ``loss``
+        and ``accuracy`` under this network.
+        """
+        return loss.main_loss(self, x, t, observer=self)
 
     def joint_loss(self, x, t):
         """``sum_n w_n * softmax_cross_entropy(exit_n(x), t)``, reported per exit.
 
-        Reports ``loss`` and ``exit<k>/loss``, ``exit<k>/accuracy`` (k from 1).
-        With ``percent_train_keeps < 1`` the deeper exits see only the
-        samples kept at each branch point (see the class docstring).
+        A shortcut for :func:`branchynet.loss.joint_loss` with this
+        network's :attr:`branch_weights`, every sample training every exit;
+        reports ``loss``, ``exit<k>/loss`` and ``exit<k>/accuracy`` under
+        this network. :class:`branchynet.loss.BranchyLoss` has the other
+        policies.
         """
-        h = self.check_input(x)
-        total = 0
-        observations = {}
-        for n, (stage, head) in enumerate(zip(self.trunk, self.heads)):
-            h = stage(h)
-            y = head(h)
-            loss = F.softmax_cross_entropy(y, t)
-            total += self.branch_weights[n] * loss
-            observations['exit{}/loss'.format(n + 1)] = loss
-            observations['exit{}/accuracy'.format(n + 1)] = F.accuracy(y, t)
-            if self.percent_train_keeps < 1 and n < self.num_exits - 1:
-                keep = self._kept_for_deeper_exits(y)
-                h, t = F.get_item(h, keep), t[keep]
-        observations['loss'] = total
-        chainer.report(observations, self)
-        return total
-
-    def _kept_for_deeper_exits(self, y):
-        # As the reference: int(m - p*m) lowest-entropy samples stop here,
-        # which leaves at least one sample for every p > 0.
-        probabilities = F.softmax(y).array
-        reached = probabilities.shape[0]
-        stopping = int(reached - self.percent_train_keeps * reached)
-        order = self.xp.argsort(entropy(probabilities))
-        return self.xp.sort(order[stopping:])
+        return loss.joint_loss(self, x, t, self.branch_weights, observer=self)
 
     def predict(self, x, thresholds=None, exit_fractions=None):
         """Early-exit inference on a batch.
@@ -251,9 +232,11 @@ class BranchyNet(chainer.Chain):
         Args:
             x: numpy or cupy float32 array of shape ``(B,) + input_shape``;
                 it is moved to the model's device.
-            thresholds: entropy threshold per non-final exit (strict ``<``).
+            thresholds: entropy threshold per non-final exit (strict ``<``),
+                or an :class:`~branchynet.EntropyThresholds`.
             exit_fractions: or, instead, the share of the samples reaching
-                each non-final exit that leaves there, lowest entropy first.
+                each non-final exit that leaves there, lowest entropy first
+                (or a :class:`~branchynet.LowestEntropyFractions`).
 
         Returns:
             ``(labels, exits)``: numpy int64 arrays of shape ``(B,)``, the
@@ -279,24 +262,25 @@ class BranchyNet(chainer.Chain):
                 remaining, h = remaining[~take], h[~take]
                 if len(remaining) == 0:
                     break
-        return chainer.backends.cuda.to_cpu(labels), \
-            chainer.backends.cuda.to_cpu(exits)
+        return cuda.to_cpu(labels), cuda.to_cpu(exits)
 
     def predict_sample(self, x, thresholds):
         """Early-exit inference on one sample, the latency path.
 
-        At each exit the entropy is brought to the host and compared with
-        the threshold there; no index bookkeeping is done. Gives the same
-        answer as :meth:`predict` on a batch of one.
+        At each exit the entropy is brought to the host and the exit rule
+        decides there; no index bookkeeping is done. Gives the same answer
+        as :meth:`predict` on a batch of one.
 
         Args:
             x: array of shape ``(1,) + input_shape`` on any device.
-            thresholds: entropy threshold per non-final exit.
+            thresholds: entropy threshold per non-final exit, or an
+                :class:`~branchynet.EntropyThresholds` made once beforehand
+                (what a timed loop should pass: it is not checked again).
 
         Returns:
             ``(label, exit)`` as Python ints.
         """
-        values = exit_rule.EntropyThresholds(thresholds, self.num_exits).values
+        rule = exit_rule.make_rule(self.num_exits, thresholds=thresholds)
         if len(x) != 1:
             raise ValueError('predict_sample takes a batch of one sample, got '
                              '{}'.format(len(x)))
@@ -305,6 +289,9 @@ class BranchyNet(chainer.Chain):
             for n, (stage, head) in enumerate(zip(self.trunk, self.heads)):
                 h = stage(h)
                 y = head(h).array
-                if n == self.num_exits - 1 or \
-                        float(entropy(F.softmax(y).array)[0]) < values[n]:
-                    return int(y[0].argmax()), n
+                if n == self.num_exits - 1:
+                    break
+                on_host = cuda.to_cpu(entropy(F.softmax(y).array))
+                if rule.takes(n, on_host)[0]:
+                    break
+        return int(y[0].argmax()), n

@@ -23,7 +23,7 @@ def _state(net):
 def save_model(path, net):
     """Write ``net`` to ``path`` (npz); the file appears only when complete."""
     state = _state(net)
-    state[NETWORK_KEY] = numpy.asarray(net.name)
+    state[NETWORK_KEY] = numpy.asarray(net.title)
     with atomic_write(path) as f:
         numpy.savez_compressed(f, **state)
 
@@ -40,9 +40,9 @@ def load_model(path, net):
         saved_name = str(npz[NETWORK_KEY]) if NETWORK_KEY in npz.files else None
         found = {k: npz[k].shape for k in npz.files if k != NETWORK_KEY}
         problems = []
-        if saved_name is not None and saved_name != net.name:
+        if saved_name is not None and saved_name != net.title:
             problems.append('it holds network {!r}, this is {!r}'.format(
-                saved_name, net.name))
+                saved_name, net.title))
         missing = sorted(set(expected) - set(found))
         extra = sorted(set(found) - set(expected))
         if missing:
@@ -58,6 +58,6 @@ def load_model(path, net):
                 break
         if problems:
             raise ValueError('{} does not fit {}: {}'.format(
-                path, net.name, '; '.join(problems)))
+                path, net.title, '; '.join(problems)))
         serializers.NpzDeserializer(npz).load(net)
     return net

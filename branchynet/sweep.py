@@ -29,13 +29,6 @@ from branchynet.entropy import entropy
 from branchynet.exit_rule import EntropyThresholds, assign_exits
 from branchynet.files import atomic_write
 
-# Threshold lists of the reference experiments (SPEC.md): the "LeNet list"
-# (17 values), which the ResNet-110 experiment sweeps too, and the AlexNet
-# list (11 values).
-LENET_THRESHOLDS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.075,
-                    0.1, 0.25, 0.5, 0.75, 1, 2, 3, 5, 10)
-ALEXNET_THRESHOLDS = (0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 0.75, 1, 5,
-                    10)
 # Every reference experiment calls its frontier function with inc_amt=-0.0001
 # on accuracy fractions: 0.01 percentage points.
 FRONTIER_TOLERANCE = 0.0001

@@ -1,8 +1,8 @@
 """One training phase with Chainer's Trainer: resumable and repeatable.
 
 The reference protocol has two phases, each a :func:`train_phase` call with
-its own output folder: the main network alone (``net.main_loss``), then all
-exits jointly (``net.joint_loss``). Everything is Chainer's stock machinery
+its own output folder: the main network alone (the loss link's
+``main_loss``), then all exits jointly (the loss link itself). Everything is Chainer's stock machinery
 (``StandardUpdater``, ``Evaluator``, ``LogReport``, ``PrintReport``,
 ``ProgressBar``, ``snapshot``); the one addition is :class:`RandomStates`,
 which puts the random generators into the snapshot so that a resumed run
@@ -71,35 +71,54 @@ def fresh_optimizer_state(links):
 
 
 def has_snapshot(out):
+    """Whether ``out`` holds a trainer snapshot of this module."""
     return bool(glob.glob(os.path.join(out, 'snapshot_epoch_*')))
 
 
 PHASES = ('main', 'joint')
 
 
-def train_phase(net, optimizer, phase, train, test, epochs, out, batchsize,
-                device, seed, resume=False, progress=True, eval_batchsize=1000):
-    """Train ``net`` for ``epochs`` epochs in one phase of the protocol.
+def read_log(out):
+    """The per-epoch log a phase wrote to ``out`` (a list), or ``None``."""
+    path = os.path.join(out, 'log')
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def train_phase(target, optimizer, loss_func, train, test, epochs, out,
+                batchsize, device, seed, resume=False, progress=True,
+                phase='joint', eval_batchsize=1000):
+    """Train for ``epochs`` epochs: one phase of the protocol.
 
     Args:
-        net: the BranchyNet (the optimizer's target).
+        target: the loss link the optimizer is set up on (its reports
+            appear as ``main/...`` and ``validation/main/...``).
         optimizer: a set-up Chainer optimizer.
-        phase: ``'main'`` trains the main network alone (``net.main_loss``),
-            ``'joint'`` all exits (``net.joint_loss``). The same function
-            evaluates ``test`` (in test mode) after every epoch.
-        train, test: ``(x, t)`` array pairs.
+        loss_func: what a training step and the evaluation compute, e.g.
+            the loss link itself (joint) or its ``main_loss``.
+        train, test: ``(x, t)`` array pairs; ``test`` is evaluated in test
+            mode after every epoch.
+        epochs: epochs of this phase.
         out: folder for the log and the per-epoch snapshot.
+        batchsize: training batch size.
+        device: the Chainer device to train on.
         seed: seeds the shuffling of the training set.
         resume: continue from the latest snapshot in ``out`` (a finished
             phase then returns at once, with its final state loaded).
+        progress: show a progress bar and a per-epoch table.
+        phase: ``'main'`` or ``'joint'``: which columns the table shows.
 
     Returns:
         The log: a list of per-epoch dicts from ``LogReport``.
+
+    Raises:
+        FileExistsError: ``out`` holds a snapshot and ``resume`` is False.
     """
     if phase not in PHASES:
         raise ValueError('phase must be one of {}, got {!r}'.format(PHASES,
                                                                    phase))
-    loss_func = net.main_loss if phase == 'main' else net.joint_loss
     if not resume and has_snapshot(out):
         raise FileExistsError(
             '{} already holds a training run; pass --resume to continue it or '
@@ -112,7 +131,7 @@ def train_phase(net, optimizer, phase, train, test, epochs, out, batchsize,
     updater = training.StandardUpdater(train_iter, optimizer, device=device,
                                        loss_func=loss_func)
     trainer = training.Trainer(updater, (epochs, 'epoch'), out=out)
-    trainer.extend(extensions.Evaluator(test_iter, net, eval_func=loss_func,
+    trainer.extend(extensions.Evaluator(test_iter, target, eval_func=loss_func,
                                         device=device))
     trainer.extend(extensions.LogReport())
     # On GPU, dropout draws from CuPy's generator, which has no state export:
@@ -126,11 +145,9 @@ def train_phase(net, optimizer, phase, train, test, epochs, out, batchsize,
             keys = ['main/loss', 'validation/main/accuracy']
         else:
             keys = ['main/loss'] + ['validation/main/exit{}/accuracy'.format(
-                n + 1) for n in range(net.num_exits)]
+                n + 1) for n in range(target.net.num_exits)]
         trainer.extend(extensions.PrintReport(['epoch'] + keys +
                                               ['elapsed_time']))
         trainer.extend(extensions.ProgressBar(update_interval=10))
     trainer.run()
-    with open(os.path.join(out, 'log')) as f:
-        return json.load(f)
-
+    return read_log(out)

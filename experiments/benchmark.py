@@ -1,507 +1,53 @@
-"""Speed, measured: this project against the reference design, same machine, same run.
+"""This project against the reference design: training step, sweep, latency, batched exit.
 
-    python experiments/benchmark.py            # CPU, quick profile (minutes)
-    python experiments/benchmark.py --gpu 0    # GPU, full profile (paper sizes)
+    python experiments/benchmark.py              # CPU, quick profile (minutes)
+    python experiments/benchmark.py --device 0   # GPU, full profile (paper sizes)
 
-For each network (B-LeNet, B-AlexNet, B-ResNet-110) it measures:
-
-1. Joint training step (ms per step, peak GPU memory) of the shared-trunk
-   trainer against the reference's per-exit trunk copies with parameter
-   copying and gradient adding (``reference_design.ReferenceTrainer``),
-   from the same weights on the same batch; and checks that both make the
-   same update.
-2. Threshold sweep wall time for the full grid: one pass of the test set
-   through every exit plus exact scoring of every combination, against the
-   reference protocol (a batch-1 run of the test set per combination), which
-   is timed on a subset and extrapolated linearly (said so in the output);
-   accuracy and exit fractions are checked equal on that subset.
-3. Batch-1 latency per sample at "knee" thresholds and for the baseline:
-   ``predict_sample`` against the reference's inference algorithm
-   (``reference_design.reference_predict``), both timed whole and
-   synchronised.
-4. Batched early exit at batch 256: samples/s of ``predict`` (only remaining
-   samples continue) against the full main network, next to the ideal
-   speed-up implied by the exit shares and per-stage multiply-adds.
-
-Weights (the networks' own initialisation) and inputs are random: the
-timings depend on the exit shares, not on what was learned, so the "knee" thresholds are set to
-give the exit shares of the paper's Table I (B-LeNet 94.3/5.7 %, B-AlexNet
-65.6/25.2/9.2 %, B-ResNet 41.5/13.8/44.7 %) on the latency samples. The
-sweep uses the reference's threshold lists as they are.
-
-Writes ``benchmark_<device>.json`` and ``.md`` to ``--out``. Medians and
-spreads are over repeats; warm-up runs are discarded; GPU work is
-synchronised.
+What is measured and how: branchynet/benchmark.py.
 """
 import argparse
 import os
-import time
 
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
 import chainer
-import chainer.links as L
-import numpy
-from chainer.backends import cuda
-
-from branchynet import environment, report, sweep, timing
-from networks import alex_cifar10, lenet_mnist, resnet_cifar10
-from reference_design import ReferenceTrainer, reference_predict
-
-NETWORKS = {
-    'b_lenet': dict(factory=lenet_mnist.get_network, batchsize=512,
-                    threshold_list=sweep.LENET_THRESHOLDS,
-                    paper_exit_shares=[0.943, 0.057]),
-    'b_alexnet': dict(factory=alex_cifar10.get_network, batchsize=512,
-                      threshold_list=sweep.ALEXNET_THRESHOLDS,
-                      paper_exit_shares=[0.656, 0.252, 0.092]),
-    'b_resnet110': dict(factory=resnet_cifar10.get_network, batchsize=64,
-                        threshold_list=sweep.LENET_THRESHOLDS,
-                        paper_exit_shares=[0.415, 0.138, 0.447]),
-}
-
-# quick: fits in minutes on a 2-core CPU; full: the paper's sizes.
-PROFILES = {
-    'quick': dict(train_batch={'b_lenet': 128, 'b_alexnet': 32,
-                               'b_resnet110': 8},
-                  train_steps=2, train_warmup=1, test_size=500,
-                  reference_sweep_samples={'b_lenet': 10, 'b_alexnet': 4,
-                                           'b_resnet110': 1},
-                  latency_samples=40, repeats=3, warmup=5, batched_size=256,
-                  batched_repeats=2),
-    'full': dict(train_batch=None, train_steps=10, train_warmup=3,
-                 test_size=10000,
-                 reference_sweep_samples={'b_lenet': 200, 'b_alexnet': 100,
-                                          'b_resnet110': 20},
-                 latency_samples=500, repeats=5, warmup=20, batched_size=256,
-                 batched_repeats=20),
-}
-
-
-# --- helpers -----------------------------------------------------------------
-
-def timed(functions, device, repeats, warmup=1):
-    """Median/min/max ms of each ``function()``, called in turns.
-
-    Each repeat calls every function once, one after the other, so that the
-    machine's slow spells fall on all of them alike.
-    """
-    return timing.time_in_turns([lambda _, f=f: f() for f in functions],
-                                [None], device, repeats, warmup)
-
-
-def peak_memory_mb(function, device):
-    """Size of CuPy's memory pool after ``function`` ran from an empty pool."""
-    if device.xp is numpy:
-        return None
-    pool = cuda.cupy.get_default_memory_pool()
-    timing.synchronize(device)
-    pool.free_all_blocks()
-    function()
-    timing.synchronize(device)
-    return pool.total_bytes() / 2 ** 20
-
-
-def random_batch(net, size, seed):
-    rng = numpy.random.RandomState(seed)
-    x = rng.rand(size, *net.input_shape).astype(numpy.float32)
-    t = rng.randint(0, 10, size).astype(numpy.int32)
-    return x, t
-
-
-class MultiplyAddCounter(chainer.LinkHook):
-    """Counts multiply-adds of convolution and linear layers."""
-    name = 'MultiplyAddCounter'
-
-    def __init__(self):
-        self.count = 0
-
-    def forward_postprocess(self, args):
-        link, out = args.link, args.out
-        if isinstance(link, L.Convolution2D):
-            per_output = link.W.shape[1] * link.W.shape[2] * link.W.shape[3]
-        elif isinstance(link, L.Linear):
-            per_output = link.W.shape[1]
-        else:
-            return
-        self.count += out.size * per_output // out.shape[0]
-
-
-def multiply_adds(net):
-    """Per-sample multiply-adds of each trunk stage and each head."""
-    h = net.xp.zeros((1,) + net.input_shape, numpy.float32)
-    stages, heads = [], []
-    with chainer.using_config('train', False), chainer.no_backprop_mode():
-        for stage, head in zip(net.trunk, net.heads):
-            for part, into in ((stage, stages), (head, heads)):
-                with MultiplyAddCounter() as counter:
-                    out = part(h)
-                into.append(counter.count)
-                if part is stage:
-                    h = out
-    return stages, heads
-
-
-def ideal_speedup(stages, heads, exit_shares):
-    """Main-network cost over the expected early-exit cost (multiply-adds)."""
-    main = sum(stages) + heads[-1]
-    paths = [sum(stages[:n + 1]) + sum(heads[:n + 1])
-             for n in range(len(stages))]
-    return main / float(numpy.dot(exit_shares, paths))
-
-
-def thresholds_for_shares(entropies, shares):
-    """Thresholds under which the given shares of all samples leave each exit.
-
-    Each threshold lies halfway between the last entropy taken and the
-    next, so that batch-1 runs (whose entropies may differ from the batched
-    ones in the last bits) route the samples the same way.
-    """
-    thresholds = []
-    remaining = numpy.arange(entropies.shape[1])
-    for n, share in enumerate(shares[:-1]):
-        e = numpy.sort(entropies[n, remaining].astype(numpy.float64))
-        count = min(int(round(share * entropies.shape[1])), len(e))
-        if count == 0:
-            threshold = 0.0
-        elif count == len(e):
-            threshold = float(e[-1]) * 2 + 1
-        else:
-            threshold = float(e[count - 1] + e[count]) / 2
-        thresholds.append(threshold)
-        taken = entropies[n, remaining].astype(numpy.float64) < threshold
-        remaining = remaining[~taken]
-    return thresholds
-
-
-# --- 1. training step --------------------------------------------------------
-
-def updates_agree(net_before, net_after, reference, gradients, alpha):
-    """Did both designs make the same update from the same state?
-
-    Adam's first step is ``alpha * g / (|g| + eps)``: about ``alpha`` times
-    the sign of ``g``, whatever its size. Where a gradient is zero up to
-    rounding (a conv bias followed by BatchNorm has a mathematically zero
-    gradient), that quotient is rounding noise in any implementation. Such
-    elements (|g| below 1e-6 of the largest gradient, or the two designs'
-    gradients differing by more than 1 % of |g|) are only checked to have
-    moved by at most ``alpha``; all others must agree to float tolerance.
-    The gradients themselves must agree to 1e-5 of the largest gradient
-    everywhere, which is what catches a real difference.
-    """
-    ours = dict(net_after.namedparams())
-    theirs = {}
-    for k, stage in enumerate(reference.trunk()):
-        theirs.update({'/trunk/{}{}'.format(k, n): p
-                       for n, p in stage.namedparams()})
-    for k, head in enumerate(reference.heads()):
-        theirs.update({'/heads/{}{}'.format(k, n): p
-                       for n, p in head.namedparams()})
-    before = {n: cuda.to_cpu(p.array) for n, p in net_before.namedparams()}
-    scale = max(float(numpy.abs(cuda.to_cpu(g)).max()) for g in
-                gradients.values())
-    worst_param, worst_grad, noise_floor_elements = 0.0, 0.0, 0
-    for name, param in ours.items():
-        mine, other = cuda.to_cpu(param.array), cuda.to_cpu(theirs[name].array)
-        grad = cuda.to_cpu(gradients[name])
-        other_grad = cuda.to_cpu(theirs[name].grad)
-        worst_grad = max(worst_grad, float(numpy.abs(grad - other_grad).max())
-                         / scale)
-        noisy = ((numpy.abs(grad) < 1e-6 * scale) |
-                 (numpy.abs(grad - other_grad) > 1e-2 * numpy.abs(grad)))
-        noise_floor_elements += int(noisy.sum())
-        step = numpy.abs(numpy.stack([mine, other]) - before[name])
-        if (step[:, noisy] > alpha * (1 + 1e-3)).any():
-            worst_param = float('inf')
-        diff = numpy.abs(mine - other)[~noisy]
-        if diff.size:
-            worst_param = max(worst_param, float(
-                (diff / (1e-5 * numpy.abs(other[~noisy]) + 1e-6)).max()))
-    return {'same_update': worst_param <= 1 and worst_grad <= 1e-5,
-            'max_param_error_in_tolerances': worst_param,
-            'max_gradient_error_relative': worst_grad,
-            'noise_floor_elements': noise_floor_elements}
-
-
-def bench_training(spec, batchsize, device, steps, warmup, seed=0):
-    numpy.random.seed(seed)
-    net = spec['factory']().to_device(device)
-    x, t = (device.send(a) for a in random_batch(net, batchsize, seed))
-    start = net.copy(mode='copy')
-    reference = ReferenceTrainer(net)
-    optimizer = chainer.optimizers.Adam()
-    optimizer.setup(net)
-
-    # one step each from the same state, with the same dropout mask
-    device.xp.random.seed(seed)
-    net.cleargrads()
-    net.joint_loss(x, t).backward()
-    gradients = {n: p.grad.copy() for n, p in net.namedparams()}
-    optimizer.update()
-    device.xp.random.seed(seed)
-    reference.step(x, t)
-    agreement = updates_agree(start, net, reference, gradients,
-                              optimizer.alpha)
-
-    def ours():
-        optimizer.update(net.joint_loss, x, t)
-
-    def theirs():
-        reference.step(x, t)
-
-    ours_ms, reference_ms = timed([ours, theirs], device, steps, warmup)
-    return {
-        'batchsize': batchsize,
-        'ours_ms': ours_ms,
-        'reference_ms': reference_ms,
-        'ours_peak_mb': peak_memory_mb(ours, device),
-        'reference_peak_mb': peak_memory_mb(theirs, device),
-        'agreement': agreement,
-    }
-
-
-# --- 2. threshold sweep ------------------------------------------------------
-
-def bench_sweep(net, x, t, threshold_list, reference_samples):
-    device = net.device
-    grid = sweep.threshold_grid(threshold_list, net.num_exits)
-
-    def ours():
-        outputs = sweep.exit_outputs(net, x, t)
-        return outputs, [sweep.evaluate(outputs, combo) for combo in grid]
-
-    timing.synchronize(device)
-    start = time.perf_counter()
-    outputs, points = ours()
-    ours_s = time.perf_counter() - start
-
-    subset = x[:reference_samples]
-    start = time.perf_counter()
-    reference_points = []
-    for combo in grid:
-        results = [reference_predict(net, subset[i:i + 1], combo)
-                   for i in range(len(subset))]
-        labels = numpy.array([label for label, _ in results])
-        exits = numpy.array([e for _, e in results])
-        reference_points.append({
-            'accuracy': float((labels == t[:len(subset)]).mean()),
-            'exit_fractions': (numpy.bincount(exits, minlength=net.num_exits)
-                               / len(subset)).tolist()})
-    reference_subset_s = time.perf_counter() - start
-    ours_on_subset = [sweep.evaluate(outputs.subset(len(subset)), combo)
-                      for combo in grid]
-    identical = all(a['accuracy'] == b['accuracy'] and
-                    a['exit_fractions'] == b['exit_fractions']
-                    for a, b in zip(ours_on_subset, reference_points))
-    reference_s = reference_subset_s * len(x) / len(subset)
-    return {
-        'combinations': len(grid), 'test_samples': len(x),
-        'ours_s': ours_s,
-        'reference_s_extrapolated': reference_s,
-        'reference_measured_on_samples': len(subset),
-        'reference_measured_s': reference_subset_s,
-        'speedup': reference_s / ours_s,
-        'identical_on_measured_subset': identical,
-        'mean_exit_fractions': numpy.mean(
-            [p['exit_fractions'] for p in points], axis=0).tolist(),
-    }
-
-
-# --- 3. batch-1 latency ------------------------------------------------------
-
-def bench_latency(net, samples, thresholds, repeats, warmup):
-    device = net.device
-    labels_ours = [net.predict_sample(s, thresholds) for s in samples]
-    labels_ref = [reference_predict(net, s, thresholds) for s in samples]
-    exits = numpy.array([e for _, e in labels_ours])
-    baseline_ms, ours_ms, reference_ms = timing.time_in_turns(
-        [timing.baseline_classifier(net),
-         lambda s: net.predict_sample(s, thresholds),
-         lambda s: reference_predict(net, s, thresholds)],
-        samples, device, repeats, warmup)
-    return {
-        'thresholds': thresholds,
-        'exit_shares': (numpy.bincount(exits, minlength=net.num_exits) /
-                        len(samples)).tolist(),
-        'same_predictions': labels_ours == labels_ref,
-        'baseline_ms': baseline_ms,
-        'ours_ms': ours_ms,
-        'reference_ms': reference_ms,
-    }
-
-
-# --- 4. batched early exit ---------------------------------------------------
-
-def bench_batched(net, x, thresholds, repeats):
-    device = net.device
-    x = device.send(x)
-
-    def full():
-        with chainer.using_config('train', False), chainer.no_backprop_mode():
-            cuda.to_cpu(net.main_forward(x).array.argmax(axis=1))
-
-    def early():
-        net.predict(x, thresholds=thresholds)
-
-    full_ms, early_ms = (t['median_ms']
-                         for t in timed([full, early], device, repeats))
-    _, exits = net.predict(x, thresholds=thresholds)
-    shares = numpy.bincount(exits, minlength=net.num_exits) / len(x)
-    stages, heads = multiply_adds(net)
-    ideal = ideal_speedup(stages, heads, shares)
-    measured = full_ms / early_ms
-    return {
-        'batch': len(x), 'exit_shares': shares.tolist(),
-        'full_samples_per_s': len(x) / full_ms * 1000,
-        'early_exit_samples_per_s': len(x) / early_ms * 1000,
-        'measured_speedup': measured, 'ideal_speedup': ideal,
-        'fraction_of_ideal': measured / ideal,
-        'multiply_adds': {'stages': stages, 'heads': heads},
-    }
-
-
-# --- the run -------------------------------------------------------------------
-
-def run_network(key, profile, device, say):
-    spec = NETWORKS[key]
-    batchsize = (profile['train_batch'] or {}).get(key, spec['batchsize'])
-    say('{}: training step at batch {}'.format(key, batchsize))
-    result = {'training': bench_training(spec, batchsize, device,
-                                         profile['train_steps'],
-                                         profile['train_warmup'])}
-    numpy.random.seed(1)
-    net = spec['factory']().to_device(device)
-    x, t = random_batch(net, profile['test_size'], seed=2)
-    say('{}: threshold sweep on {} samples'.format(key, len(x)))
-    result['sweep'] = bench_sweep(net, x, t, spec['threshold_list'],
-                                  profile['reference_sweep_samples'][key])
-    samples = timing.as_samples(x[:profile['latency_samples']])
-    entropies = sweep.exit_outputs(net, x[:len(samples)], t[:len(samples)]) \
-        .entropies
-    thresholds = thresholds_for_shares(entropies, spec['paper_exit_shares'])
-    say('{}: batch-1 latency on {} samples'.format(key, len(samples)))
-    result['latency'] = bench_latency(net, samples, thresholds,
-                                      profile['repeats'], profile['warmup'])
-    batch = x[:profile['batched_size']]
-    batch_entropies = sweep.exit_outputs(net, batch, t[:len(batch)]).entropies
-    batch_thresholds = thresholds_for_shares(batch_entropies,
-                                             spec['paper_exit_shares'])
-    say('{}: batched early exit at batch {}'.format(key, len(batch)))
-    result['batched'] = bench_batched(net, batch, batch_thresholds,
-                                      profile['batched_repeats'])
-    return result
-
-
-def _table_head(title, columns):
-    """Markdown lines opening a section with a table, one row per network."""
-    columns = ['network'] + columns
-    return ['', '## ' + title, '', '| ' + ' | '.join(columns) + ' |',
-            '|' + '---|' * len(columns)]
-
-
-def markdown(results):
-    device = results['device']
-    lines = ['# Benchmark: this project vs the reference design ({})'.format(
-        device), '',
-        'Machine: {}{}; profile `{}`; {}.'.format(
-            results['environment']['cpu'],
-            ' / ' + results['environment']['gpu']['name']
-            if results['environment']['gpu'] else '',
-            results['profile'], results['environment']['date_utc'])]
-    lines += _table_head('Joint training step (ms per step; median [min-max])', [
-        'batch', 'ours', 'reference design', 'speed-up', 'peak MB ours / ref',
-        'same update'])
-
-    def span(s):
-        return '{:.3g} [{:.3g}-{:.3g}]'.format(s['median_ms'], s['min_ms'],
-                                               s['max_ms'])
-    for key, r in results['networks'].items():
-        tr = r['training']
-        peak = '-' if tr['ours_peak_mb'] is None else '{:.0f} / {:.0f}'.format(
-            tr['ours_peak_mb'], tr['reference_peak_mb'])
-        lines.append('| {} | {} | {} | {} | {:.2f}x | {} | {} |'.format(
-            key, tr['batchsize'], span(tr['ours_ms']), span(tr['reference_ms']),
-            tr['reference_ms']['median_ms'] / tr['ours_ms']['median_ms'], peak,
-            'yes' if tr['agreement']['same_update'] else 'NO'))
-    lines += _table_head('Threshold sweep, full grid (seconds)', [
-        'combinations', 'test samples', 'ours',
-        'reference protocol (extrapolated from N samples)', 'speed-up',
-        'identical'])
-    for key, r in results['networks'].items():
-        s = r['sweep']
-        lines.append('| {} | {} | {} | {:.3g} | {:.4g} (N = {}) | {:.0f}x | {} |'
-                     .format(key, s['combinations'], s['test_samples'],
-                             s['ours_s'], s['reference_s_extrapolated'],
-                             s['reference_measured_on_samples'], s['speedup'],
-                             'yes' if s['identical_on_measured_subset'] else 'NO'))
-    lines += _table_head('Batch-1 latency (ms per sample; median [min-max])', [
-        'exit shares (%)', 'baseline', 'ours (early exit)',
-        'reference algorithm', 'speed-up vs reference', 'same predictions'])
-    for key, r in results['networks'].items():
-        lat = r['latency']
-        lines.append('| {} | {} | {} | {} | {} | {:.2f}x | {} |'.format(
-            key, ', '.join('{:.1f}'.format(100 * f) for f in lat['exit_shares']),
-            span(lat['baseline_ms']), span(lat['ours_ms']),
-            span(lat['reference_ms']),
-            lat['reference_ms']['median_ms'] / lat['ours_ms']['median_ms'],
-            'yes' if lat['same_predictions'] else 'NO'))
-    lines += _table_head('Batched early exit (batch 256)', [
-        'exit shares (%)', 'full network (samples/s)',
-        'early exit (samples/s)', 'measured speed-up', 'ideal (multiply-adds)',
-        'fraction of ideal'])
-    for key, r in results['networks'].items():
-        b = r['batched']
-        lines.append('| {} | {} | {:.0f} | {:.0f} | {:.2f}x | {:.2f}x | {:.2f} |'
-                     .format(key, ', '.join('{:.1f}'.format(100 * f)
-                                            for f in b['exit_shares']),
-                             b['full_samples_per_s'],
-                             b['early_exit_samples_per_s'],
-                             b['measured_speedup'], b['ideal_speedup'],
-                             b['fraction_of_ideal']))
-    lines += ['', 'Random weights and inputs; knee thresholds set to give the '
-              'paper\'s Table I exit shares. The reference protocol\'s sweep '
-              'time is measured on N samples for every combination and scaled '
-              'to the test-set size. Fast path (CUDA graphs): not implemented.',
-              '']
-    return '\n'.join(lines)
+from branchynet import benchmark, config
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--gpu', '-g', type=int, default=-1,
-                        help='GPU id; negative: CPU (default: %(default)s)')
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--device', '-d', default='@numpy',
+                        help='Chainer device: @numpy, @cupy:<id>, or an '
+                             'integer (negative: CPU)')
+    parser.add_argument('--gpu', '-g', dest='device', default=argparse.SUPPRESS,
+                        help='GPU id; an alias of --device')
     parser.add_argument('--out', '-o', default=os.path.join('figures',
                                                             'benchmarks'),
-                        help='folder for the JSON and Markdown (default: '
-                             '%(default)s)')
-    parser.add_argument('--networks', nargs='+', choices=sorted(NETWORKS),
-                        default=list(NETWORKS))
-    parser.add_argument('--profile', choices=sorted(PROFILES),
+                        help='folder for the JSON and Markdown')
+    parser.add_argument('--networks', nargs='+', choices=benchmark.NETWORKS,
+                        default=list(benchmark.NETWORKS))
+    parser.add_argument('--profile', choices=sorted(benchmark.PROFILES),
                         help='sizes: quick (default on CPU) or full (default '
-                             'on GPU: the paper\'s batch sizes)')
+                             'on a GPU: the paper\'s batch sizes)')
     parser.add_argument('--no-progress', action='store_true')
     args = parser.parse_args(argv)
-    device = chainer.get_device('@cupy:{}'.format(args.gpu) if args.gpu >= 0
-                                else '@numpy')
+    try:
+        spec = config.parse_device(args.device)
+        if spec != '@numpy':
+            config.check_gpu(spec)
+    except ValueError as e:
+        parser.error(str(e))
+    device = chainer.get_device(spec)
     device.use()
-    profile_name = args.profile or ('full' if args.gpu >= 0 else 'quick')
-    profile = PROFILES[profile_name]
-    name = 'gpu' if args.gpu >= 0 else 'cpu'
+    profile = args.profile or ('quick' if spec == '@numpy' else 'full')
 
     def say(text):
         if not args.no_progress:
-            print('[benchmark {}] {}'.format(name, text), flush=True)
+            print('[benchmark {}] {}'.format(spec, text), flush=True)
 
-    results = {'kind': 'benchmark', 'device': name, 'profile': profile_name,
-               'profile_settings': profile,
-               'environment': environment.describe(), 'networks': {}}
-    for key in args.networks:
-        results['networks'][key] = run_network(key, profile, device, say)
-    text = markdown(results)
-    report.write_json(os.path.join(args.out, 'benchmark_{}.json'.format(name)),
-                      results)
-    report.write_atomic(os.path.join(args.out, 'benchmark_{}.md'.format(name)),
-                        text)
-    print(text)
+    results = benchmark.run(args.networks, profile, device, args.out, say)
+    print(benchmark.markdown(results))
     return results
 
 

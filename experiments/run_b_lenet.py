@@ -6,13 +6,7 @@
 Run with --help for every option; --quick is a one-minute smoke test.
 """
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
-from branchynet.experiment import Protocol, main
-from branchynet.sweep import LENET_THRESHOLDS
-from networks import lenet_mnist
-
-PROTOCOL = Protocol(key='b_lenet', network=lenet_mnist.get_network,
-                    dataset='mnist', baseline_name='LeNet',
-                    threshold_list=LENET_THRESHOLDS)
+from branchynet import cli
 
 if __name__ == '__main__':
-    main(PROTOCOL)
+    cli.main('b_lenet')

@@ -10,14 +10,7 @@ Long: use --resume to continue an interrupted run. Run with --help for
 every option.
 """
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
-from branchynet.experiment import Protocol, main
-from branchynet.sweep import LENET_THRESHOLDS
-from networks import resnet_cifar10
-
-PROTOCOL = Protocol(key='b_resnet110', network=resnet_cifar10.get_network,
-                    dataset='cifar10', baseline_name='ResNet-110',
-                    threshold_list=LENET_THRESHOLDS, batchsize=64,
-                    epoch_main=100)
+from branchynet import cli
 
 if __name__ == '__main__':
-    main(PROTOCOL)
+    cli.main('b_resnet110')

@@ -43,16 +43,17 @@ def _exit1(num_convs):
                      _linear(512, NUM_CLASSES)]
 
 
-def get_network(branch1_convs=None, branch_weights=None,
-                percent_train_keeps=1.0):
+def get_network(branch1_convs=None):
     """B-AlexNet.
 
     Args:
         branch1_convs: ``None`` for the paper's 3-exit B-AlexNet (exit 1 with
             two convs, exit 2 with one). An int ``k`` in 0..4 builds the
             Fig. 5 variant instead: exit 1 with ``k`` convs and no exit 2.
-        branch_weights: loss weight per exit; default all 1.0.
-        percent_train_keeps: see :class:`branchynet.BranchyNet`.
+
+    Returns:
+        A :class:`branchynet.BranchyNet` on the CPU, freshly initialised
+        (from NumPy's global generator).
     """
     if branch1_convs is None:
         exit1, name = _exit1(2), 'B-AlexNet'
@@ -81,6 +82,4 @@ def get_network(branch1_convs=None, branch_weights=None,
         _linear(256, 128), relu, dropout(0.5),
         Branch([_linear(128, NUM_CLASSES)]),
     ]
-    return BranchyNet(layers, INPUT_SHAPE, name=name,
-                      branch_weights=branch_weights,
-                      percent_train_keeps=percent_train_keeps)
+    return BranchyNet(layers, INPUT_SHAPE, name=name)

@@ -15,8 +15,12 @@ INPUT_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
 
 
-def get_network(branch_weights=None, percent_train_keeps=1.0):
-    """B-LeNet with 2 exits; ``branch_weights`` defaults to ``[1, 1]``."""
+def get_network():
+    """B-LeNet: 2 exits, freshly initialised (from NumPy's global generator).
+
+    Returns:
+        A :class:`branchynet.BranchyNet` on the CPU.
+    """
     lecun = LeCunNormal()
     layers = [
         L.Convolution2D(1, 5, 5, pad=3, initialW=lecun),
@@ -34,6 +38,4 @@ def get_network(branch_weights=None, percent_train_keeps=1.0):
         L.Linear(720, 84, initialW=lecun),
         Branch([L.Linear(84, NUM_CLASSES, initialW=lecun)]),
     ]
-    return BranchyNet(layers, INPUT_SHAPE, name='B-LeNet',
-                      branch_weights=branch_weights,
-                      percent_train_keeps=percent_train_keeps)
+    return BranchyNet(layers, INPUT_SHAPE, name='B-LeNet')

@@ -71,8 +71,12 @@ def _stage(in_channels, out_channels, stride):
         for _ in range(BLOCKS_PER_STAGE - 1)]
 
 
-def get_network(branch_weights=None, percent_train_keeps=1.0):
-    """B-ResNet-110 with 3 exits; batch size 64 in the reference protocol."""
+def get_network():
+    """B-ResNet-110: 3 exits, freshly initialised (from NumPy's global generator).
+
+    Returns:
+        A :class:`branchynet.BranchyNet` on the CPU.
+    """
     lecun = LeCunNormal()
     layers = [
         L.Convolution2D(3, 16, 3, 1, 0, initialW=_residual_init()),  # 30x30
@@ -90,6 +94,4 @@ def get_network(branch_weights=None, percent_train_keeps=1.0):
         average_pool(6, 1),  # 8x8 -> 3x3
         Branch([L.Linear(576, NUM_CLASSES, initialW=lecun)]),
     ]
-    return BranchyNet(layers, INPUT_SHAPE, name='B-ResNet-110',
-                      branch_weights=branch_weights,
-                      percent_train_keeps=percent_train_keeps)
+    return BranchyNet(layers, INPUT_SHAPE, name='B-ResNet-110')

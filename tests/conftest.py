@@ -1,8 +1,5 @@
 import branchynet  # noqa: F401  (first: makes Chainer importable on NumPy 2)
 
-import os
-import sys
-
 import chainer
 import chainer.functions as F
 import chainer.links as L
@@ -11,12 +8,6 @@ import pytest
 
 from branchynet import Branch, BranchyNet, entropy
 from branchynet.layers import dropout, max_pool, relu
-
-# The experiment scripts and the benchmark's reference design live in
-# experiments/, a folder of scripts rather than a package.
-EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), 'experiments')
-sys.path.insert(0, EXPERIMENTS)
 
 TINY_SHAPE = (1, 6, 6)
 TINY_CLASSES = 4

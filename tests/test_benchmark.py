@@ -1,31 +1,13 @@
 """The benchmark's correctness checks on tiny networks (not its timings)."""
 
-import chainer
 import numpy
 import pytest
 
-from branchynet import EntropyThresholds, assign_exits
+from branchynet import EntropyThresholds, assign_exits, benchmark
+from branchynet.benchmark import one_step_each
+from branchynet.reference import ReferenceTrainer, reference_predict
 from conftest import make_tiny_net, mixing_thresholds, tiny_batch
 from networks import lenet_mnist
-
-import benchmark  # noqa: E402
-from reference_design import ReferenceTrainer, reference_predict  # noqa: E402
-
-
-def one_step_each(net, reference, x, t, seed=0):
-    """One Adam step of both designs from the state they share."""
-    start = net.copy(mode='copy')
-    optimizer = chainer.optimizers.Adam()
-    optimizer.setup(net)
-    numpy.random.seed(seed)
-    net.cleargrads()
-    net.joint_loss(x, t).backward()
-    gradients = {n: p.grad.copy() for n, p in net.namedparams()}
-    optimizer.update()
-    numpy.random.seed(seed)
-    reference.step(x, t)
-    return benchmark.updates_agree(start, net, reference, gradients,
-                                   optimizer.alpha)
 
 
 @pytest.mark.parametrize('weights', [None, [0.7, 1.0, 0.3]])

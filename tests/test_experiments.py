@@ -1,14 +1,15 @@
 """End-to-end smoke runs of the experiment scripts on tiny synthetic data."""
 import csv
-import importlib
 import json
 import os
+import subprocess
+import sys
 
 import numpy
 import pytest
 
-from branchynet import report
-from branchynet.model import BranchyNet
+from branchynet import cli, figures, protocols, report
+from branchynet.loss import BranchyLoss
 from synthetic_data import write_cifar10, write_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,8 +17,19 @@ SHARED_MNIST = os.path.join(ROOT, '..', 'shared', 'data', 'mnist')
 FAST = ['--quick', '--no-progress']
 
 
-def script(name):
-    return importlib.import_module(name)
+SCRIPTS = ['run_b_lenet', 'run_b_alexnet', 'run_b_resnet110',
+           'run_alexnet_branch_layers', 'make_figures', 'benchmark']
+
+
+@pytest.mark.parametrize('name', SCRIPTS)
+def test_every_script_runs_and_explains_its_flags(name):
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'experiments', name + '.py'),
+         '--help'], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert '--out' in done.stdout
+    if name.startswith('run_'):
+        assert '--device' in done.stdout and '(default: ' in done.stdout
 
 
 @pytest.fixture(scope='module')
@@ -32,9 +44,8 @@ def data(tmp_path_factory):
 @pytest.fixture(scope='module')
 def lenet_run(data, tmp_path_factory):
     out = str(tmp_path_factory.mktemp('runs') / 'b_lenet')
-    lenet = script('run_b_lenet')
-    results = lenet.main(lenet.PROTOCOL, ['--data-dir', data, '-o', out,
-                                          '--thresholds', '0.5'] + FAST)
+    results = cli.main('b_lenet', ['--data-dir', data, '-o', out,
+                                   '--thresholds', '0.5'] + FAST)
     return out, results
 
 
@@ -107,7 +118,7 @@ def test_figures_regenerate_from_the_results_file_alone(lenet_run, tmp_path):
     alone.mkdir()
     (alone / 'results.json').write_text(open(os.path.join(out,
                                                           'results.json')).read())
-    script('make_figures').main([str(alone), '--out', str(tmp_path / 'figs')])
+    figures.figures_from_files([str(alone)], str(tmp_path / 'figs'))
     assert sorted(os.listdir(tmp_path / 'figs')) == sorted(
         ['{}.{}'.format(stem, ext)
          for stem in ('fig3_b_lenet_cpu', 'fig4_b_lenet', 'training_b_lenet')
@@ -115,8 +126,8 @@ def test_figures_regenerate_from_the_results_file_alone(lenet_run, tmp_path):
 
 
 def test_reference_protocols():
-    lenet, alex, resnet = (script(name).PROTOCOL for name in (
-        'run_b_lenet', 'run_b_alexnet', 'run_b_resnet110'))
+    lenet, alex, resnet = (protocols.PROTOCOLS[key] for key in (
+        'b_lenet', 'b_alexnet', 'b_resnet110'))
     assert (lenet.epoch_main, lenet.epoch_joint, lenet.batchsize) == (50, 100, 512)
     assert (alex.epoch_main, alex.epoch_joint, alex.batchsize) == (50, 100, 512)
     assert (resnet.epoch_main, resnet.epoch_joint, resnet.batchsize) == (100, 100, 64)
@@ -126,8 +137,7 @@ def test_reference_protocols():
 
 
 def test_alexnet_run_on_a_held_out_batch(data, tmp_path):
-    alex = script('run_b_alexnet')
-    results = alex.main(alex.PROTOCOL, FAST + [
+    results = cli.main('b_alexnet', FAST + [
         '--data-dir', data, '-o', str(tmp_path / 'alex'), '--test-batch',
         'data_batch_5', '--preprocessing', 'scale', '--cache-dir',
         str(tmp_path / 'cache'), '--train-size', '32', '--test-size', '16',
@@ -139,8 +149,7 @@ def test_alexnet_run_on_a_held_out_batch(data, tmp_path):
 
 
 def test_resnet_run(data, tmp_path):
-    resnet = script('run_b_resnet110')
-    results = resnet.main(resnet.PROTOCOL, FAST + [
+    results = cli.main('b_resnet110', FAST + [
         '--data-dir', data, '-o', str(tmp_path / 'resnet'), '--test-batch',
         'data_batch_5', '--preprocessing', 'scale', '--train-size', '16',
         '--test-size', '4', '-b', '16', '--timing-samples', '2',
@@ -153,7 +162,7 @@ def test_resnet_run(data, tmp_path):
 
 def test_branch_layers_run(data, tmp_path):
     out = tmp_path / 'layers'
-    summary = script('run_alexnet_branch_layers').main(FAST + [
+    summary = cli.fig5_main(FAST + [
         '--data-dir', data, '-o', str(out), '--test-batch', 'data_batch_5',
         '--preprocessing', 'scale', '--convs', '0', '3', '--cache-dir',
         str(tmp_path / 'cache'), '--train-size', '32', '--test-size', '16'])
@@ -166,26 +175,24 @@ def test_branch_layers_run(data, tmp_path):
 
 def test_missing_test_batch_fails_clearly_and_writes_nothing(data, tmp_path,
                                                             capsys):
-    alex = script('run_b_alexnet')
     out = tmp_path / 'alex'
     with pytest.raises(SystemExit, match='test batch .* not found.*--test-batch'):
-        alex.main(alex.PROTOCOL, ['--data-dir', data, '-o', str(out)] + FAST)
+        cli.main('b_alexnet', ['--data-dir', data, '-o', str(out)] + FAST)
     assert not out.exists() or os.listdir(out) == []
 
 
 @pytest.mark.parametrize('flags, message', [
     (['--thresholds', '0.1', '0.2'], 'expected 1, got 2'),
-    (['--thresholds', '-1'], 'non-negative'),
+    (['--thresholds', '-1'], '--thresholds: must be at least 0, got -1'),
     (['--branch-weights', '1'], 'expected 2, got 1'),
-    (['--threshold-list', '0.1', 'nan'], 'non-negative'),
-    (['--timing-samples', '-3'], 'must not be negative'),
+    (['--threshold-list', '0.1', 'nan'], "--threshold-list: not a number: 'nan'"),
+    (['--timing-samples', '-3'], '--timing-samples: must be at least 0'),
 ])
 def test_bad_arguments_stop_before_any_work(data, tmp_path, capsys, flags,
                                             message):
-    lenet = script('run_b_lenet')
     out = tmp_path / 'run'
     with pytest.raises(SystemExit) as stop:
-        lenet.main(lenet.PROTOCOL, ['--data-dir', data, '-o', str(out)] +
+        cli.main('b_lenet', ['--data-dir', data, '-o', str(out)] +
                    FAST + flags)
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
@@ -194,10 +201,9 @@ def test_bad_arguments_stop_before_any_work(data, tmp_path, capsys, flags,
 
 def test_refuses_to_overwrite_a_run_without_resume(lenet_run, data):
     out, _ = lenet_run
-    lenet = script('run_b_lenet')
     with pytest.raises(SystemExit, match='already holds a training run; pass '
                                          '--resume'):
-        lenet.main(lenet.PROTOCOL, ['--data-dir', data, '-o', out] + FAST)
+        cli.main('b_lenet', ['--data-dir', data, '-o', out] + FAST)
 
 
 class Interrupted(Exception):
@@ -206,13 +212,12 @@ class Interrupted(Exception):
 
 def test_resume_after_interruption_gives_the_same_weights(data, tmp_path,
                                                           monkeypatch):
-    lenet = script('run_b_lenet')
     flags = ['--data-dir', data, '--epoch-main', '2', '--epoch-joint', '3',
              '-b', '64', '--skip-timing'] + FAST  # 4 steps per epoch
-    lenet.main(lenet.PROTOCOL, ['-o', str(tmp_path / 'straight')] + flags)
+    cli.main('b_lenet', ['-o', str(tmp_path / 'straight')] + flags)
 
     calls = []
-    joint_loss = BranchyNet.joint_loss
+    joint_loss = BranchyLoss.forward
 
     def interrupt_in_joint_epoch_2(self, x, t):
         import chainer
@@ -221,12 +226,12 @@ def test_resume_after_interruption_gives_the_same_weights(data, tmp_path,
             if len(calls) == 6:
                 raise Interrupted()
         return joint_loss(self, x, t)
-    monkeypatch.setattr(BranchyNet, 'joint_loss', interrupt_in_joint_epoch_2)
+    monkeypatch.setattr(BranchyLoss, 'forward', interrupt_in_joint_epoch_2)
     with pytest.raises(Interrupted):
-        lenet.main(lenet.PROTOCOL, ['-o', str(tmp_path / 'resumed')] + flags)
+        cli.main('b_lenet', ['-o', str(tmp_path / 'resumed')] + flags)
     assert not (tmp_path / 'resumed' / 'branchynet.npz').exists()
-    monkeypatch.setattr(BranchyNet, 'joint_loss', joint_loss)
-    results = lenet.main(lenet.PROTOCOL, ['-o', str(tmp_path / 'resumed'),
+    monkeypatch.setattr(BranchyLoss, 'forward', joint_loss)
+    results = cli.main('b_lenet', ['-o', str(tmp_path / 'resumed'),
                                           '--resume'] + flags)
 
     for name in ('baseline.npz', 'branchynet.npz'):
@@ -246,7 +251,8 @@ def test_resume_after_interruption_gives_the_same_weights(data, tmp_path,
         snapshot, = (tmp_path / run / 'joint_phase').glob('snapshot_epoch_*')
         with numpy.load(snapshot) as saved:
             def steps(param):
-                return int(saved['updater/optimizer:main/{}/t'.format(param)])
+                return int(saved['updater/optimizer:main/net/{}/t'.format(
+                    param)])
             assert steps('heads/0/l2/W') == steps('heads/0/l5/b') == 12
             assert steps('trunk/0/l0/W') == steps('heads/1/l0/W') == 20
 
@@ -254,8 +260,7 @@ def test_resume_after_interruption_gives_the_same_weights(data, tmp_path,
 @pytest.mark.skipif(not os.path.isdir(SHARED_MNIST),
                     reason='real MNIST (../shared/data/mnist) not present')
 def test_b_lenet_learns_real_mnist(tmp_path):
-    lenet = script('run_b_lenet')
-    results = lenet.main(lenet.PROTOCOL, [
+    results = cli.main('b_lenet', [
         '--data-dir', SHARED_MNIST, '-o', str(tmp_path / 'real'),
         '--train-size', '10000', '--test-size', '1000', '--epoch-main', '1',
         '--epoch-joint', '1', '-b', '32', '--skip-timing', '--no-progress'])

@@ -10,7 +10,7 @@ from branchynet import Branch, BranchyNet, assign_exits, entropy
 from branchynet.exit_rule import EntropyThresholds, LowestEntropyFractions
 from conftest import (exit_entropies, grads, make_tiny_net, mixing_thresholds,
                       tiny_batch)
-from reference_design import ReferenceTrainer  # experiments/, see conftest
+from branchynet.reference import ReferenceTrainer
 
 
 # --- structure -------------------------------------------------------------
@@ -119,30 +119,6 @@ def test_joint_loss_reports_per_exit():
     parts = sum(float(observation['main/exit{}/loss'.format(k)].array)
                 for k in (1, 2, 3))
     assert float(loss.array) == pytest.approx(parts, rel=1e-6)
-
-
-def test_percent_train_keeps_trains_deeper_exits_on_uncertain_samples():
-    net = make_tiny_net(batchnorm=False, dropout_ratio=None,
-                        percent_train_keeps=0.5)
-    x, t = tiny_batch(8)
-    ys = [y.array for y in net(x)]
-    # exit 1 trains on all 8; the 4 with highest entropy go on; of those
-    # the 2 with highest exit-2 entropy train exit 3.
-    kept1 = numpy.argsort(entropy(F.softmax(ys[0]).array))[4:]
-    kept2 = kept1[numpy.argsort(entropy(F.softmax(ys[1][kept1]).array))[2:]]
-    expected = sum(float(F.softmax_cross_entropy(y[idx], t[idx]).array)
-                   for y, idx in [(ys[0], numpy.arange(8)), (ys[1], kept1),
-                                  (ys[2], kept2)])
-    assert float(net.joint_loss(x, t).array) == pytest.approx(expected,
-                                                              rel=1e-5)
-
-
-def test_percent_train_keeps_one_uses_every_sample():
-    x, t = tiny_batch(8)
-    kept = make_tiny_net(batchnorm=False, dropout_ratio=None)
-    plain = sum(F.softmax_cross_entropy(y, t) for y in kept(x))
-    assert float(kept.joint_loss(x, t).array) == pytest.approx(
-        float(plain.array), rel=1e-6)
 
 
 # --- train / test behaviour ------------------------------------------------
@@ -295,12 +271,6 @@ def test_bad_branch_weights(weights, message):
     net = make_tiny_net()
     with pytest.raises(ValueError, match=message):
         net.branch_weights = weights
-
-
-@pytest.mark.parametrize('keeps', [0, -0.1, 1.5])
-def test_bad_percent_train_keeps(keeps):
-    with pytest.raises(ValueError, match='percent_train_keeps'):
-        make_tiny_net(percent_train_keeps=keeps)
 
 
 def test_printing_a_network_lists_every_layer_in_order():

@@ -143,13 +143,9 @@ def test_resblock_shortcut_pads_channels_in_front_and_subsamples():
 
 
 @pytest.mark.parametrize('module', [lenet_mnist, alex_cifar10, resnet_cifar10])
-def test_branch_weights_and_keeps_are_passed_on(module):
-    default = module.get_network()
-    weights = [0.5] * default.num_exits
-    net = module.get_network(branch_weights=weights, percent_train_keeps=0.8)
-    assert net.branch_weights == tuple(weights)
-    assert net.percent_train_keeps == 0.8
-    assert default.branch_weights == (1.0,) * default.num_exits
+def test_networks_declare_weight_one_for_every_exit(module):
+    net = module.get_network()
+    assert net.branch_weights == (1.0,) * net.num_exits
 
 
 # --- initialisation (Chainer 1's wscale, as the reference drew it) -----------
@@ -165,7 +161,7 @@ def expected_scales(net):
     std = 2**0.25 / sqrt(fan_in).
     """
     scales = {}
-    resnet = net.name == 'B-ResNet-110'
+    resnet = net.title == 'B-ResNet-110'
     for name, link in net.namedlinks():
         if isinstance(link, L.Linear):
             scales[name] = LECUN

@@ -73,7 +73,7 @@ def test_loading_another_network_names_the_problem(tmp_path):
 def test_same_name_different_shapes(tmp_path):
     path = str(tmp_path / 'variant.npz')
     net = alex_cifar10.get_network(branch1_convs=1)
-    net.name = 'B-AlexNet'  # pretend: names alone must not be trusted
+    net.title = 'B-AlexNet'  # pretend: names alone must not be trusted
     save_model(path, net)
     with pytest.raises(ValueError, match='unexpected key|missing key|shape'):
         load_model(path, alex_cifar10.get_network())

@@ -1,7 +1,7 @@
 import numpy
 import pytest
 
-from branchynet import sweep
+from branchynet import protocols, sweep
 from branchynet.sweep import ExitOutputs
 from conftest import make_tiny_net, mixing_thresholds, tiny_batch
 
@@ -57,8 +57,8 @@ def test_exit_accuracy_is_per_exit_taken(tiny):
 def test_grid_is_every_combination():
     grid = sweep.threshold_grid([0.1, 1, 10], num_exits=3)
     assert len(grid) == 9 and grid[0] == [0.1, 0.1] and grid[-1] == [10, 10]
-    assert len(sweep.threshold_grid(sweep.ALEXNET_THRESHOLDS, 3)) == 121
-    assert len(sweep.threshold_grid(sweep.LENET_THRESHOLDS, 2)) == 17
+    assert len(sweep.threshold_grid(protocols.ALEXNET_THRESHOLDS, 3)) == 121
+    assert len(sweep.threshold_grid(protocols.LENET_THRESHOLDS, 2)) == 17
     assert len(sweep.run_sweep(ExitOutputs(numpy.zeros((3, 4), int),
                                            numpy.ones((3, 4)), numpy.zeros(4)),
                                [0.5, 2])) == 4

@@ -1,7 +1,8 @@
 """The reference code's design, re-implemented for comparison only.
 
-Not library code: this module exists so that the benchmark (and the tests)
-can compare this project with the design of the authors' Chainer 1 code
+Nothing in the library uses this module to train or to infer: it exists so
+that the benchmark (:mod:`branchynet.benchmark`) and the tests can compare
+this project with the design of the authors' Chainer 1 code
 (kunglab/branchynet, ``branchynet/net.py``), on the same machine, with the
 same weights. It mirrors that design's work, step by step, on today's
 Chainer:

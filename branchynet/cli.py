@@ -1,0 +1,292 @@
+"""The command line of the experiment scripts: flags in, a RunConfig out, one run.
+
+``experiments/run_<network>.py`` is ``cli.main('<protocol key>')``;
+``experiments/run_alexnet_branch_layers.py`` is :func:`fig5_main`. The flags
+follow Chainer's examples (``--device/-d`` with ``--gpu/-g`` kept as an
+alias, ``--batchsize/-b``, ``--out/-o``, ``--resume/-r``); defaults come
+from the protocol registry and are shown by ``--help``. Every value is
+checked (by argparse's ``type=`` and by :class:`~branchynet.config.RunConfig`)
+before anything is loaded or written; a user's mistake ends with one line
+naming it, not a traceback.
+"""
+import argparse
+import os
+
+from branchynet import config as config_module
+from branchynet import datasets, pipeline, protocols
+from branchynet.config import RunConfig
+
+# What --quick changes, unless the flag is also given explicitly.
+QUICK = {'epoch_main': 1, 'epoch_joint': 1, 'train_size': 1024,
+         'test_size': 256, 'timing_samples': 16, 'timing_repeats': 1,
+         'timing_warmup': 2}
+# argparse's sentinel for "this flag was not on the command line".
+_UNSET = object()
+
+
+def _number(kind, low=None, low_open=False):
+    """An argparse ``type=`` converting to ``kind`` and checking a lower bound."""
+    def convert(text):
+        try:
+            value = kind(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError('not a{} {}: {!r}'.format(
+                'n' if kind is int else '', kind.__name__, text)) from None
+        if kind is float and value != value:
+            raise argparse.ArgumentTypeError('not a number: {!r}'.format(text))
+        if low is not None and (value < low or (low_open and value == low)):
+            raise argparse.ArgumentTypeError('must be {} {}, got {}'.format(
+                'above' if low_open else 'at least', low, text))
+        return value
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _device(text):
+    try:
+        return config_module.parse_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser(protocol):
+    """The argument parser of one protocol's run script, with its defaults.
+
+    Args:
+        protocol: a :class:`~branchynet.protocols.Protocol`.
+
+    Returns:
+        An ``argparse.ArgumentParser`` whose parsed namespace has one
+        attribute per :class:`~branchynet.config.RunConfig` field except
+        ``protocol``.
+    """
+    count, positive = _number(int, 0), _number(int, 1)
+    p = argparse.ArgumentParser(
+        description='Train and evaluate {} as in the BranchyNet paper; the '
+                    'defaults reproduce the reference protocol.'.format(
+                        protocol.key),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--device', '-d', type=_device, default='@numpy',
+                   help='Chainer device: @numpy, @cupy:<id>, or an integer '
+                        '(negative: CPU)')
+    p.add_argument('--gpu', '-g', dest='device', type=_device,
+                   default=argparse.SUPPRESS,
+                   help='GPU id (negative: CPU); an alias of --device')
+    p.add_argument('--out', '-o', default=os.path.join('results', protocol.key),
+                   help='output folder')
+    p.add_argument('--resume', '-r', action='store_true',
+                   help='continue the run in --out from its latest snapshots, '
+                        'with its stored configuration')
+    p.add_argument('--models', metavar='RUN_DIR',
+                   help='do not train: evaluate and time the saved models '
+                        '(baseline.npz, branchynet.npz) of this run folder on '
+                        'this device, writing into --out')
+    p.add_argument('--batchsize', '-b', type=positive,
+                   default=protocol.batchsize, help='training batch size')
+    p.add_argument('--epoch-main', type=count, default=protocol.epoch_main,
+                   help='epochs of the main-network phase')
+    p.add_argument('--epoch-joint', type=count, default=protocol.epoch_joint,
+                   help='epochs of the joint phase')
+    p.add_argument('--data-dir',
+                   help='folder with the dataset files (default: ${}, else '
+                        'download with Chainer)'.format(datasets.DATA_DIR_ENV))
+    if protocol.dataset == 'cifar10':
+        p.add_argument('--test-batch',
+                       choices=datasets.CIFAR10_BATCHES + [datasets.CIFAR10_TEST],
+                       help='test on this batch; a training batch (e.g. '
+                            'data_batch_5) is then held out of training. '
+                            'Default: the official test_batch')
+        p.add_argument('--preprocessing', default='zca',
+                       choices=sorted(datasets.PREPROCESSINGS),
+                       help='zca: the reference\'s ZCA + per-image min-max; '
+                            'scale: pixels / 255')
+        p.add_argument('--cache-dir',
+                       help='cache for preprocessed arrays (default: ${} or '
+                            '~/.cache/branchynet)'.format(datasets.CACHE_DIR_ENV))
+    p.add_argument('--seed', type=_number(int, 0), default=0,
+                   help='seeds initialisation, shuffling, dropout and the '
+                        'validation split')
+    p.add_argument('--alpha', type=_number(float, 0, low_open=True),
+                   default=0.001, help='Adam step size')
+    p.add_argument('--adam-beta1', type=_number(float, 0), default=0.9,
+                   help='Adam beta1; the reference code uses 0.9, the paper '
+                        'says 0.99')
+    p.add_argument('--branch-weights', type=_number(float, 0), nargs='+',
+                   help='loss weight per exit (default: all 1.0, as the code; '
+                        'the paper reports 1.0 for exit 1 and 0.3 for the last '
+                        'as better)')
+    p.add_argument('--percent-train-keeps', type=_number(float, 0, True),
+                   default=1.0,
+                   help='share of the samples reaching a non-final exit that '
+                        'go on to train deeper exits (the most uncertain)')
+    p.add_argument('--thresholds', type=_number(float, 0), nargs='+',
+                   help='also evaluate and time this threshold vector')
+    p.add_argument('--threshold-list', type=_number(float, 0), nargs='+',
+                   default=list(protocol.threshold_list),
+                   help='values combined over the non-final exits in the '
+                        'sweep')
+    p.add_argument('--knee-tolerance', type=_number(float, 0), default=0.1,
+                   help='knee: the fastest frontier point within this many '
+                        'accuracy points of the baseline (of the best point if '
+                        'that is lower)')
+    p.add_argument('--timing-samples', type=count, default=1000,
+                   help='test samples timed at batch size 1; 0 = all')
+    p.add_argument('--timing-repeats', type=positive, default=3,
+                   help='timed passes over those samples (at most {})'.format(
+                       config_module.MAX_TIMING_REPEATS))
+    p.add_argument('--timing-warmup', type=count, default=20,
+                   help='untimed samples run first')
+    p.add_argument('--no-cpu-timing', action='store_true',
+                   help='with a GPU, time on the GPU only')
+    p.add_argument('--skip-timing', action='store_true',
+                   help='no timing: accuracy and exit shares only, no Table I')
+    p.add_argument('--train-size', type=positive,
+                   help='use only the first N training samples (default: all)')
+    p.add_argument('--test-size', type=positive,
+                   help='use only the first N test samples (default: all)')
+    p.add_argument('--validation-size', type=count, default=0,
+                   help='hold out N training samples (class-stratified, '
+                        'seeded by --seed) as a validation set; 0 keeps the '
+                        'paper\'s protocol')
+    p.add_argument('--quick', action='store_true',
+                   help='smoke run: ' + ', '.join(
+                       '--{} {}'.format(k.replace('_', '-'), v)
+                       for k, v in QUICK.items()))
+    p.add_argument('--no-progress', action='store_true',
+                   help='no progress bar or per-epoch table')
+    return p
+
+
+def parse(parser, key, argv=None, extra=()):
+    """Parse ``argv`` into a :class:`RunConfig` for protocol ``key``.
+
+    ``--quick`` is read first and changes the defaults it names, so an
+    explicit flag still wins over it.
+
+    Args:
+        parser: from :func:`build_parser`, possibly with more flags.
+        key: the protocol's registry key.
+        argv: the arguments (default: ``sys.argv[1:]``).
+        extra: destinations of flags added to the parser that are not
+            configuration fields.
+
+    Returns:
+        ``(config, explicit, extras)``: the configuration, the set of field
+        names given explicitly on the command line, and a dict of the
+        ``extra`` values.
+    """
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument('--quick', action='store_true')
+    if early.parse_known_args(argv)[0].quick:
+        parser.set_defaults(**QUICK)
+    values = vars(parser.parse_args(argv))
+    extras = {name: values.pop(name) for name in extra}
+    explicit = _explicit(parser, argv) - set(extra)
+    try:
+        config = RunConfig(protocol=key, **values)
+    except (ValueError, TypeError) as e:
+        parser.error(str(e))
+    return config, explicit, extras
+
+
+def _explicit(parser, argv):
+    # argparse fills in a default only where the namespace has no value yet:
+    # a namespace pre-filled with a sentinel keeps it for every flag absent.
+    namespace = argparse.Namespace(**{
+        action.dest: _UNSET for action in parser._actions
+        if action.dest != 'help'})
+    parsed = parser.parse_args(argv, namespace=namespace)
+    return {k for k, v in vars(parsed).items() if v is not _UNSET}
+
+
+def resolve(config, explicit):
+    """The configuration to run: the stored one when resuming or evaluating.
+
+    With ``--resume`` (or ``--models``) the run's stored configuration is
+    the base and only what may change is taken from the command line
+    (:func:`branchynet.config.merge_stored`). Then the machine is checked
+    (:func:`branchynet.config.check_paths`).
+
+    Raises:
+        ValueError: a conflict with the stored configuration, or a path or
+            device problem.
+    """
+    source = config.models or (config.out if config.resume else None)
+    if source is not None:
+        stored = pipeline.stored_config(source)
+        if stored is not None:
+            if stored.protocol != config.protocol:
+                raise ValueError('{} holds a {} run, not {}'.format(
+                    source, stored.protocol, config.protocol))
+            config = config_module.merge_stored(stored, config, explicit)
+    config_module.check_paths(config)
+    return config
+
+
+def _run(config, parser):
+    try:
+        return pipeline.run(config)
+    except (datasets.DataError, FileExistsError,
+            pipeline.RunError) as e:
+        raise SystemExit('error: {}'.format(e))
+    except KeyboardInterrupt:
+        raise SystemExit(
+            '\ninterrupted. Finished epochs are kept in {0}; continue with the '
+            'same command and --resume (python {1} --resume -o {0})'.format(
+                config.out, parser.prog)) from None
+
+
+def main(key, argv=None):
+    """Run protocol ``key`` as the command line ``argv`` asks.
+
+    Args:
+        key: a :mod:`branchynet.protocols` key, e.g. ``'b_lenet'``.
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The results dictionary (the content of ``results.json``).
+    """
+    parser = build_parser(protocols.get(key))
+    config, explicit, _ = parse(parser, key, argv)
+    try:
+        config = resolve(config, explicit)
+    except (ValueError, TypeError) as e:
+        parser.error(str(e))
+    return _run(config, parser)
+
+
+def fig5_main(argv=None):
+    """Fig. 5: every B-AlexNet variant with 0-4 convs in exit 1, then the figure.
+
+    Every flag of ``run_b_alexnet.py`` applies to each variant; each runs in
+    ``--out/exit1_<k>conv``; timing is skipped unless ``--with-timing``.
+
+    Returns:
+        The summary dictionary (the content of ``summary.json``).
+    """
+    base = protocols.PROTOCOLS['b_alexnet']
+    parser = build_parser(base)
+    parser.description = ('Fig. 5: B-AlexNet with 0-4 conv layers in exit 1 '
+                          '(and no exit 2), each with the full protocol.')
+    parser.set_defaults(out=os.path.join('results', 'alexnet_branch_layers'))
+    parser.add_argument('--convs', type=int, nargs='+',
+                        default=list(protocols.FIG5_CONVS),
+                        choices=protocols.FIG5_CONVS,
+                        help='conv layers in exit 1, one run each')
+    parser.add_argument('--with-timing', action='store_true',
+                        help='also time each variant (slow on CPU)')
+    # every variant has two exits: flags are checked against variant 0
+    common, explicit, extras = parse(parser, protocols.fig5_variant(0).key,
+                                     argv, extra=('convs', 'with_timing'))
+    configs = []
+    try:
+        for convs in extras['convs']:
+            configs.append(resolve(common.replace(
+                protocol=protocols.fig5_variant(convs).key,
+                out=os.path.join(common.out, 'exit1_{}conv'.format(convs)),
+                skip_timing=common.skip_timing or not extras['with_timing']),
+                explicit | {'out', 'skip_timing'}))
+    except (ValueError, TypeError) as e:
+        parser.error(str(e))
+    results = [_run(config, parser) for config in configs]
+    return pipeline.write_fig5_summary(results, common.out)

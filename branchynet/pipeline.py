@@ -1,0 +1,466 @@
+"""The paper's experiment for one network, end to end, from a RunConfig.
+
+:func:`run` goes through the steps in order; each step is a function of the
+configuration and of what earlier steps returned:
+
+1. :func:`check_output`, :func:`load_data` — the output folder is checked,
+   then the dataset loaded and split; only then is anything written
+   (:func:`record_config`: the folder and its ``run.json``);
+3. :func:`train` (or :func:`load_trained` with ``--models``) — both
+   training phases: ``baseline.npz`` (main network) and ``branchynet.npz``;
+4. :func:`evaluate` — baseline accuracy, every exit's outputs on the test
+   set, the threshold sweep;
+5. per timed device: :func:`measure_paths` (batch-1 cost of every exit's
+   path), :func:`select_thresholds` (the knee, and ``--thresholds``) and
+   :func:`measure_choices` (baseline and choices end to end, in turns);
+6. result files (:mod:`branchynet.report`) and figures
+   (:mod:`branchynet.figures`).
+
+Everything a run produces lies in its output folder::
+
+    run.json                    the configuration (resume reads it)
+    main_phase/, joint_phase/   Chainer Trainer logs and the latest snapshot
+    baseline.npz                main network after phase 1 (scored from this)
+    branchynet.npz              all exits after phase 2
+    exit_outputs.npz            every exit's prediction and entropy per test sample
+    results.json                everything (config, split, versions, curves, sweep, ...)
+    sweep.csv, table1.csv, table1.md, figures/
+"""
+import dataclasses
+import functools
+import os
+import shutil
+
+import chainer
+import numpy
+
+from branchynet import (datasets, environment, figures, loss, protocols,
+                        report, sweep, timing)
+from branchynet.config import RunConfig
+from branchynet.exit_rule import EntropyThresholds
+from branchynet.serialization import load_model, save_model
+from branchynet.training import (PHASES, fresh_optimizer_state, has_snapshot,
+                                 read_log, train_phase)
+
+RUN_FILE = 'run.json'
+MODEL_FILES = {'main': 'baseline.npz', 'joint': 'branchynet.npz'}
+
+
+class RunError(Exception):
+    """A run cannot go on as asked (its folder holds something else)."""
+
+
+@dataclasses.dataclass
+class TrainedModels:
+    """The two models of a run and how they were trained.
+
+    Attributes:
+        baseline: the main network as the main phase left it.
+        branchynet: every exit after the joint phase.
+        training: per-phase lists of per-epoch log entries.
+    """
+    baseline: chainer.Link
+    branchynet: chainer.Link
+    training: dict
+
+    def to_device(self, device):
+        """Copies of both models on ``device`` (the originals stay)."""
+        return TrainedModels(_copy_to(self.baseline, device),
+                             _copy_to(self.branchynet, device), self.training)
+
+
+def _copy_to(net, device):
+    copy = net.copy(mode='copy')
+    copy.to_device(device)
+    return copy
+
+
+class Progress:
+    """Prints ``[run] message`` lines unless the run is quiet."""
+
+    def __init__(self, config):
+        self.enabled = not config.no_progress
+        self.prefix = '[{}]'.format(os.path.basename(os.path.normpath(
+            config.out)))
+
+    def __call__(self, *words):
+        if self.enabled:
+            print(self.prefix, *words, flush=True)
+
+
+# --- 1. the output folder -----------------------------------------------------
+
+def stored_config(folder):
+    """The configuration a run in ``folder`` was made with, or ``None``.
+
+    Read from ``run.json``; a folder from before that file existed is read
+    from its ``results.json``.
+    """
+    for name, key in ((RUN_FILE, None), ('results.json', 'config')):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            values = report.read_json(path)
+            return RunConfig.from_dict(values[key] if key else values)
+    return None
+
+
+def check_output(config):
+    """Refuse, before anything is loaded, an output folder that would be clobbered.
+
+    A fresh run (no ``--resume``, no ``--models``) refuses a folder that
+    already holds a training run.
+    """
+    if not config.resume and not config.models and any(
+            has_snapshot(os.path.join(config.out, phase + '_phase'))
+            for phase in PHASES):
+        raise FileExistsError(
+            '{} already holds a training run; pass --resume to continue it '
+            'or choose another --out'.format(config.out))
+
+
+def record_config(config):
+    """Create the output folder and write the configuration to ``run.json``."""
+    os.makedirs(config.out, exist_ok=True)
+    report.write_json(os.path.join(config.out, RUN_FILE), config.to_dict())
+
+
+def holds_work(out):
+    """Whether ``out`` holds anything a run would want back: a snapshot or a model."""
+    return any(has_snapshot(os.path.join(out, phase + '_phase'))
+               for phase in PHASES) or any(
+        os.path.isfile(os.path.join(out, name))
+        for name in MODEL_FILES.values())
+
+
+# --- 2. data ------------------------------------------------------------------
+
+def load_data(protocol, config):
+    """The protocol's dataset as the configuration splits it."""
+    if protocol.dataset == 'mnist':
+        return datasets.load_mnist(config.data_dir, config.train_size,
+                                   config.test_size, config.validation_size,
+                                   config.seed)
+    return datasets.load_cifar10(config.data_dir, config.test_batch,
+                                 config.preprocessing, config.train_size,
+                                 config.test_size, config.cache_dir,
+                                 validation_size=config.validation_size,
+                                 seed=config.seed)
+
+
+# --- 3. training ----------------------------------------------------------------
+
+def train(protocol, config, data, device, say):
+    """Both training phases; saves and returns both models.
+
+    One Adam optimizer serves both phases, set up on the loss link
+    (:class:`~branchynet.loss.BranchyLoss`); the non-final exit heads get a
+    fresh optimizer state when the joint phase starts, as the reference's
+    new per-branch optimizers.
+    """
+    numpy.random.seed(config.seed)
+    if device.xp is not numpy:
+        device.xp.random.seed(config.seed)
+    net = protocol.network()
+    net.to_device(device)
+    policy = loss.BranchyLoss(net, config.branch_weights,
+                              config.percent_train_keeps)
+    optimizer = chainer.optimizers.Adam(alpha=config.alpha,
+                                        beta1=config.adam_beta1)
+    optimizer.setup(policy)
+    logs, models = {}, {}
+    for phase, epochs in (('main', config.epoch_main),
+                          ('joint', config.epoch_joint)):
+        if phase == 'joint':
+            # The trunk and the final head keep their state; a resumed joint
+            # phase then loads the saved state over this.
+            fresh_optimizer_state(net.heads[:-1])
+        say('training phase "{}": {} epochs'.format(phase, epochs))
+        loss_func = policy.main_loss if phase == 'main' else policy
+        logs[phase] = train_phase(
+            policy, optimizer, loss_func, (data.train_x, data.train_t),
+            (data.test_x, data.test_t), epochs,
+            os.path.join(config.out, phase + '_phase'), config.batchsize,
+            device, seed=config.seed, resume=config.resume,
+            progress=not config.no_progress, phase=phase)
+        save_model(os.path.join(config.out, MODEL_FILES[phase]), net)
+        models[phase] = net.copy(mode='copy')
+    return TrainedModels(models['main'], models['joint'], logs)
+
+
+def load_trained(protocol, config, device):
+    """The saved models of ``config.models``, and their training logs.
+
+    The logs come from the run's phase folders or its ``results.json``
+    (empty if it has neither). The models are copied into ``config.out``
+    so that the output folder holds what its results were made from.
+    """
+    nets = {}
+    for phase, name in MODEL_FILES.items():
+        path = os.path.join(config.models, name)
+        nets[phase] = load_model(path, protocol.network())
+        nets[phase].to_device(device)
+        target = os.path.join(config.out, name)
+        if os.path.abspath(path) != os.path.abspath(target):
+            shutil.copyfile(path, target)
+    logs = {phase: read_log(os.path.join(config.models, phase + '_phase'))
+            for phase in PHASES}
+    old_results = os.path.join(config.models, 'results.json')
+    if not all(logs.values()) and os.path.isfile(old_results):
+        logs = report.read_json(old_results).get('training', logs)
+    return TrainedModels(nets['main'], nets['joint'], logs)
+
+
+# --- 4. evaluation ------------------------------------------------------------
+
+def main_accuracy(net, x, t, batchsize=1000):
+    """Accuracy of the main network (trunk + final exit) in test mode."""
+    correct = 0
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        for start in range(0, len(x), batchsize):
+            y = net.main_forward(net.device.send(x[start:start + batchsize]))
+            correct += int((chainer.backends.cuda.to_cpu(y.array.argmax(axis=1))
+                            == t[start:start + batchsize]).sum())
+    return correct / len(x)
+
+
+def evaluate(models, data, config, say):
+    """Accuracies, every exit's test outputs and the threshold sweep.
+
+    Writes ``exit_outputs.npz``. Returns the part of the results that does
+    not depend on timing.
+    """
+    net = models.branchynet
+    say('evaluating on {} test samples'.format(len(data.test_t)))
+    outputs = sweep.exit_outputs(net, data.test_x, data.test_t)
+    outputs.save(os.path.join(config.out, 'exit_outputs.npz'))
+    return {
+        'network': net.title,
+        'baseline': {'accuracy': main_accuracy(models.baseline, data.test_x,
+                                               data.test_t)},
+        # What the reference reports as its baseline: the main path
+        # evaluated once joint training is done (its notebook tests with
+        # main=True at the end), not the main-phase model.
+        'baseline_after_joint': {
+            'accuracy': main_accuracy(net, data.test_x, data.test_t),
+            'model': MODEL_FILES['joint']},
+        'exit_accuracy': [float(a) for a in
+                          (outputs.predictions == outputs.labels).mean(axis=1)],
+        'sweep': {'threshold_list': list(config.threshold_list),
+                  'points': sweep.run_sweep(outputs, config.threshold_list)},
+        'exit1_curve': sweep.exit1_curve(outputs),
+        'timing': {},
+    }, outputs
+
+
+# --- 5. timing ------------------------------------------------------------------
+
+def timing_devices(config, device):
+    """The devices to time on: the run's, and the CPU as well after a GPU."""
+    devices = [device]
+    if device.xp is not numpy and not config.no_cpu_timing:
+        devices.append(chainer.get_device('@numpy'))
+    return devices
+
+
+def measure_paths(models, samples, config):
+    """Batch-1 cost of each exit's whole path, and the reference's figures."""
+    net = models.branchynet
+    return {
+        'device': str(net.device),
+        'exit_path_ms': timing.exit_path_costs(
+            net, samples, config.timing_repeats, config.timing_warmup),
+        'reference_style': timing.reference_style_costs(
+            net, models.baseline, samples, config.timing_repeats,
+            config.timing_warmup),
+    }
+
+
+def predict_times(points, paths):
+    """Predicted ms per sample of every sweep point, and the frontier.
+
+    Args:
+        points: the sweep's points.
+        paths: what :func:`measure_paths` returned.
+
+    Returns:
+        ``predicted_ms`` and ``reference_style_predicted_ms`` (one per
+        point) and ``frontier`` (indices of the Fig. 3 curve).
+    """
+    path_ms = [c['median_ms'] for c in paths['exit_path_ms']]
+    trunk_ms = [c['median_ms']
+                for c in paths['reference_style']['trunk_to_exit']]
+    predicted = [sweep.predicted_ms(p['exit_fractions'], path_ms)
+                 for p in points]
+    return {
+        'predicted_ms': predicted,
+        'reference_style_predicted_ms': [
+            sweep.predicted_ms(p['exit_fractions'], trunk_ms) for p in points],
+        'frontier': sweep.frontier([p['accuracy'] for p in points], predicted),
+    }
+
+
+def select_thresholds(points, predicted, baseline_accuracy, config):
+    """The threshold vectors to time end to end, by name.
+
+    ``knee``: the knee rule over the frontier (see :mod:`branchynet.sweep`);
+    ``user``: ``--thresholds``, if given.
+
+    Returns:
+        ``{name: {'thresholds': [...], 'index': i or None}}`` where
+        ``index`` is the sweep point's index.
+    """
+    accuracies = [p['accuracy'] for p in points]
+    knee = sweep.select_knee(accuracies, predicted['predicted_ms'],
+                             predicted['frontier'], baseline_accuracy,
+                             config.knee_tolerance / 100)
+    choices = {'knee': {'thresholds': points[knee]['thresholds'],
+                        'index': knee}}
+    if config.thresholds is not None:
+        choices['user'] = {'thresholds': list(config.thresholds),
+                           'index': None}
+    return choices
+
+
+def measure_choices(models, samples, choices, outputs, paths, config):
+    """Time the baseline and every choice end to end, in turns.
+
+    Returns:
+        ``{'baseline': summary, name: point, ...}`` where each point is the
+        sweep's evaluation of the choice on the whole test set, with its
+        measured time, its predicted time on the timed subset and that
+        subset's exit shares.
+    """
+    net = models.branchynet
+    rules = [EntropyThresholds(c['thresholds'], net.num_exits)
+             for c in choices.values()]
+    measured = timing.time_in_turns(
+        [timing.baseline_classifier(models.baseline)] +
+        [functools.partial(net.predict_sample, thresholds=rule)
+         for rule in rules], samples, net.device, config.timing_repeats,
+        config.timing_warmup)
+    path_ms = [c['median_ms'] for c in paths['exit_path_ms']]
+    subset = outputs.subset(len(samples))
+    result = {'baseline': measured[0]}
+    for (name, choice), timed in zip(choices.items(), measured[1:]):
+        point = sweep.evaluate(outputs, choice['thresholds'])
+        on_subset = sweep.evaluate(subset, choice['thresholds'])
+        point['measured'] = timed
+        point['predicted_ms'] = sweep.predicted_ms(
+            on_subset['exit_fractions'], path_ms)
+        point['timing_subset_exit_fractions'] = on_subset['exit_fractions']
+        if choice['index'] is not None:
+            point['index'] = choice['index']
+        result[name] = point
+    return result
+
+
+def time_on_device(models, device, evaluation, outputs, samples, config, say):
+    """Every timing figure of one device (``results['timing'][...]``)."""
+    models = models.to_device(device)
+    say('timing on {}: exit paths'.format(device))
+    result = measure_paths(models, samples, config)
+    points = evaluation['sweep']['points']
+    result.update(predict_times(points, result))
+    choices = select_thresholds(points, result,
+                                evaluation['baseline']['accuracy'], config)
+    say('timing on {}: baseline and {}, end to end'.format(device, ', '.join(
+        '{} thresholds {}'.format(name, c['thresholds'])
+        for name, c in choices.items())))
+    result.update(measure_choices(models, samples, choices, outputs, result,
+                                  config))
+    return result
+
+
+# --- the run ------------------------------------------------------------------
+
+def run(config):
+    """Train (or resume, or load), evaluate, write result files and figures.
+
+    Args:
+        config: a checked :class:`~branchynet.config.RunConfig`.
+
+    Returns:
+        The results dictionary, as written to ``results.json``.
+    """
+    protocol = protocols.get(config.protocol)
+    say = Progress(config)
+    device = chainer.get_device(config.device)
+    device.use()
+    check_output(config)
+    data = load_data(protocol, config)
+    created = not os.path.exists(config.out)
+    try:
+        return _run_steps(protocol, config, data, device, say)
+    except BaseException:
+        # a run that failed before it had trained anything leaves nothing
+        if created and os.path.isdir(config.out) and \
+                not holds_work(config.out):
+            shutil.rmtree(config.out)
+        raise
+
+
+def _run_steps(protocol, config, data, device, say):
+    record_config(config)
+    if config.models:
+        say('evaluating the saved models of', config.models)
+        models = load_trained(protocol, config, device)
+    else:
+        models = train(protocol, config, data, device, say)
+    results = {
+        'kind': 'branchynet-run',
+        'baseline_name': protocol.baseline_name,
+        'protocol': protocol.key,
+        'config': config.to_dict(),
+        'data': data.info,
+        'environment': environment.describe(device),
+        'training': models.training,
+    }
+    evaluation, outputs = evaluate(models, data, config, say)
+    results.update(evaluation)
+    if not config.skip_timing:
+        count = config.timing_samples or len(data.test_t)
+        samples = timing.as_samples(data.test_x[:count])
+        results['timing_samples'] = len(samples)
+        for d in timing_devices(config, device):
+            name = 'cpu' if d.xp is numpy else 'gpu'
+            results['timing'][name] = time_on_device(
+                models, d, results, outputs, samples, config, say)
+    report.write_reports(results, config.out)
+    if results['timing']:
+        figures.run_figures(results, os.path.join(config.out, 'figures'))
+    say('results in', config.out)
+    if results['timing']:
+        print(report.table1_markdown(results))
+    return results
+
+
+def write_fig5_summary(runs, out):
+    """``summary.json`` and Fig. 5 from the results of the variant runs.
+
+    Args:
+        runs: results dictionaries of the Fig. 5 variants.
+        out: the folder holding their run folders.
+
+    Returns:
+        The summary dictionary.
+    """
+    summary = {'kind': 'branch-layers', 'variants': []}
+    for results in runs:
+        convs = protocols.get(results['protocol']).network.keywords[
+            'branch1_convs']
+        summary['variants'].append({
+            'branch1_convs': convs,
+            'final_exit_accuracy': results['exit_accuracy'][-1],
+            'exit1_accuracy': results['exit_accuracy'][0],
+            'baseline_accuracy': results['baseline']['accuracy'],
+            'results': os.path.join(results['config']['out'], 'results.json'),
+        })
+    for key in ('data', 'config', 'environment'):
+        summary[key] = runs[-1][key]
+    report.write_json(os.path.join(out, 'summary.json'), summary)
+    figures.run_figures(summary, os.path.join(out, 'figures'))
+    for v in summary['variants']:
+        print('exit 1 with {} conv: final exit {:.2f} %, exit 1 {:.2f} %'.format(
+            v['branch1_convs'], 100 * v['final_exit_accuracy'],
+            100 * v['exit1_accuracy']))
+    return summary
