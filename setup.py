@@ -13,6 +13,9 @@ setup(
     extras_require={
         'test': ['pytest>=8', 'scipy>=1.12'],
         # CuPy 13/14 for NVIDIA GPUs; pick the wheel that matches your CUDA.
-        'gpu': ['cupy-cuda12x>=13'],
+        # A plain CuPy 14 wheel ships no CUDA libraries: without cuBLAS and
+        # NVRTC Chainer silently reports CUDA as unavailable. The [ctk]
+        # extra installs them from PyPI.
+        'gpu': ['cupy-cuda12x[ctk]>=13'],
     },
 )

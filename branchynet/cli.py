@@ -90,6 +90,10 @@ def build_parser(protocol):
     p.add_argument('--data-dir',
                    help='folder with the dataset files (default: ${}, else '
                         'download with Chainer)'.format(datasets.DATA_DIR_ENV))
+    p.add_argument('--unofficial-data', action='store_true',
+                   help='accept dataset files that are not the official ones '
+                        '(a file named like an official file must otherwise '
+                        'have its size and checksum)')
     if protocol.dataset == 'cifar10':
         p.add_argument('--test-batch',
                        choices=datasets.CIFAR10_BATCHES + [datasets.CIFAR10_TEST],
@@ -129,6 +133,15 @@ def build_parser(protocol):
                    help='knee: the fastest frontier point within this many '
                         'accuracy points of the baseline (of the best point if '
                         'that is lower)')
+    p.add_argument('--select', nargs='+', default=['knee'], metavar='RULE',
+                   help='threshold selection rules, each a Table I row: knee, '
+                        'accuracy-drop:POINTS (fastest within POINTS of the '
+                        'baseline), latency:MS (most accurate at or below MS '
+                        'per sample), exit-share:F (most accurate sending at '
+                        'least F of the samples out early). With '
+                        '--validation-size they choose on the validation set '
+                        'and are compared with the test-set choice (oracle). '
+                        'The knee is always reported')
     p.add_argument('--timing-samples', type=count, default=1000,
                    help='test samples timed at batch size 1; 0 = all')
     p.add_argument('--timing-repeats', type=positive, default=3,

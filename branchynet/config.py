@@ -19,14 +19,19 @@ import numbers
 import os
 import typing
 
-from branchynet import datasets, exit_rule, loss, protocols
+from branchynet import datasets, exit_rule, loss, protocols, selection
 
 # What a resumed run may change: how it is evaluated, timed and shown, and
 # where the data and the device are. Everything else shaped the models.
 CHANGEABLE_ON_RESUME = (
     'resume', 'models', 'out', 'device', 'data_dir', 'cache_dir', 'thresholds',
-    'threshold_list', 'knee_tolerance', 'timing_samples', 'timing_repeats',
+    'threshold_list', 'knee_tolerance', 'select', 'timing_samples',
+    'timing_repeats',
     'timing_warmup', 'no_cpu_timing', 'skip_timing', 'no_progress', 'quick')
+# On/off switches of how a run is shown and evaluated: a command line cannot
+# switch them off explicitly, so a resumed run takes them from the command
+# line as given, not from the stored configuration.
+SWITCHES = ('skip_timing', 'no_cpu_timing', 'no_progress')
 MAX_TIMING_REPEATS = 1000
 MAX_TIMING_WARMUP = 100000
 MAX_SEED = 2 ** 32 - 1  # NumPy's RandomState takes seeds below 2**32
@@ -46,6 +51,8 @@ class RunConfig:
             training (``None``: train).
         data_dir, test_batch, preprocessing, cache_dir: the data (see
             :mod:`branchynet.datasets`).
+        unofficial_data: accept dataset files that are not the official
+            ones (synthetic data for smoke runs, other data in the formats).
         train_size, test_size: use only the first samples (``None``: all).
         validation_size: training samples held out for threshold selection.
         batchsize, epoch_main, epoch_joint, seed, alpha, adam_beta1: training.
@@ -53,6 +60,8 @@ class RunConfig:
         thresholds: an extra threshold vector to evaluate and time.
         threshold_list: values combined over the non-final exits.
         knee_tolerance: knee rule tolerance, in accuracy points.
+        select: threshold selection rules (:mod:`branchynet.selection`),
+            e.g. ``('knee', 'latency:0.8')``; the knee is always applied.
         timing_samples, timing_repeats, timing_warmup: batch-1 timing
             (``timing_samples = 0``: the whole test set).
         no_cpu_timing: with a GPU, time on the GPU only.
@@ -66,6 +75,7 @@ class RunConfig:
     resume: bool = False
     models: typing.Optional[str] = None
     data_dir: typing.Optional[str] = None
+    unofficial_data: bool = False
     test_batch: typing.Optional[str] = None
     preprocessing: str = 'zca'
     cache_dir: typing.Optional[str] = None
@@ -83,6 +93,7 @@ class RunConfig:
     thresholds: typing.Optional[tuple] = None
     threshold_list: tuple = ()
     knee_tolerance: float = 0.1
+    select: tuple = ('knee',)
     timing_samples: int = 1000
     timing_repeats: int = 3
     timing_warmup: int = 20
@@ -92,7 +103,8 @@ class RunConfig:
     no_progress: bool = False
 
     def __post_init__(self):
-        for name in ('branch_weights', 'thresholds', 'threshold_list'):
+        for name in ('branch_weights', 'thresholds', 'threshold_list',
+                     'select'):
             value = getattr(self, name)
             if value is not None and not isinstance(value, (str, bytes)) \
                     and hasattr(value, '__iter__'):
@@ -236,6 +248,10 @@ def _validate(config):
             t >= 0 for t in config.threshold_list):
         raise ValueError('--threshold-list needs non-negative numbers, got '
                          '{}'.format(list(config.threshold_list)))
+    if not config.select:
+        raise ValueError('--select needs at least one rule')
+    for rule in config.select:
+        selection.Rule.parse(rule)
     if config.preprocessing not in datasets.PREPROCESSINGS:
         raise ValueError('--preprocessing must be one of {}, got {!r}'.format(
             sorted(datasets.PREPROCESSINGS), config.preprocessing))
@@ -311,7 +327,8 @@ def merge_stored(stored, given, explicit):
 
     Returns:
         ``stored`` with the explicitly given values of
-        :data:`CHANGEABLE_ON_RESUME` taken from ``given``.
+        :data:`CHANGEABLE_ON_RESUME` taken from ``given``, and the
+        :data:`SWITCHES` as ``given`` has them.
 
     Raises:
         ValueError: an explicitly given value that may not change differs
@@ -331,5 +348,6 @@ def merge_stored(stored, given, explicit):
                 ', '.join(_flag(n) for n in CHANGEABLE_ON_RESUME)))
     changes = {name: getattr(given, name) for name in explicit
                if name in CHANGEABLE_ON_RESUME}
+    changes.update({name: getattr(given, name) for name in SWITCHES})
     changes.update(out=given.out, resume=given.resume, models=given.models)
     return stored.replace(**changes)

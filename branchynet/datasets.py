@@ -8,9 +8,14 @@ directory and in the standard sub-folders (``mnist/``, ``cifar10/``,
 downloaders fetch the data (``chainer.datasets.get_mnist`` / ``get_cifar10``).
 
 Every file is checked before use: its structure (idx headers, record sizes,
-label range) always, and its MD5 whenever it claims to be one of the
-official files (same name and sample count). A missing, truncated or corrupt
-file raises :class:`DataError` naming the file and what was expected.
+label range) always. A file named like one of the official files must be
+that file: the official sample count and, where this module knows it, the
+official MD5 (all MNIST files, the five CIFAR-10 binary training batches),
+so that a file cut short at a record boundary cannot pass. Other data in
+the same formats (synthetic sets for smoke tests, say) is read only when
+asked for with ``official=False`` (``--unofficial-data``), and the result
+files say so. A missing, truncated or corrupt file raises
+:class:`DataError` naming the file and what was expected.
 
 CIFAR-10 preprocessing follows the reference's "pcifar10": ZCA whitening
 fitted on the training images, then each image min-max scaled to [0, 1]
@@ -24,11 +29,13 @@ import gzip
 import hashlib
 import os
 import pickle
+import sys
+import zipfile
 import zlib
 
 import numpy
 
-from branchynet.files import atomic_write
+from branchynet.files import atomic_write, remove_partial_files
 
 DATA_DIR_ENV = 'BRANCHYNET_DATA_DIR'
 CACHE_DIR_ENV = 'BRANCHYNET_CACHE_DIR'
@@ -92,6 +99,14 @@ class Dataset:
         if self.valid_x is None:
             self.valid_x = self.train_x[:0]
             self.valid_t = self.train_t[:0]
+
+
+def _first(x, t, count):
+    """The first ``count`` samples (all of them for ``None`` or a larger count).
+
+    The sizes actually used are recorded in the dataset's ``info``.
+    """
+    return x[:count], t[:count]
 
 
 # --- the validation split ------------------------------------------------------
@@ -169,16 +184,27 @@ def _read(path):
     return raw, data
 
 
-def _check_md5(path, raw, claims_official):
+UNOFFICIAL_HINT = ('a file named like an official one must be that file; '
+                   'to use other data in this format, pass --unofficial-data')
+
+
+def _check_official(path, raw, count, official_count, official):
+    """Official name -> official sample count and MD5, unless ``official`` is off."""
+    if not official:
+        return
+    if count != official_count:
+        raise DataError('{}: {} samples, the official file has {}: {}'.format(
+            path, count, official_count, UNOFFICIAL_HINT))
     expected = OFFICIAL_MD5.get(os.path.basename(path))
-    if expected and claims_official and _md5(raw) != expected:
+    if expected and _md5(raw) != expected:
         raise DataError('{}: MD5 {} differs from the official file\'s {}: '
-                        'the file is corrupt'.format(path, _md5(raw), expected))
+                        'the file is corrupt ({})'.format(
+                            path, _md5(raw), expected, UNOFFICIAL_HINT))
 
 
 # --- MNIST -----------------------------------------------------------------
 
-def _read_idx(path, magic, item_shape, official_count):
+def _read_idx(path, magic, item_shape, official_count, official):
     raw, data = _read(path)
     header = 4 * (1 + 1 + len(item_shape))
     if len(data) < header:
@@ -196,12 +222,12 @@ def _read_idx(path, magic, item_shape, official_count):
         raise DataError('{}: {} bytes of data, expected {} for {} items: the '
                         'file is truncated or corrupt'.format(
                             path, len(data), expected, count))
-    _check_md5(path, raw, count == official_count)
+    _check_official(path, raw, count, official_count, official)
     return numpy.frombuffer(data, dtype=numpy.uint8, offset=header).reshape(
         (count,) + item_shape)
 
 
-def _mnist_part(data_dir, part):
+def _mnist_part(data_dir, part, official):
     image_name, label_name, official_count = MNIST_FILES[part]
     arrays = []
     for name, magic, shape in ((image_name, 2051, (28, 28)),
@@ -210,7 +236,7 @@ def _mnist_part(data_dir, part):
         if path is None:
             raise DataError('MNIST file {}(.gz) not found in {} or its mnist/ '
                             'folder'.format(name, data_dir))
-        arrays.append(_read_idx(path, magic, shape, official_count))
+        arrays.append(_read_idx(path, magic, shape, official_count, official))
     images, labels = arrays
     if len(images) != len(labels):
         raise DataError('MNIST {} set: {} images but {} labels'.format(
@@ -222,37 +248,48 @@ def _mnist_part(data_dir, part):
 
 
 def load_mnist(data_dir=None, train_size=None, test_size=None,
-               validation_size=0, seed=0):
+               validation_size=0, seed=0, official=True):
     """MNIST as float32 ``(N, 1, 28, 28)`` in [0, 1] (pixels / 255).
 
     Args:
+        data_dir: folder with the four idx files (gzipped or not), directly
+            or in ``mnist/``; ``None``: ``$BRANCHYNET_DATA_DIR`` or download.
         train_size, test_size: use only the first samples.
         validation_size: hold out this many of the (first ``train_size``)
             training samples as a validation set (:func:`stratified_split`
             with ``seed``).
+        official: require the official files (see the module docstring).
+
+    Returns:
+        A :class:`Dataset`.
+
+    Raises:
+        DataError: a file is missing, damaged or (with ``official``) not
+            the official one.
     """
     data_dir = resolve_data_dir(data_dir)
     if data_dir is None:
         train_x, train_t, test_x, test_t = _download('mnist')
         source = 'chainer.datasets.get_mnist'
     else:
-        train_x, train_t = _mnist_part(data_dir, 'train')
-        test_x, test_t = _mnist_part(data_dir, 'test')
+        train_x, train_t = _mnist_part(data_dir, 'train', official)
+        test_x, test_t = _mnist_part(data_dir, 'test', official)
         source = os.path.abspath(data_dir)
-    train_x, train_t = train_x[:train_size], train_t[:train_size]
-    test_x, test_t = test_x[:test_size], test_t[:test_size]
+    train_x, train_t = _first(train_x, train_t, train_size)
+    test_x, test_t = _first(test_x, test_t, test_size)
     train_x, train_t, valid_x, valid_t, validation = _carve_validation(
         train_x, train_t, validation_size, seed)
     info = {'dataset': 'mnist', 'source': source,
             'train': 'train-images-idx3-ubyte', 'test': 't10k-images-idx3-ubyte',
             'train_size': len(train_t), 'test_size': len(test_t),
-            'validation': validation, 'preprocessing': 'pixels / 255'}
+            'validation': validation, 'preprocessing': 'pixels / 255',
+            'official_files': bool(official)}
     return Dataset(train_x, train_t, test_x, test_t, info, valid_x, valid_t)
 
 
 # --- CIFAR-10 ----------------------------------------------------------------
 
-def _cifar10_batch(path):
+def _cifar10_batch(path, official=True):
     """Images (uint8, N x 3 x 32 x 32), labels and the raw file's MD5."""
     raw, data = _read(path)
     if path.endswith('.bin'):
@@ -276,7 +313,7 @@ def _cifar10_batch(path):
             raise DataError('{}: data of shape {} with {} labels, expected '
                             '(N, 3072) with N labels'.format(
                                 path, images.shape, len(labels)))
-    _check_md5(path, raw, len(labels) == CIFAR10_RECORDS)
+    _check_official(path, raw, len(labels), CIFAR10_RECORDS, official)
     if labels.max(initial=0) > 9:
         raise DataError('{}: labels above 9: the file is corrupt'.format(path))
     return images.reshape(-1, 3, 32, 32), labels.astype(numpy.int32), _md5(raw)
@@ -351,6 +388,24 @@ def _preprocess(train, test, preprocessing, zca_epsilon):
             flat_test.reshape(test.shape).astype(numpy.float32))
 
 
+def _read_cache(path, train_count, held_count):
+    """The cached arrays, or ``None``; a damaged entry is named and removed."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with numpy.load(path) as cached:
+            train_x, held_x = cached['train_x'], cached['test_x']
+        if len(train_x) != train_count or len(held_x) != held_count:
+            raise ValueError('{} + {} samples, expected {} + {}'.format(
+                len(train_x), len(held_x), train_count, held_count))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        print('warning: cache entry {} is damaged ({}); discarding it and '
+              'preprocessing again'.format(path, e), file=sys.stderr)
+        os.remove(path)
+        return None
+    return train_x, held_x
+
+
 def _cache_dir(cache_dir):
     return cache_dir or os.environ.get(CACHE_DIR_ENV) or os.path.join(
         os.path.expanduser('~'), '.cache', 'branchynet')
@@ -358,7 +413,7 @@ def _cache_dir(cache_dir):
 
 def load_cifar10(data_dir=None, test_batch=None, preprocessing='zca',
                  train_size=None, test_size=None, cache_dir=None,
-                 zca_epsilon=0.0, validation_size=0, seed=0):
+                 zca_epsilon=0.0, validation_size=0, seed=0, official=True):
     """CIFAR-10 as float32 ``(N, 3, 32, 32)``, preprocessed and cached.
 
     Args:
@@ -372,6 +427,13 @@ def load_cifar10(data_dir=None, test_batch=None, preprocessing='zca',
         validation_size, seed: hold out a validation set from those
             training samples (:func:`stratified_split`), before ZCA is
             fitted: the validation images are preprocessed as test images.
+        official: require the official files (see the module docstring).
+
+    Returns:
+        A :class:`Dataset`.
+
+    Raises:
+        DataError: as :func:`load_mnist`.
     """
     if preprocessing not in PREPROCESSINGS:
         raise ValueError('preprocessing must be one of {}, got {!r}'.format(
@@ -384,6 +446,7 @@ def load_cifar10(data_dir=None, test_batch=None, preprocessing='zca',
     data_dir = resolve_data_dir(data_dir)
     info = {'dataset': 'cifar10', 'train': train_names, 'test': test_name,
             'held_out_training_batch': test_name != CIFAR10_TEST,
+            'official_files': bool(official),
             'preprocessing': preprocessing + ': ' + PREPROCESSINGS[preprocessing]}
     if data_dir is None:
         if test_name != CIFAR10_TEST:
@@ -392,15 +455,15 @@ def load_cifar10(data_dir=None, test_batch=None, preprocessing='zca',
         raw_train_x, train_t, raw_test_x, test_t = _download('cifar10')
         info['source'], checksums = 'chainer.datasets.get_cifar10', ['download']
     else:
-        parts = [_cifar10_batch(_cifar10_path(data_dir, name))
+        parts = [_cifar10_batch(_cifar10_path(data_dir, name), official)
                  for name in train_names + [test_name]]
         raw_train_x = numpy.concatenate([p[0] for p in parts[:-1]])
         train_t = numpy.concatenate([p[1] for p in parts[:-1]])
         raw_test_x, test_t, _ = parts[-1]
         info['source'], checksums = os.path.abspath(data_dir), [
             p[2] for p in parts]
-    raw_train_x, train_t = raw_train_x[:train_size], train_t[:train_size]
-    raw_test_x, test_t = raw_test_x[:test_size], test_t[:test_size]
+    raw_train_x, train_t = _first(raw_train_x, train_t, train_size)
+    raw_test_x, test_t = _first(raw_test_x, test_t, test_size)
     raw_train_x, train_t, raw_valid_x, valid_t, validation = \
         _carve_validation(raw_train_x, train_t, validation_size, seed)
     info.update(train_size=len(train_t), test_size=len(test_t),
@@ -411,9 +474,11 @@ def load_cifar10(data_dir=None, test_batch=None, preprocessing='zca',
                              len(test_t), validation_size,
                              seed)).encode()).hexdigest()[:16]
     path = os.path.join(_cache_dir(cache_dir), 'cifar10-{}.npz'.format(key))
-    if os.path.isfile(path):
-        with numpy.load(path) as cached:
-            train_x, held_x = cached['train_x'], cached['test_x']
+    # a preprocessing killed while writing leaves a partial file (~700 MB)
+    remove_partial_files(os.path.dirname(path), older_than_s=3600)
+    cached = _read_cache(path, len(train_t), len(valid_t) + len(test_t))
+    if cached is not None:
+        train_x, held_x = cached
     else:
         # validation and test images are preprocessed alike, with what was
         # fitted on the training images

@@ -18,9 +18,13 @@ import re
 from matplotlib.figure import Figure
 
 from branchynet import report
+from branchynet.files import atomic_write
 
 FORMATS = ('png', 'pdf')
 EXIT_COLOURS = ['tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple']
+# not red (the knee) nor blue (the frontier)
+SELECTION_COLOURS = ['tab:green', 'tab:purple', 'tab:orange', 'tab:brown',
+                     'tab:pink', 'tab:olive', 'tab:cyan', 'tab:gray']
 
 
 def slug(name):
@@ -32,7 +36,8 @@ def _save(figure, out_dir, stem):
     paths = []
     for extension in FORMATS:
         path = os.path.join(out_dir, '{}.{}'.format(stem, extension))
-        figure.savefig(path, bbox_inches='tight', dpi=150)
+        with atomic_write(path) as f:
+            figure.savefig(f, format=extension, bbox_inches='tight', dpi=150)
         paths.append(path)
     return paths
 
@@ -49,11 +54,15 @@ def fig3(results, device):
             [100 * points[i]['accuracy'] for i in frontier],
             '-o', color='tab:blue', markersize=4, label=results['network'])
     knee = timing['knee']
+    selections = timing.get('selections') or []
+    on_validation = any(c['selected_on'] == 'validation' for c in selections)
     ax.plot(timing['predicted_ms'][knee['index']], 100 * knee['accuracy'],
-            '*', color='tab:red', markersize=14, label='knee T = {}'.format(
+            '*', color='tab:red', markersize=14, label='knee{} T = {}'.format(
+                ' (chosen on validation)' if on_validation else '',
                 ', '.join('{:g}'.format(t) for t in knee['thresholds'])))
     ax.plot(knee['measured']['median_ms'], 100 * knee['accuracy'], 'x',
             color='tab:red', markersize=8, label='knee, measured end to end')
+    _mark_selections(ax, timing, selections)
     ax.plot(timing['baseline']['median_ms'],
             100 * results['baseline']['accuracy'], 'D', color='black',
             markersize=7, label=results['baseline_name'])
@@ -63,6 +72,33 @@ def fig3(results, device):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc='best')
     return figure
+
+
+def _mark_selections(ax, timing, selections):
+    """Each selection rule's point on the test sweep: chosen (filled), oracle (hollow).
+
+    The knee chosen on the test set is the star already drawn; its oracle
+    (and every other rule) gets a marker of its own colour.
+    """
+    colours = iter(SELECTION_COLOURS)
+    for chosen in selections:
+        rule = chosen['rule']
+        marks = []
+        if rule != 'knee' and timing.get(rule) is not None:
+            marks.append((timing[rule], 'o', 'full', '{}, chosen on {}'.format(
+                rule, chosen['selected_on'])))
+        oracle = timing.get(rule + ' oracle')
+        if oracle is not None:
+            marks.append((oracle, 's', 'none',
+                          '{}, oracle (chosen on test)'.format(rule)))
+        if not marks:
+            continue
+        colour = next(colours)
+        for point, marker, fill, label in marks:
+            ax.plot(timing['predicted_ms'][point['index']],
+                    100 * point['accuracy'], marker, color=colour,
+                    fillstyle=fill, markersize=9, markeredgewidth=1.5,
+                    label=label)
 
 
 def fig4(results):

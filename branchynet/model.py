@@ -240,10 +240,13 @@ class BranchyNet(chainer.Chain):
 
         Returns:
             ``(labels, exits)``: numpy int64 arrays of shape ``(B,)``, the
-            predicted class and the 0-based index of the exit taken.
+            predicted class and the 0-based index of the exit taken (two
+            empty arrays for an empty batch).
         """
         rule = exit_rule.make_rule(self.num_exits, thresholds, exit_fractions)
         h = self.device.send(self.check_input(x))
+        if len(h) == 0:
+            return (numpy.zeros(0, numpy.int64),) * 2
         xp = self.xp
         labels = xp.zeros(len(h), dtype=numpy.int64)
         exits = xp.full(len(h), self.num_exits - 1, dtype=numpy.int64)

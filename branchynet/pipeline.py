@@ -35,7 +35,7 @@ import chainer
 import numpy
 
 from branchynet import (datasets, environment, figures, loss, protocols,
-                        report, sweep, timing)
+                        report, selection, sweep, timing)
 from branchynet.config import RunConfig
 from branchynet.exit_rule import EntropyThresholds
 from branchynet.serialization import load_model, save_model
@@ -43,6 +43,7 @@ from branchynet.training import (PHASES, fresh_optimizer_state, has_snapshot,
                                  read_log, train_phase)
 
 RUN_FILE = 'run.json'
+VALIDATION_OUTPUTS = 'exit_outputs_validation.npz'
 MODEL_FILES = {'main': 'baseline.npz', 'joint': 'branchynet.npz'}
 
 
@@ -139,12 +140,14 @@ def load_data(protocol, config):
     if protocol.dataset == 'mnist':
         return datasets.load_mnist(config.data_dir, config.train_size,
                                    config.test_size, config.validation_size,
-                                   config.seed)
+                                   config.seed,
+                                   official=not config.unofficial_data)
     return datasets.load_cifar10(config.data_dir, config.test_batch,
                                  config.preprocessing, config.train_size,
                                  config.test_size, config.cache_dir,
                                  validation_size=config.validation_size,
-                                 seed=config.seed)
+                                 seed=config.seed,
+                                 official=not config.unofficial_data)
 
 
 # --- 3. training ----------------------------------------------------------------
@@ -233,7 +236,7 @@ def evaluate(models, data, config, say):
     say('evaluating on {} test samples'.format(len(data.test_t)))
     outputs = sweep.exit_outputs(net, data.test_x, data.test_t)
     outputs.save(os.path.join(config.out, 'exit_outputs.npz'))
-    return {
+    evaluation = {
         'network': net.title,
         'baseline': {'accuracy': main_accuracy(models.baseline, data.test_x,
                                                data.test_t)},
@@ -249,7 +252,20 @@ def evaluate(models, data, config, say):
                   'points': sweep.run_sweep(outputs, config.threshold_list)},
         'exit1_curve': sweep.exit1_curve(outputs),
         'timing': {},
-    }, outputs
+    }
+    if len(data.valid_t):
+        say('evaluating on {} validation samples'.format(len(data.valid_t)))
+        valid = sweep.exit_outputs(net, data.valid_x, data.valid_t)
+        valid.save(os.path.join(config.out, VALIDATION_OUTPUTS))
+        evaluation['validation'] = {
+            'size': len(data.valid_t),
+            'baseline': {'accuracy': main_accuracy(
+                models.baseline, data.valid_x, data.valid_t)},
+            'exit_accuracy': [float(a) for a in
+                              (valid.predictions == valid.labels).mean(axis=1)],
+            'sweep': {'points': sweep.run_sweep(valid, config.threshold_list)},
+        }
+    return evaluation, outputs
 
 
 # --- 5. timing ------------------------------------------------------------------
@@ -299,30 +315,63 @@ def predict_times(points, paths):
     }
 
 
-def select_thresholds(points, predicted, baseline_accuracy, config):
-    """The threshold vectors to time end to end, by name.
+def select_thresholds(evaluation, predicted, path_ms, config):
+    """Apply every selection rule; name the threshold vectors to time.
 
-    ``knee``: the knee rule over the frontier (see :mod:`branchynet.sweep`);
-    ``user``: ``--thresholds``, if given.
+    The knee is always among the rules (Table I's row); ``--select`` adds
+    others. Each rule is applied to the validation sweep when there is one
+    (and, as an oracle, to the test sweep), else to the test sweep.
+
+    Args:
+        evaluation: what :func:`evaluate` returned.
+        predicted: what :func:`predict_times` returned for the test sweep.
+        path_ms: measured cost of each exit's path (ms).
+        config: the run configuration.
 
     Returns:
-        ``{name: {'thresholds': [...], 'index': i or None}}`` where
-        ``index`` is the sweep point's index.
+        ``(selections, choices)``: one dict per rule from
+        :func:`branchynet.selection.choose`, and the threshold vectors to
+        time, by name: ``knee``, ``user`` (``--thresholds``), and
+        ``<rule>`` / ``<rule> oracle`` for the other rules.
     """
-    accuracies = [p['accuracy'] for p in points]
-    knee = sweep.select_knee(accuracies, predicted['predicted_ms'],
-                             predicted['frontier'], baseline_accuracy,
-                             config.knee_tolerance / 100)
-    choices = {'knee': {'thresholds': points[knee]['thresholds'],
-                        'index': knee}}
+    test_points = evaluation['sweep']['points']
+    validation = evaluation.get('validation')
+    if validation is not None:
+        valid_points = validation['sweep']['points']
+        valid_times = [sweep.predicted_ms(p['exit_fractions'], path_ms)
+                       for p in valid_points]
+        valid_baseline = validation['baseline']['accuracy']
+    else:
+        valid_points = valid_times = valid_baseline = None
+    rules = ['knee'] + [r for r in config.select if r != 'knee']
+    selections, choices = [], {}
+    for rule in rules:
+        chosen = selection.choose(
+            rule, test_points, predicted['predicted_ms'],
+            evaluation['baseline']['accuracy'], valid_points, valid_times,
+            valid_baseline, config.knee_tolerance)
+        if valid_points is not None and chosen['index'] is not None:
+            chosen['validation'] = dict(
+                valid_points[chosen['index']],
+                predicted_ms=valid_times[chosen['index']])
+        selections.append(chosen)
+        name = 'knee' if rule == 'knee' else rule
+        for key, label in (('index', name), ('oracle_index', name + ' oracle')):
+            index = chosen.get(key)
+            if index is not None and not (key == 'oracle_index' and
+                                          chosen['selected_on'] == 'test'):
+                choices[label] = {'thresholds': test_points[index]['thresholds'],
+                                  'index': index}
     if config.thresholds is not None:
         choices['user'] = {'thresholds': list(config.thresholds),
                            'index': None}
-    return choices
+    return selections, choices
 
 
 def measure_choices(models, samples, choices, outputs, paths, config):
     """Time the baseline and every choice end to end, in turns.
+
+    Choices with the same thresholds are timed once.
 
     Returns:
         ``{'baseline': summary, name: point, ...}`` where each point is the
@@ -331,8 +380,11 @@ def measure_choices(models, samples, choices, outputs, paths, config):
         subset's exit shares.
     """
     net = models.branchynet
-    rules = [EntropyThresholds(c['thresholds'], net.num_exits)
-             for c in choices.values()]
+    distinct = []
+    for choice in choices.values():
+        if choice['thresholds'] not in distinct:
+            distinct.append(choice['thresholds'])
+    rules = [EntropyThresholds(t, net.num_exits) for t in distinct]
     measured = timing.time_in_turns(
         [timing.baseline_classifier(models.baseline)] +
         [functools.partial(net.predict_sample, thresholds=rule)
@@ -341,10 +393,10 @@ def measure_choices(models, samples, choices, outputs, paths, config):
     path_ms = [c['median_ms'] for c in paths['exit_path_ms']]
     subset = outputs.subset(len(samples))
     result = {'baseline': measured[0]}
-    for (name, choice), timed in zip(choices.items(), measured[1:]):
+    for name, choice in choices.items():
         point = sweep.evaluate(outputs, choice['thresholds'])
         on_subset = sweep.evaluate(subset, choice['thresholds'])
-        point['measured'] = timed
+        point['measured'] = measured[1 + distinct.index(choice['thresholds'])]
         point['predicted_ms'] = sweep.predicted_ms(
             on_subset['exit_fractions'], path_ms)
         point['timing_subset_exit_fractions'] = on_subset['exit_fractions']
@@ -359,15 +411,19 @@ def time_on_device(models, device, evaluation, outputs, samples, config, say):
     models = models.to_device(device)
     say('timing on {}: exit paths'.format(device))
     result = measure_paths(models, samples, config)
-    points = evaluation['sweep']['points']
-    result.update(predict_times(points, result))
-    choices = select_thresholds(points, result,
-                                evaluation['baseline']['accuracy'], config)
+    result.update(predict_times(evaluation['sweep']['points'], result))
+    path_ms = [c['median_ms'] for c in result['exit_path_ms']]
+    selections, choices = select_thresholds(evaluation, result, path_ms,
+                                            config)
+    for chosen in selections:
+        for reason in chosen['infeasible'].values():
+            print('warning:', reason, flush=True)
     say('timing on {}: baseline and {}, end to end'.format(device, ', '.join(
         '{} thresholds {}'.format(name, c['thresholds'])
         for name, c in choices.items())))
     result.update(measure_choices(models, samples, choices, outputs, result,
                                   config))
+    result['selections'] = selections
     return result
 
 
@@ -401,6 +457,7 @@ def run(config):
 
 def _run_steps(protocol, config, data, device, say):
     record_config(config)
+    report.remove_results(config.out)
     if config.models:
         say('evaluating the saved models of', config.models)
         models = load_trained(protocol, config, device)
@@ -427,7 +484,11 @@ def _run_steps(protocol, config, data, device, say):
                 models, d, results, outputs, samples, config, say)
     report.write_reports(results, config.out)
     if results['timing']:
-        figures.run_figures(results, os.path.join(config.out, 'figures'))
+        figures.run_figures(results, os.path.join(config.out,
+                                                  report.FIGURES_DIR))
+    note = report.divergence_note(results)
+    if note:
+        print(note, flush=True)
     say('results in', config.out)
     if results['timing']:
         print(report.table1_markdown(results))

@@ -6,9 +6,11 @@ Everything here reads the results dictionary (the content of
 import csv
 import io
 import json
+import math
 import os
+import shutil
 
-from branchynet.files import atomic_write
+from branchynet.files import atomic_write, remove_partial_files
 
 TABLE1_COLUMNS = ['Device', 'Network', 'Acc. (%)', 'Time (ms)', 'Gain',
                   'Thrshld. T', 'Exit (%)']
@@ -18,19 +20,81 @@ AFTER_JOINT_SUFFIX = ' (main path after joint training: the reference\'s figure)
 SPLIT_COLUMNS = ['Test set', 'Train set']
 
 
+# Files a run writes from its models; a new evaluation replaces them all.
+RESULT_FILES = ('results.json', 'sweep.csv', 'table1.csv', 'table1.md',
+                'exit_outputs.npz')
+FIGURES_DIR = 'figures'
+
+
 def write_atomic(path, text):
     """Write ``text`` to ``path``; the file appears only when complete."""
     with atomic_write(path, 'w') as f:
         f.write(text)
 
 
+def json_safe(value):
+    """``value`` with every NaN or infinity replaced by ``None`` (JSON null).
+
+    JSON has no NaN; a diverged training run must still write its results.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def non_finite(value, path=''):
+    """Paths (``'training/joint[3]/main/loss'``) of every NaN or infinity."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items()
+                for p in non_finite(v, '{}/{}'.format(path, k) if path else k)]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value)
+                for p in non_finite(v, '{}[{}]'.format(path, i))]
+    return []
+
+
 def write_json(path, data):
-    write_atomic(path, json.dumps(data, indent=1, allow_nan=False) + '\n')
+    """Write ``data`` as JSON (non-finite numbers as null), atomically."""
+    write_atomic(path, json.dumps(json_safe(data), indent=1,
+                                  allow_nan=False) + '\n')
 
 
 def read_json(path):
+    """The content of a JSON file."""
     with open(path) as f:
         return json.load(f)
+
+
+def remove_results(out):
+    """Remove what an earlier evaluation wrote into ``out`` (and partial files).
+
+    Models, snapshots, logs and ``run.json`` stay; result files and figures
+    go, so that new results never lie beside files of an earlier state.
+    """
+    for name in RESULT_FILES:
+        path = os.path.join(out, name)
+        if os.path.isfile(path):
+            os.remove(path)
+    figures = os.path.join(out, FIGURES_DIR)
+    if os.path.isdir(figures):
+        shutil.rmtree(figures)
+    remove_partial_files(out)
+
+
+def divergence_note(results):
+    """A sentence saying where non-finite values occurred, or ``''``."""
+    bad = non_finite({k: results.get(k) for k in
+                      ('training', 'baseline', 'exit_accuracy')})
+    if not bad:
+        return ''
+    return ('WARNING: training diverged: {} non-finite value(s) (recorded as '
+            'null), first at {}.'.format(len(bad), bad[0]))
 
 
 def _format_thresholds(thresholds):
@@ -41,16 +105,50 @@ def _format_exits(fractions):
     return ', '.join('{:.3g}'.format(100 * f) for f in fractions)
 
 
+def chosen_points(timing):
+    """The timed choices of one device in Table I order: ``(label, point)``.
+
+    The knee first (Table I's B-network row), then every other selection
+    rule, each chosen on validation followed by its oracle (the same rule
+    applied to the test set) when there is a validation split, then the
+    user's thresholds. Results written before selection rules existed hold
+    only ``knee`` and ``user``.
+    """
+    selections = timing.get('selections') or [{'rule': 'knee',
+                                                'selected_on': 'test'}]
+    labelled = []
+    for chosen in selections:
+        rule, where = chosen['rule'], chosen['selected_on']
+        if where == 'test':
+            label = '' if rule == 'knee' else ' [{}, chosen on test]'.format(
+                rule)
+            labelled.append((label, timing.get(rule)))
+        else:
+            labelled.append((' [{}, chosen on validation]'.format(rule),
+                             timing.get(rule)))
+            labelled.append((' [{}, oracle: chosen on test]'.format(rule),
+                             timing.get(rule + ' oracle')))
+    labelled.append((' (user T)', timing.get('user')))
+    return [(label, point) for label, point in labelled if point is not None]
+
+
 def table1_rows(results):
     """Table I rows (dicts keyed by :data:`TABLE1_COLUMNS`), per timed device.
 
     For each device: the baseline row (the main network as the main phase
     left it), the reference's baseline figure (the main path of the jointly
     trained network; accuracy only, it is the same computation as the
-    baseline), the B-network at the knee, and the B-network at the user's
-    thresholds if any were given. Accuracy and exit
-    shares are over the whole test set; time is the measured batch-1 time
-    per sample on the timing subset.
+    baseline), then the B-network at each timed choice
+    (:func:`chosen_points`: the knee, other selection rules and their
+    oracles, the user's thresholds). Accuracy and exit shares are over the
+    whole test set; time is the measured batch-1 time per sample on the
+    timing subset.
+
+    Args:
+        results: a results dictionary (the content of ``results.json``).
+
+    Returns:
+        A list of dicts, one per row.
     """
     rows = []
     baseline = results['baseline']
@@ -58,7 +156,7 @@ def table1_rows(results):
         base_ms = timing['baseline']['median_ms']
         rows.append({'Device': device.upper(),
                      'Network': results['baseline_name'],
-                     'Acc. (%)': '{:.2f}'.format(100 * baseline['accuracy']),
+                     'Acc. (%)': _percent(baseline['accuracy']),
                      'Time (ms)': '{:.3g}'.format(base_ms),
                      'Gain': '-', 'Thrshld. T': '-', 'Exit (%)': '-'})
         after_joint = results.get('baseline_after_joint')
@@ -66,26 +164,25 @@ def table1_rows(results):
             rows.append({'Device': device.upper(),
                          'Network': results['baseline_name'] +
                          AFTER_JOINT_SUFFIX,
-                         'Acc. (%)': '{:.2f}'.format(
-                             100 * after_joint['accuracy']),
+                         'Acc. (%)': _percent(after_joint['accuracy']),
                          'Time (ms)': '-', 'Gain': '-', 'Thrshld. T': '-',
                          'Exit (%)': '-'})
-        for choice in ('knee', 'user'):
-            point = timing.get(choice)
-            if point is None:
-                continue
+        for label, point in chosen_points(timing):
             measured = point['measured']['median_ms']
             rows.append({
                 'Device': device.upper(),
-                'Network': results['network'] + (' (user T)' if choice == 'user'
-                                                 else ''),
-                'Acc. (%)': '{:.2f}'.format(100 * point['accuracy']),
+                'Network': results['network'] + label,
+                'Acc. (%)': _percent(point['accuracy']),
                 'Time (ms)': '{:.3g}'.format(measured),
                 'Gain': '{:.1f}x'.format(base_ms / measured),
                 'Thrshld. T': _format_thresholds(point['thresholds']),
                 'Exit (%)': _format_exits(point['exit_fractions']),
             })
     return rows
+
+
+def _percent(fraction):
+    return 'n/a' if fraction is None else '{:.2f}'.format(100 * fraction)
 
 
 def split_names(results):
@@ -113,6 +210,10 @@ def describe_run(results):
     config, env = results['config'], results['environment']
     split = 'test = {Test set}, train = {Train set}'.format(
         **split_names(results))
+    validation = results['data'].get('validation') or {}
+    if validation.get('size'):
+        split += ', validation = {} samples held out of training'.format(
+            validation['size'])
     machine = env['cpu'] + (' / ' + env['gpu']['name'] if env['gpu'] else '')
     return '{}; epochs main {} + joint {}; {}; timing on {} test samples'.format(
         split, config['epoch_main'], config['epoch_joint'], machine,
@@ -125,8 +226,10 @@ def table1_markdown(results):
              '|' + '---|' * len(TABLE1_COLUMNS)]
     lines += ['| ' + ' | '.join(row[c] for c in TABLE1_COLUMNS) + ' |'
               for row in rows]
-    return ('{} (Table I format)\n\n{}\n\n{}\n'.format(
-        results['network'], '\n'.join(lines), describe_run(results)))
+    note = divergence_note(results)
+    return ('{} (Table I format)\n\n{}\n\n{}\n{}'.format(
+        results['network'], '\n'.join(lines), describe_run(results),
+        '\n' + note + '\n' if note else ''))
 
 
 def sweep_csv(results):

@@ -27,9 +27,12 @@ import numpy
 
 
 def synchronize(device):
-    """Wait for the device's queued work (a no-op on the CPU)."""
+    """Wait for the queued work of ``device`` (a Chainer device; no-op on the CPU).
+
+    The given device is synchronised, not whichever CUDA device is current.
+    """
     if device.xp is not numpy:
-        chainer.backends.cuda.cupy.cuda.Device().synchronize()
+        device.device.synchronize()
 
 
 def summarize(per_sample_ms):

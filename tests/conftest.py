@@ -74,10 +74,30 @@ def grads(net):
             if p.grad is not None}
 
 
+def cuda_unusable_reason():
+    """Why CUDA cannot be used here, or ``None`` when it can.
+
+    ``chainer.backends.cuda.available`` only says that CuPy and cuBLAS
+    import; a machine with CuPy but no driver or device still fails at the
+    first kernel, so ``cupy.cuda.is_available()`` is asked as well.
+    """
+    try:
+        import cupy
+    except ImportError:
+        return 'CuPy is not installed'
+    if not chainer.backends.cuda.available:
+        return 'Chainer cannot use CuPy: {}'.format(
+            getattr(chainer.backends.cuda, '_resolution_error', 'unknown'))
+    if not cupy.cuda.is_available():
+        return 'CuPy is installed but finds no CUDA driver or device'
+    return None
+
+
 @pytest.fixture
 def cupy():
     """CuPy with a usable CUDA device, or skip the test saying why."""
-    cupy = pytest.importorskip('cupy', reason='CuPy is not installed')
-    if not chainer.backends.cuda.available:
-        pytest.skip('CuPy is installed but Chainer sees no CUDA device')
+    reason = cuda_unusable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    import cupy
     return cupy

@@ -20,7 +20,7 @@ def cache(tmp_path):
 @pytest.mark.parametrize('gz', [True, False])
 def test_mnist_loads_gz_or_plain(tmp_path, gz):
     write_mnist(str(tmp_path / 'mnist'), train=30, test=20, gz=gz)
-    data = datasets.load_mnist(str(tmp_path))  # finds the mnist/ sub-folder
+    data = datasets.load_mnist(str(tmp_path), official=False)  # finds the mnist/ sub-folder
     assert data.train_x.shape == (30, 1, 28, 28) and data.test_x.shape == (
         20, 1, 28, 28)
     assert data.train_x.dtype == numpy.float32 and data.train_t.dtype == numpy.int32
@@ -34,14 +34,14 @@ def test_mnist_pixels_are_divided_by_255(tmp_path):
                          numpy.uint8, offset=16).reshape(5, 1, 28, 28)
     labels = numpy.fromfile(os.path.join(folder, 'train-labels-idx1-ubyte'),
                             numpy.uint8, offset=8)
-    data = datasets.load_mnist(folder)
+    data = datasets.load_mnist(folder, official=False)
     numpy.testing.assert_allclose(data.train_x, raw / 255, rtol=1e-6)
     numpy.testing.assert_array_equal(data.train_t, labels)
 
 
 def test_mnist_subsets(tmp_path):
     folder = write_mnist(str(tmp_path), train=30, test=20)
-    data = datasets.load_mnist(folder, train_size=7, test_size=3)
+    data = datasets.load_mnist(folder, train_size=7, test_size=3, official=False)
     assert len(data.train_t) == 7 and len(data.test_t) == 3
 
 
@@ -49,7 +49,7 @@ def test_mnist_missing_file(tmp_path):
     folder = write_mnist(str(tmp_path))
     os.remove(os.path.join(folder, 't10k-labels-idx1-ubyte.gz'))
     with pytest.raises(DataError, match='t10k-labels-idx1-ubyte.*not found'):
-        datasets.load_mnist(folder)
+        datasets.load_mnist(folder, official=False)
 
 
 def test_mnist_truncated_file(tmp_path):
@@ -59,7 +59,7 @@ def test_mnist_truncated_file(tmp_path):
         f.truncate(16 + 300 * 784 - 100)
     with pytest.raises(DataError, match='train-images-idx3-ubyte.*expected '
                                         '235216 for 300 items.*truncated'):
-        datasets.load_mnist(folder)
+        datasets.load_mnist(folder, official=False)
 
 
 def test_mnist_corrupt_gzip(tmp_path):
@@ -72,7 +72,7 @@ def test_mnist_corrupt_gzip(tmp_path):
         f.write(bytes(data[:len(data) - 50]))
     with pytest.raises(DataError, match='train-images-idx3-ubyte.gz.*truncated '
                                         'or corrupt'):
-        datasets.load_mnist(folder)
+        datasets.load_mnist(folder, official=False)
 
 
 def test_mnist_wrong_header(tmp_path):
@@ -80,14 +80,21 @@ def test_mnist_wrong_header(tmp_path):
     with open(os.path.join(folder, 't10k-labels-idx1-ubyte'), 'r+b') as f:
         f.write(numpy.array([2051], '>u4').tobytes())
     with pytest.raises(DataError, match='magic 2051.*expected magic 2049'):
-        datasets.load_mnist(folder)
+        datasets.load_mnist(folder, official=False)
 
 
-def test_file_claiming_to_be_official_is_checked_by_md5(tmp_path):
-    folder = write_mnist(str(tmp_path), test=10000, train=10, gz=False)
-    with pytest.raises(DataError, match='t10k-images-idx3-ubyte: MD5 .* '
-                                        'differs from the official'):
+def test_file_named_like_an_official_one_must_be_it(tmp_path):
+    folder = write_mnist(str(tmp_path), test=10000, train=60000, gz=False)
+    with pytest.raises(DataError, match='train-images-idx3-ubyte: MD5 .* '
+                                        'differs from the official.*'
+                                        '--unofficial-data'):
         datasets.load_mnist(folder)
+    small = write_mnist(str(tmp_path / 'small'), test=10, train=10)
+    with pytest.raises(DataError, match='train-images-idx3-ubyte.gz: 10 '
+                                        'samples, the official file has 60000'):
+        datasets.load_mnist(small)
+    data = datasets.load_mnist(small, official=False)
+    assert not data.info['official_files']
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, 'mnist')),
@@ -105,7 +112,7 @@ def test_cifar10_official_split(tmp_path, cache, python):
     write_cifar10(str(tmp_path / 'cifar-10-batches-py'), per_batch=12,
                   python=python)
     data = datasets.load_cifar10(str(tmp_path), preprocessing='scale',
-                                 cache_dir=cache)
+                                 cache_dir=cache, official=False)
     assert data.train_x.shape == (60, 3, 32, 32) and len(data.test_t) == 12
     assert data.info['test'] == 'test_batch'
     assert data.info['train'] == ['data_batch_{}'.format(i) for i in range(1, 6)]
@@ -116,9 +123,9 @@ def test_cifar10_binary_and_python_give_the_same_arrays(tmp_path, cache):
     write_cifar10(str(tmp_path / 'bin'), per_batch=8, seed=3)
     write_cifar10(str(tmp_path / 'py'), per_batch=8, seed=3, python=True)
     a = datasets.load_cifar10(str(tmp_path / 'bin'), preprocessing='scale',
-                              cache_dir=cache)
+                              cache_dir=cache, official=False)
     b = datasets.load_cifar10(str(tmp_path / 'py'), preprocessing='scale',
-                              cache_dir=cache)
+                              cache_dir=cache, official=False)
     numpy.testing.assert_array_equal(a.train_x, b.train_x)
     numpy.testing.assert_array_equal(a.test_t, b.test_t)
 
@@ -127,9 +134,9 @@ def test_cifar10_missing_test_batch_needs_a_held_out_split(tmp_path, cache):
     folder = write_cifar10(str(tmp_path), per_batch=10, test=False)
     with pytest.raises(DataError, match='test batch .* not found.*--test-batch '
                                         'data_batch_5'):
-        datasets.load_cifar10(folder, cache_dir=cache)
+        datasets.load_cifar10(folder, cache_dir=cache, official=False)
     data = datasets.load_cifar10(folder, test_batch='data_batch_5',
-                                 preprocessing='scale', cache_dir=cache)
+                                 preprocessing='scale', cache_dir=cache, official=False)
     assert data.info['train'] == ['data_batch_{}'.format(i) for i in range(1, 5)]
     assert data.info['test'] == 'data_batch_5'
     assert data.info['held_out_training_batch']
@@ -141,9 +148,9 @@ def test_cifar10_missing_test_batch_needs_a_held_out_split(tmp_path, cache):
 def test_cifar10_bad_arguments(tmp_path, cache):
     folder = write_cifar10(str(tmp_path), per_batch=4)
     with pytest.raises(ValueError, match='test_batch must be'):
-        datasets.load_cifar10(folder, test_batch='batch_9', cache_dir=cache)
+        datasets.load_cifar10(folder, test_batch='batch_9', cache_dir=cache, official=False)
     with pytest.raises(ValueError, match='preprocessing must be'):
-        datasets.load_cifar10(folder, preprocessing='pca', cache_dir=cache)
+        datasets.load_cifar10(folder, preprocessing='pca', cache_dir=cache, official=False)
 
 
 def test_cifar10_truncated_and_corrupt(tmp_path, cache):
@@ -153,19 +160,84 @@ def test_cifar10_truncated_and_corrupt(tmp_path, cache):
         f.truncate(3 * 3073 + 100)
     with pytest.raises(DataError, match='data_batch_2.bin: 9319 bytes is not a '
                                         'whole number of 3073-byte records'):
-        datasets.load_cifar10(folder, cache_dir=cache)
+        datasets.load_cifar10(folder, cache_dir=cache, official=False)
     with open(path, 'wb') as f:
         f.write(bytes([12]) + bytes(3072))
     with pytest.raises(DataError, match='data_batch_2.bin: labels above 9'):
-        datasets.load_cifar10(folder, cache_dir=cache)
+        datasets.load_cifar10(folder, cache_dir=cache, official=False)
 
 
 def test_cifar10_official_size_checked_by_md5(tmp_path, cache):
     folder = write_cifar10(str(tmp_path), per_batch=2)
     records = numpy.zeros((10000, 3073), numpy.uint8)
-    records.tofile(os.path.join(folder, 'data_batch_3.bin'))
-    with pytest.raises(DataError, match='data_batch_3.bin: MD5 .* differs'):
+    records.tofile(os.path.join(folder, 'data_batch_1.bin'))
+    with pytest.raises(DataError, match='data_batch_1.bin: MD5 .* differs'):
         datasets.load_cifar10(folder, cache_dir=cache)
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(
+    SHARED, 'cifar10', 'cifar-10-batches-bin', 'data_batch_1.bin')),
+    reason='real CIFAR-10 (../shared/data/cifar10) not present')
+def test_cifar10_batch_cut_at_a_record_boundary_is_refused(tmp_path, cache):
+    """Defect: 9000 whole records of an official batch passed every check."""
+    source = os.path.join(SHARED, 'cifar10', 'cifar-10-batches-bin')
+    folder = tmp_path / 'cut'
+    folder.mkdir()
+    for i in range(1, 6):
+        name = 'data_batch_{}.bin'.format(i)
+        with open(os.path.join(source, name), 'rb') as f:
+            data = f.read()
+        (folder / name).write_bytes(data[:3073 * 9000] if i == 2 else data)
+    with pytest.raises(DataError, match='data_batch_2.bin: 9000 samples, the '
+                                        'official file has 10000'):
+        datasets.load_cifar10(str(folder), test_batch='data_batch_5',
+                              preprocessing='scale', cache_dir=cache)
+
+
+def test_cifar10_short_official_batch_refused_without_real_data(tmp_path,
+                                                                 cache):
+    folder = write_cifar10(str(tmp_path), per_batch=9)
+    with pytest.raises(DataError, match='data_batch_1.bin: 9 samples, the '
+                                        'official file has 10000.*'
+                                        '--unofficial-data'):
+        datasets.load_cifar10(folder, cache_dir=cache, preprocessing='scale')
+
+
+def test_sizes_beyond_the_data_take_all_and_say_so(tmp_path):
+    folder = write_mnist(str(tmp_path), train=20, test=10)
+    data = datasets.load_mnist(folder, train_size=21, test_size=5,
+                               official=False)
+    assert (data.info['train_size'], data.info['test_size']) == (20, 5)
+
+
+def test_damaged_cache_entry_is_named_discarded_and_rebuilt(tmp_path, cache,
+                                                            capsys):
+    folder = write_cifar10(str(tmp_path), per_batch=6)
+    first = datasets.load_cifar10(folder, cache_dir=cache, official=False,
+                                  preprocessing='scale')
+    with open(first.info['cache'], 'r+b') as f:
+        f.truncate(100)
+    again = datasets.load_cifar10(folder, cache_dir=cache, official=False,
+                                  preprocessing='scale')
+    assert 'damaged' in capsys.readouterr().err
+    numpy.testing.assert_array_equal(again.train_x, first.train_x)
+    with numpy.load(again.info['cache']) as rebuilt:
+        assert len(rebuilt['train_x']) == 30
+
+
+def test_partial_cache_files_of_killed_writers_are_removed(tmp_path, cache):
+    import time
+    folder = write_cifar10(str(tmp_path), per_batch=6)
+    os.makedirs(cache)
+    old = os.path.join(cache, '.partial-cifar10-x.npz-abc.tmp')
+    fresh = os.path.join(cache, '.partial-cifar10-y.npz-def.tmp')
+    for path in (old, fresh):
+        open(path, 'wb').close()
+    os.utime(old, (time.time() - 7200,) * 2)
+    datasets.load_cifar10(folder, cache_dir=cache, official=False,
+                          preprocessing='scale')
+    assert not os.path.exists(old)
+    assert os.path.exists(fresh)  # maybe another process is writing it
 
 
 def test_zca_whitens_the_training_set():
@@ -193,7 +265,7 @@ def test_minmax_per_image():
 
 def test_cifar10_zca_output_range_and_cache(tmp_path, cache, monkeypatch):
     folder = write_cifar10(str(tmp_path), per_batch=20)
-    first = datasets.load_cifar10(folder, cache_dir=cache)
+    first = datasets.load_cifar10(folder, cache_dir=cache, official=False)
     x = first.train_x.reshape(len(first.train_x), -1)
     numpy.testing.assert_allclose(x.min(axis=1), 0, atol=1e-6)
     numpy.testing.assert_allclose(x.max(axis=1), 1, atol=1e-6)
@@ -202,17 +274,17 @@ def test_cifar10_zca_output_range_and_cache(tmp_path, cache, monkeypatch):
     def must_not_run(*args):
         raise AssertionError('preprocessing recomputed despite the cache')
     monkeypatch.setattr(datasets, '_preprocess', must_not_run)
-    second = datasets.load_cifar10(folder, cache_dir=cache)
+    second = datasets.load_cifar10(folder, cache_dir=cache, official=False)
     numpy.testing.assert_array_equal(first.train_x, second.train_x)
     # another split is another cache entry
     with pytest.raises(AssertionError, match='recomputed'):
-        datasets.load_cifar10(folder, test_batch='data_batch_1', cache_dir=cache)
+        datasets.load_cifar10(folder, test_batch='data_batch_1', cache_dir=cache, official=False)
 
 
 def test_data_dir_from_environment(tmp_path, monkeypatch):
     write_mnist(str(tmp_path / 'mnist'), train=10, test=10)
     monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path))
-    assert len(datasets.load_mnist().train_t) == 10
+    assert len(datasets.load_mnist(official=False).train_t) == 10
 
 
 # --- validation split --------------------------------------------------------
@@ -248,8 +320,8 @@ def test_stratified_split_bad_size(size):
 
 def test_mnist_validation_is_carved_from_training(tmp_path):
     write_mnist(str(tmp_path), train=200, test=50)
-    whole = datasets.load_mnist(str(tmp_path))
-    data = datasets.load_mnist(str(tmp_path), validation_size=40, seed=1)
+    whole = datasets.load_mnist(str(tmp_path), official=False)
+    data = datasets.load_mnist(str(tmp_path), validation_size=40, seed=1, official=False)
     assert len(data.train_t) == 160 and len(data.valid_t) == 40
     assert len(data.test_t) == 50 and data.info['train_size'] == 160
     held = datasets.stratified_split(whole.train_t, 40, 1)
@@ -267,15 +339,15 @@ def test_cifar10_validation_is_preprocessed_with_the_training_fit(tmp_path,
                                                                   cache):
     folder = write_cifar10(str(tmp_path), per_batch=20)
     data = datasets.load_cifar10(folder, cache_dir=cache, validation_size=10,
-                                 seed=2)
+                                 seed=2, official=False)
     assert (len(data.train_t), len(data.valid_t), len(data.test_t)) == \
         (90, 10, 20)
     # ZCA fitted on the 90 training images only, applied to the others
     raw = numpy.concatenate([datasets._cifar10_batch(
-        os.path.join(folder, 'data_batch_{}.bin'.format(i)))[0]
+        os.path.join(folder, 'data_batch_{}.bin'.format(i)), False)[0]
         for i in range(1, 6)]).reshape(100, -1)
     raw_t = numpy.concatenate([datasets._cifar10_batch(
-        os.path.join(folder, 'data_batch_{}.bin'.format(i)))[1]
+        os.path.join(folder, 'data_batch_{}.bin'.format(i)), False)[1]
         for i in range(1, 6)])
     held = datasets.stratified_split(raw_t, 10, 2)
     keep = numpy.setdiff1d(numpy.arange(100), held)
@@ -284,6 +356,6 @@ def test_cifar10_validation_is_preprocessed_with_the_training_fit(tmp_path,
         data.valid_x.reshape(10, -1), datasets.minmax_per_image(white),
         atol=1e-5)
     again = datasets.load_cifar10(folder, cache_dir=cache, validation_size=10,
-                                  seed=2)
+                                  seed=2, official=False)
     numpy.testing.assert_array_equal(again.valid_x, data.valid_x)
     numpy.testing.assert_array_equal(again.test_x, data.test_x)

@@ -8,13 +8,13 @@ import sys
 import numpy
 import pytest
 
-from branchynet import cli, figures, protocols, report
+from branchynet import cli, figures, protocols, report, sweep
 from branchynet.loss import BranchyLoss
 from synthetic_data import write_cifar10, write_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.join(ROOT, '..', 'shared', 'data', 'mnist')
-FAST = ['--quick', '--no-progress']
+FAST = ['--quick', '--no-progress', '--unofficial-data']
 
 
 SCRIPTS = ['run_b_lenet', 'run_b_alexnet', 'run_b_resnet110',
@@ -268,3 +268,41 @@ def test_b_lenet_learns_real_mnist(tmp_path):
     assert results['baseline']['accuracy'] > 0.9
     assert results['exit_accuracy'][-1] > 0.9
     assert results['exit_accuracy'][0] > 0.8
+
+
+def test_thresholds_chosen_on_a_validation_split(data, tmp_path):
+    out = tmp_path / 'valid'
+    results = cli.main('b_lenet', FAST + [
+        '--data-dir', data, '-o', str(out), '--validation-size', '64',
+        '--timing-samples', '8', '--select', 'accuracy-drop:100',
+        'latency:0.000001', 'exit-share:0'])
+    assert results['data']['validation']['size'] == 64
+    assert results['data']['train_size'] == 256 - 64
+    validation = results['validation']
+    assert len(validation['sweep']['points']) == 17
+    assert (out / 'exit_outputs_validation.npz').is_file()
+    cpu = results['timing']['cpu']
+    rules = [s['rule'] for s in cpu['selections']]
+    assert rules == ['knee', 'accuracy-drop:100', 'latency:1e-06',
+                     'exit-share:0']
+    drop = cpu['selections'][1]
+    assert drop['selected_on'] == 'validation'
+    # within 100 points of the baseline: every point; the fastest on the
+    # validation sweep, and separately on the test sweep
+    valid_times = [sweep.predicted_ms(p['exit_fractions'],
+                                      [c['median_ms'] for c in
+                                       cpu['exit_path_ms']])
+                   for p in validation['sweep']['points']]
+    assert drop['index'] == min(range(17), key=lambda i: (
+        valid_times[i], -validation['sweep']['points'][i]['accuracy'], i))
+    assert cpu['accuracy-drop:100']['index'] == drop['index']
+    assert cpu['accuracy-drop:100 oracle']['index'] == drop['oracle_index']
+    # a budget below the cheapest path has no point; it is said, not timed
+    assert cpu['selections'][2]['index'] is None
+    assert 'latency:1e-06' not in cpu
+    with open(out / 'table1.csv') as f:
+        names = [r['Network'] for r in csv.DictReader(f)]
+    assert 'B-LeNet [knee, chosen on validation]' in names
+    assert 'B-LeNet [knee, oracle: chosen on test]' in names
+    assert 'B-LeNet [accuracy-drop:100, oracle: chosen on test]' in names
+    assert (out / 'figures' / 'fig3_b_lenet_cpu.png').is_file()

@@ -279,3 +279,13 @@ def test_printing_a_network_lists_every_layer_in_order():
     assert text.index('trunk[1]') < text.index('max_pool(ksize=2, stride=2, '
                                                'cover_all=True)')
     assert 'heads[2] (exit 3, weight 0.3)' in text
+
+
+def test_predict_on_an_empty_batch_returns_empty_arrays():
+    """Defect: an empty batch raised Chainer's InvalidType."""
+    net = make_tiny_net()
+    empty = numpy.zeros((0, 1, 6, 6), numpy.float32)
+    for kwargs in ({'thresholds': [0.5, 0.5]}, {'exit_fractions': [0.5, 0.5]}):
+        labels, exits = net.predict(empty, **kwargs)
+        assert labels.shape == exits.shape == (0,)
+        assert labels.dtype == exits.dtype == numpy.int64

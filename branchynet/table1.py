@@ -1,0 +1,181 @@
+"""The combined Table I: every network, CPU and GPU, ours beside the paper's.
+
+Built from result files alone (each run's ``results.json``), so that runs
+made on different machines — training on a CPU, timing on a GPU — meet in
+one table. Every row of ours says where it comes from: the split, the
+machine and device, the training schedule and the date; a row of a
+schedule shorter than the reference protocol (fewer epochs, fewer training
+samples, a ``--quick`` run) is marked as such.
+
+    python experiments/make_table1.py results/ figures/ --out figures/table1
+"""
+import csv
+import io
+import os
+
+from branchynet import protocols, report
+
+COLUMNS = ['Network', 'Device', 'Source', 'Row', 'Acc. (%)', 'Time (ms)',
+           'Gain', 'Thrshld. T', 'Exit (%)', 'Schedule', 'Split', 'Machine',
+           'Date']
+ORDER = ('b_lenet', 'b_alexnet', 'b_resnet110')
+
+
+def find_results(paths):
+    """Every runner ``results.json`` in ``paths`` (files, run folders, or
+    folders of run folders, searched one level down), in a stable order.
+
+    Raises:
+        ValueError: a path that holds no results.
+    """
+    found = []
+    for path in paths:
+        if os.path.isfile(path):
+            found.append(path)
+            continue
+        here = os.path.join(path, 'results.json')
+        if os.path.isfile(here):
+            found.append(here)
+            continue
+        below = sorted(os.path.join(path, d, 'results.json')
+                       for d in os.listdir(path) if os.path.isfile(
+                           os.path.join(path, d, 'results.json')))
+        if not below:
+            raise ValueError('{} holds no results.json (nor do its '
+                             'sub-folders)'.format(path))
+        found += below
+    return found
+
+
+def schedule(results):
+    """``'full'`` or what was shortened, against the run's reference protocol."""
+    config = results['config']
+    protocol = protocols.get(results['protocol'])
+    short = []
+    if (config['epoch_main'], config['epoch_joint']) != (
+            protocol.epoch_main, protocol.epoch_joint):
+        short.append('epochs {}+{} of {}+{}'.format(
+            config['epoch_main'], config['epoch_joint'], protocol.epoch_main,
+            protocol.epoch_joint))
+    if config.get('train_size') is not None:
+        short.append('first {} training samples'.format(config['train_size']))
+    if config.get('test_size') is not None:
+        short.append('first {} test samples'.format(config['test_size']))
+    if config.get('quick'):
+        short.append('--quick')
+    if not short:
+        return 'full ({}+{} epochs)'.format(config['epoch_main'],
+                                            config['epoch_joint'])
+    return 'SHORTENED: ' + ', '.join(short)
+
+
+def _machine(results, device):
+    env = results['environment']
+    if device == 'gpu' and env.get('gpu'):
+        return '{} (CuPy {}, cuDNN {})'.format(
+            env['gpu']['name'], env['gpu'].get('cupy'),
+            'on' if env['gpu'].get('cudnn') else 'off')
+    return env['cpu']
+
+
+def paper_rows(protocol):
+    """The paper's Table I rows of one protocol (CPU and GPU)."""
+    paper, rows = protocol.paper, []
+    name = protocol.network().title
+    for device in ('cpu', 'gpu'):
+        common = {'Network': name, 'Device': device.upper(),
+                  'Source': 'paper', 'Schedule': 'paper', 'Split': 'paper',
+                  'Machine': '3.0 GHz CPU' if device == 'cpu'
+                  else 'GTX Titan X', 'Date': '2016'}
+        rows.append(dict(common, **{
+            'Row': protocol.baseline_name,
+            'Acc. (%)': '{:.2f}'.format(paper.baseline_accuracy),
+            'Time (ms)': '{:g}'.format(paper.baseline_ms[device]),
+            'Gain': '-', 'Thrshld. T': '-', 'Exit (%)': '-'}))
+        rows.append(dict(common, **{
+            'Row': name, 'Acc. (%)': '{:.2f}'.format(paper.accuracy),
+            'Time (ms)': '{:g}'.format(paper.ms[device]),
+            'Gain': '{:.1f}x'.format(paper.gain(device)),
+            'Thrshld. T': ', '.join('{:g}'.format(t)
+                                    for t in paper.thresholds),
+            'Exit (%)': ', '.join('{:g}'.format(p)
+                                  for p in paper.exit_percent)}))
+    return rows
+
+
+def our_rows(results):
+    """Every Table I row of one run, with its provenance columns."""
+    split = report.split_names(results)
+    split_text = 'test {Test set}; train {Train set}'.format(**split)
+    rows = []
+    for row in report.table1_rows(results):
+        device = row['Device'].lower()
+        rows.append({
+            'Network': results['network'], 'Device': row['Device'],
+            'Source': 'ours', 'Row': row['Network'],
+            'Acc. (%)': row['Acc. (%)'], 'Time (ms)': row['Time (ms)'],
+            'Gain': row['Gain'], 'Thrshld. T': row['Thrshld. T'],
+            'Exit (%)': row['Exit (%)'], 'Schedule': schedule(results),
+            'Split': split_text, 'Machine': _machine(results, device),
+            'Date': results['environment']['date_utc'][:10]})
+    return rows
+
+
+def combined_rows(all_results):
+    """Paper rows and ours, network by network, CPU before GPU."""
+    by_protocol = {}
+    for results in all_results:
+        if results.get('kind') != 'branchynet-run':
+            continue
+        by_protocol.setdefault(results['protocol'], []).append(results)
+    keys = [k for k in ORDER if k in by_protocol] + sorted(
+        k for k in by_protocol if k not in ORDER)
+    rows = []
+    for key in keys:
+        protocol = protocols.get(key)
+        if protocol.paper is not None:
+            rows += paper_rows(protocol)
+        ours = [r for results in by_protocol[key] for r in our_rows(results)]
+        rows += sorted(ours, key=lambda r: r['Device'])  # stable: CPU, GPU
+    return rows
+
+
+def markdown(rows):
+    """The rows as Markdown: one table per network, provenance beside."""
+    shown = ['Device', 'Source', 'Row', 'Acc. (%)', 'Time (ms)', 'Gain',
+             'Thrshld. T', 'Exit (%)', 'Schedule', 'Machine', 'Date']
+    lines = ['# Table I, combined', '',
+             'Batch size 1; accuracy and exit shares over the test set; time '
+             'per sample measured end to end (branchynet/timing.py). "paper" '
+             'rows are the paper\'s Table I. Rows marked SHORTENED were '
+             'trained on a shorter schedule than the reference protocol.']
+    for network in dict.fromkeys(r['Network'] for r in rows):
+        these = [r for r in rows if r['Network'] == network]
+        lines += ['', '## ' + network, '',
+                  '| ' + ' | '.join(shown) + ' |', '|' + '---|' * len(shown)]
+        lines += ['| ' + ' | '.join(r[c] for c in shown) + ' |' for r in these]
+        splits = sorted({r['Split'] for r in these if r['Source'] == 'ours'})
+        if splits:
+            lines += [''] + ['Split: ' + s + '.' for s in splits]
+    return '\n'.join(lines) + '\n'
+
+
+def to_csv(rows):
+    """The rows as CSV, every column."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, COLUMNS, lineterminator='\n')
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write(paths, out):
+    """Find the results in ``paths``; write ``table1.md`` and ``table1.csv`` to ``out``.
+
+    Returns:
+        The rows.
+    """
+    rows = combined_rows(report.read_json(p) for p in find_results(paths))
+    report.write_atomic(os.path.join(out, 'table1.md'), markdown(rows))
+    report.write_atomic(os.path.join(out, 'table1.csv'), to_csv(rows))
+    return rows

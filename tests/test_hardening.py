@@ -1,0 +1,233 @@
+"""The runner under faults: bad values, resumes of another run, divergence, interrupts.
+
+Each test reproduces one defect found by trying the runner as a new user
+would (see the fault matrix in docs/faults.md) and checks the fix.
+"""
+import json
+import os
+
+import chainer
+import numpy
+import pytest
+
+from branchynet import cli, datasets, pipeline
+from branchynet.loss import BranchyLoss
+from synthetic_data import write_mnist
+
+FAST = ['--quick', '--no-progress', '--unofficial-data']
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp('data')
+    write_mnist(str(root / 'mnist'), train=128, test=32)
+    return str(root)
+
+
+def lenet(argv):
+    return cli.main('b_lenet', argv)
+
+
+def stops_with(capsys, argv, *messages, code=2):
+    with pytest.raises(SystemExit) as stop:
+        lenet(argv)
+    err = capsys.readouterr().err + str(stop.value.code)
+    if code is not None:
+        assert stop.value.code == code, err
+    for message in messages:
+        assert message in err, err
+    return err
+
+
+# --- 1. divergence ------------------------------------------------------------
+
+@pytest.mark.parametrize('flags, message', [
+    (['--alpha', '1e20'], '--alpha must be a finite number in (0, 1]'),
+    (['--alpha', 'nan'], "--alpha: not a number: 'nan'"),
+    (['--knee-tolerance', 'nan'], "--knee-tolerance: not a number"),
+    (['--knee-tolerance', 'inf'], '--knee-tolerance must be a finite number'),
+    (['--adam-beta1', '1'], '--adam-beta1 must be a finite number in [0, 1)'),
+    (['--percent-train-keeps', '1.5'], '--percent-train-keeps must be'),
+    (['--train-size', '-59000'], '--train-size: must be at least 1'),
+    (['--train-size', '0'], '--train-size: must be at least 1'),
+    (['--test-size', '0'], '--test-size: must be at least 1'),
+    (['--timing-repeats', '100000000000000000000'],
+     '--timing-repeats must be between 1 and 1000'),
+    (['--validation-size', '64', '--train-size', '64'],
+     '--validation-size 64 leaves no training sample'),
+    (['--seed', '4294967296'], '--seed must be between 0 and 4294967295'),
+    (['--device', 'gpu'], '--device must be @numpy, @cupy:<id> or an integer'),
+])
+def test_absurd_values_are_refused_before_anything_is_done(
+        data, tmp_path, capsys, monkeypatch, flags, message):
+    def must_not_load(*args, **kwargs):
+        raise AssertionError('data loaded despite a bad value')
+    monkeypatch.setattr(datasets, 'load_mnist', must_not_load)
+    out = tmp_path / 'run'
+    stops_with(capsys, ['--data-dir', data, '-o', str(out)] + FAST + flags,
+               message)
+    assert not out.exists()
+
+
+def diverging(monkeypatch):
+    """Training whose every batch holds NaN: what a diverged run reports."""
+    forward, main_loss = BranchyLoss.forward, BranchyLoss.main_loss
+    monkeypatch.setattr(BranchyLoss, 'forward',
+                        lambda self, x, t: forward(self, x * numpy.nan, t))
+    monkeypatch.setattr(BranchyLoss, 'main_loss',
+                        lambda self, x, t: main_loss(self, x * numpy.nan, t))
+
+
+def test_a_diverged_run_still_writes_its_results(data, tmp_path, monkeypatch,
+                                                 capsys):
+    """Defect: a NaN in the training log made results.json unwritable."""
+    diverging(monkeypatch)
+    out = tmp_path / 'nan'
+    flags = ['--data-dir', data, '-o', str(out), '--timing-samples', '4',
+             '--thresholds', '0.5'] + FAST
+    results = lenet(flags)
+    console = capsys.readouterr().out
+    assert 'WARNING: training diverged' in console
+    saved = json.loads((out / 'results.json').read_text())
+    assert saved['training']['main'][0]['main/loss'] is None
+    assert numpy.isnan(results['training']['main'][0]['main/loss'])
+    assert 'WARNING: training diverged' in (out / 'table1.md').read_text()
+    # and --resume rewrites them, instead of failing as before
+    monkeypatch.undo()
+    lenet(flags + ['--resume'])
+    assert 'WARNING: training diverged' in capsys.readouterr().out
+
+
+# --- 2. resume ------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def finished(data, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp('finished') / 'run')
+    lenet(['--data-dir', data, '-o', out, '--epoch-main', '2',
+           '--epoch-joint', '1', '-b', '64', '--skip-timing'] + FAST)
+    return out
+
+
+def test_resume_refuses_another_configuration_naming_each_difference(
+        finished, data, capsys):
+    """Defect: resuming with other settings rewrote the results silently."""
+    before = open(os.path.join(finished, 'results.json')).read()
+    err = stops_with(capsys, ['--data-dir', data, '-o', finished, '--resume',
+                              '--epoch-main', '1', '-b', '32', '--seed', '7',
+                              '--alpha', '0.5', '--train-size', '100'] + FAST,
+                     'was made with another configuration',
+                     "--epoch-main 1 (the run has 2)",
+                     "--batchsize 32 (the run has 64)",
+                     "--seed 7 (the run has 0)",
+                     "--alpha 0.5 (the run has 0.001)",
+                     "--train-size 100 (the run has 1024)",
+                     '--timing-repeats')
+    assert 'Traceback' not in err
+    assert open(os.path.join(finished, 'results.json')).read() == before
+
+
+def test_resume_uses_the_stored_configuration_and_replaces_old_results(
+        finished, data):
+    stale = os.path.join(finished, 'figures', 'fig3_b_lenet_gpu.png')
+    os.makedirs(os.path.dirname(stale), exist_ok=True)
+    open(stale, 'w').close()
+    open(os.path.join(finished, 'table1.md'), 'w').close()
+    # no training flags: the stored 2 + 1 epochs at batch 64 are kept; a
+    # timing option may change
+    results = lenet(['-o', finished, '--resume', '--no-progress',
+                     '--data-dir', data, '--timing-samples', '4',
+                     '--timing-repeats', '2'])
+    config = results['config']
+    assert (config['epoch_main'], config['epoch_joint'],
+            config['batchsize']) == (2, 1, 64)
+    assert config['timing_repeats'] == 2 and not config['skip_timing']
+    assert [len(results['training'][p]) for p in ('main', 'joint')] == [2, 1]
+    assert not os.path.exists(stale)
+    assert 'B-LeNet' in open(os.path.join(finished, 'table1.md')).read()
+    stored = pipeline.stored_config(finished)
+    assert stored.timing_repeats == 2 and stored.epoch_main == 2
+
+
+def test_models_of_a_run_are_evaluated_without_training(finished, data,
+                                                        tmp_path,
+                                                        monkeypatch):
+    def must_not_train(*args, **kwargs):
+        raise AssertionError('trained despite --models')
+    monkeypatch.setattr(pipeline, 'train', must_not_train)
+    out = tmp_path / 'evaluated'
+    results = lenet(['--models', finished, '-o', str(out), '--no-progress',
+                     '--data-dir', data, '--skip-timing'])
+    assert results['config']['models'] == finished
+    assert results['config']['epoch_main'] == 2  # the run's, from run.json
+    assert [len(results['training'][p]) for p in ('main', 'joint')] == [2, 1]
+    for name in ('baseline.npz', 'branchynet.npz'):
+        assert (out / name).read_bytes() == open(
+            os.path.join(finished, name), 'rb').read()
+    original = json.load(open(os.path.join(finished, 'results.json')))
+    assert results['exit_accuracy'] == original['exit_accuracy']
+
+
+# --- 5, 6. folders, devices, interruptions --------------------------------------
+
+def test_unwritable_out_is_found_before_loading_data(data, tmp_path, capsys,
+                                                     monkeypatch):
+    """Defect: a read-only --out was found only after an epoch of training."""
+    folder = tmp_path / 'readonly'
+    folder.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, 'access', lambda path, mode: (
+        False if os.path.abspath(path) == str(folder) else
+        real_access(path, mode)))
+    monkeypatch.setattr(datasets, 'load_mnist', lambda *a, **k: 1 / 0)
+    stops_with(capsys, ['--data-dir', data, '-o', str(folder / 'run')] + FAST,
+               'is not writable')
+    a_file = tmp_path / 'file'
+    a_file.write_text('')
+    stops_with(capsys, ['--data-dir', data, '-o', str(a_file)] + FAST,
+               'exists and is not a folder')
+
+
+def test_gpu_without_cupy_is_one_line(data, tmp_path, capsys):
+    if chainer.backends.cuda.available:
+        pytest.skip('a usable GPU is present')
+    err = stops_with(capsys, ['--data-dir', data, '-o', str(tmp_path / 'g'),
+                              '--gpu', '0'] + FAST, 'CuPy is not usable')
+    assert 'Traceback' not in err and not (tmp_path / 'g').exists()
+
+
+def test_unknown_test_batch_is_refused_and_leaves_nothing(data, tmp_path,
+                                                          capsys):
+    out = tmp_path / 'alex'
+    with pytest.raises(SystemExit):
+        cli.main('b_alexnet', ['--data-dir', data, '-o', str(out),
+                               '--test-batch', 'data_batch_9'] + FAST)
+    assert "invalid choice: 'data_batch_9'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_failed_data_leaves_no_out_folder(tmp_path, capsys):
+    empty = tmp_path / 'nodata'
+    empty.mkdir()
+    out = tmp_path / 'run'
+    stops_with(capsys, ['--data-dir', str(empty), '-o', str(out)] + FAST,
+               'not found', code=None)
+    assert not out.exists()
+
+
+def test_interrupt_says_how_to_resume(data, tmp_path, monkeypatch, capsys):
+    def interrupted(self, x, t):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(BranchyLoss, 'main_loss', interrupted)
+    out = tmp_path / 'run'
+    with pytest.raises(SystemExit) as stop:
+        lenet(['--data-dir', data, '-o', str(out)] + FAST)
+    assert 'interrupted' in str(stop.value.code)
+    assert '--resume' in str(stop.value.code)
+
+
+def test_partial_files_of_a_killed_run_are_cleared(finished, data):
+    leftover = os.path.join(finished, '.partial-results.json-x1.tmp')
+    open(leftover, 'w').close()
+    lenet(['-o', finished, '--resume', '--no-progress', '--data-dir', data,
+           '--skip-timing'])
+    assert not os.path.exists(leftover)
