@@ -14,12 +14,8 @@ import os
 
 from branchynet import config as config_module
 from branchynet import datasets, pipeline, protocols
-from branchynet.config import RunConfig
+from branchynet.config import QUICK, RunConfig
 
-# What --quick changes, unless the flag is also given explicitly.
-QUICK = {'epoch_main': 1, 'epoch_joint': 1, 'train_size': 1024,
-         'test_size': 256, 'timing_samples': 16, 'timing_repeats': 1,
-         'timing_warmup': 2}
 # argparse's sentinel for "this flag was not on the command line".
 _UNSET = object()
 

@@ -32,6 +32,10 @@ CHANGEABLE_ON_RESUME = (
 # switch them off explicitly, so a resumed run takes them from the command
 # line as given, not from the stored configuration.
 SWITCHES = ('skip_timing', 'no_cpu_timing', 'no_progress')
+# What --quick (a smoke run of minutes) changes, unless given explicitly.
+QUICK = {'epoch_main': 1, 'epoch_joint': 1, 'train_size': 1024,
+         'test_size': 256, 'timing_samples': 16, 'timing_repeats': 1,
+         'timing_warmup': 2}
 MAX_TIMING_REPEATS = 1000
 MAX_TIMING_WARMUP = 100000
 MAX_SEED = 2 ** 32 - 1  # NumPy's RandomState takes seeds below 2**32
@@ -275,9 +279,8 @@ def check_paths(config):
     Raises:
         ValueError: naming the path or device and what is wrong.
     """
-    if config.data_dir is not None and not os.path.isdir(config.data_dir):
-        raise ValueError('--data-dir {}: no such folder'.format(config.data_dir))
-    _check_writable(config.out)
+    check_data_dir(config.data_dir)
+    check_writable(config.out)
     if config.models is not None:
         for name in ('baseline.npz', 'branchynet.npz'):
             if not os.path.isfile(os.path.join(config.models, name)):
@@ -287,7 +290,14 @@ def check_paths(config):
         check_gpu(config.device)
 
 
-def _check_writable(out):
+def check_data_dir(data_dir):
+    """Raise ValueError if ``data_dir`` is given and is not a folder."""
+    if data_dir is not None and not os.path.isdir(data_dir):
+        raise ValueError('--data-dir {}: no such folder'.format(data_dir))
+
+
+def check_writable(out):
+    """Raise ValueError unless ``out`` is (or can be made) a writable folder."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError('--out {}: exists and is not a folder'.format(out))
     existing = os.path.abspath(out)

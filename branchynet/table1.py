@@ -95,7 +95,7 @@ def paper_rows(protocol):
         rows.append(dict(common, **{
             'Row': name, 'Acc. (%)': '{:.2f}'.format(paper.accuracy),
             'Time (ms)': '{:g}'.format(paper.ms[device]),
-            'Gain': '{:.1f}x'.format(paper.gain(device)),
+            'Gain': '{:g}x'.format(paper.gains[device]),
             'Thrshld. T': ', '.join('{:g}'.format(t)
                                     for t in paper.thresholds),
             'Exit (%)': ', '.join('{:g}'.format(p)

@@ -5,7 +5,7 @@ import pytest
 
 from branchynet import datasets
 from branchynet.datasets import DataError
-from synthetic_data import write_cifar10, write_mnist
+from branchynet.synthetic import write_cifar10, write_mnist
 
 SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data')
 

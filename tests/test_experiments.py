@@ -10,7 +10,7 @@ import pytest
 
 from branchynet import cli, figures, protocols, report, sweep
 from branchynet.loss import BranchyLoss
-from synthetic_data import write_cifar10, write_mnist
+from branchynet.synthetic import write_cifar10, write_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.join(ROOT, '..', 'shared', 'data', 'mnist')

@@ -12,7 +12,7 @@ import pytest
 
 from branchynet import cli, datasets, pipeline
 from branchynet.loss import BranchyLoss
-from synthetic_data import write_mnist
+from branchynet.synthetic import write_mnist
 
 FAST = ['--quick', '--no-progress', '--unofficial-data']
 

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from branchynet import cli
-from synthetic_data import write_cifar10, write_mnist
+from branchynet.synthetic import write_cifar10, write_mnist
 
 EXPECTED = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
                         'tiny_runs.json')

@@ -1,0 +1,279 @@
+"""The whole paper on one machine: every part in order, resumable, with estimates.
+
+Parts, each into its own folder under ``--out``:
+
+============  ====================  =========================================
+part          folder                what
+============  ====================  =========================================
+check         check/                the GPU check (:mod:`branchynet.gpu_check`);
+                                    only when asked for (``--only check``)
+lenet         b_lenet/              B-LeNet, reference protocol
+alexnet       b_alexnet/            B-AlexNet, reference protocol
+resnet        b_resnet110/          B-ResNet-110, reference protocol
+fig5          alexnet_branch_layers/  the five Fig. 5 variants, then Fig. 5
+benchmark     benchmarks/           this project against the reference design
+============  ====================  =========================================
+
+A part whose results are complete is skipped; one that was interrupted is
+resumed (``--resume``). Before starting, the duration of each part on this
+device is estimated from a few timed training steps (:func:`estimate`).
+The combined Table I of everything under ``--out`` is written last
+(:mod:`branchynet.table1`).
+
+The smoke profile (``smoke=True``) runs every part on tiny data with the
+shortest schedules — the CPU test that the command works end to end.
+"""
+import dataclasses
+import os
+import time
+
+import chainer
+import numpy
+
+from branchynet import (benchmark, gpu_check, loss, pipeline, protocols,
+                        synthetic, table1, timing)
+from branchynet.config import QUICK, RunConfig
+
+PARTS = ('check', 'lenet', 'alexnet', 'resnet', 'fig5', 'benchmark')
+DEFAULT_PARTS = ('lenet', 'alexnet', 'resnet', 'fig5', 'benchmark')
+NETWORK_PARTS = {'lenet': 'b_lenet', 'alexnet': 'b_alexnet',
+                 'resnet': 'b_resnet110'}
+FOLDERS = {'check': 'check', 'lenet': 'b_lenet', 'alexnet': 'b_alexnet',
+           'resnet': 'b_resnet110', 'fig5': 'alexnet_branch_layers',
+           'benchmark': 'benchmarks'}
+# The smoke profile: --quick, and smaller still.
+SMOKE = dict(QUICK, train_size=8, test_size=4, batchsize=4,
+             timing_samples=2, timing_warmup=1)
+SMOKE_FIG5_CONVS = (0, 1)
+TRAINING_SAMPLES = {'mnist': 60000, 'cifar10': 50000}
+TEST_SAMPLES = 10000
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What ``reproduce_paper.py`` was asked to do.
+
+    Attributes:
+        out: the folder holding every part's folder.
+        device: Chainer device specifier (``'@numpy'``, ``'@cupy:0'``).
+        data_dir, test_batch, cache_dir, unofficial_data: the data, as for
+            the run scripts; ``test_batch`` applies to the CIFAR-10 parts.
+        parts: the parts to run, in :data:`PARTS` order.
+        smoke: the tiny smoke profile (CPU tests).
+        no_progress: no progress bars.
+    """
+    out: str
+    device: str = '@numpy'
+    data_dir: str = None
+    test_batch: str = None
+    cache_dir: str = None
+    unofficial_data: bool = False
+    parts: tuple = DEFAULT_PARTS
+    smoke: bool = False
+    no_progress: bool = False
+
+    def folder(self, part):
+        """The output folder of ``part``."""
+        return os.path.join(self.out, FOLDERS[part])
+
+
+def run_config(plan, key, out):
+    """The :class:`RunConfig` of one network part (or a Fig. 5 variant)."""
+    dataset = protocols.get(key).dataset
+    values = dict(out=out, device=plan.device, data_dir=plan.data_dir,
+                  unofficial_data=plan.unofficial_data,
+                  no_progress=plan.no_progress)
+    if dataset == 'cifar10':
+        values.update(test_batch=plan.test_batch, cache_dir=plan.cache_dir)
+    if plan.smoke:
+        values.update(SMOKE, quick=True)
+    if key.startswith('b_alexnet_exit1_'):
+        values.update(skip_timing=True)
+    config = RunConfig.for_protocol(key, **values)
+    stored = pipeline.stored_config(out)
+    if stored is not None:  # continue what was started, as it was started
+        config = stored.replace(resume=True, out=out,
+                                no_progress=plan.no_progress,
+                                device=plan.device, data_dir=plan.data_dir)
+    return config
+
+
+def is_complete(plan, part):
+    """Whether ``part``'s results are already there."""
+    folder = plan.folder(part)
+    name = {'check': 'check.json', 'fig5': 'summary.json',
+            'benchmark': 'benchmark_{}.json'.format(
+                'cpu' if plan.device == '@numpy' else 'gpu')}.get(
+                    part, 'results.json')
+    return os.path.isfile(os.path.join(folder, name))
+
+
+def run_part(plan, part, device, say):
+    """Run one part into its folder; returns what it wrote (a dict)."""
+    folder = plan.folder(part)
+    if part == 'check':
+        return gpu_check.run(device, folder, light=plan.smoke, say=say)
+    if part in NETWORK_PARTS:
+        return pipeline.run(run_config(plan, NETWORK_PARTS[part], folder))
+    if part == 'fig5':
+        convs = SMOKE_FIG5_CONVS if plan.smoke else protocols.FIG5_CONVS
+        runs = [pipeline.run(run_config(
+            plan, protocols.fig5_variant(k).key,
+            os.path.join(folder, 'exit1_{}conv'.format(k)))) for k in convs]
+        return pipeline.write_fig5_summary(runs, folder)
+    profile = 'smoke' if plan.smoke else (
+        'quick' if device.xp is numpy else 'full')
+    return benchmark.run(benchmark.NETWORKS, profile, device, folder, say)
+
+
+# --- estimates ------------------------------------------------------------------
+
+def step_seconds(key, device, batchsize, steps=3):
+    """Seconds per main-phase and joint-phase training step, measured."""
+    numpy.random.seed(0)
+    net = protocols.get(key).network()
+    net.to_device(device)
+    policy = loss.BranchyLoss(net)
+    optimizer = chainer.optimizers.Adam()
+    optimizer.setup(policy)
+    rng = numpy.random.RandomState(0)
+    x = device.send(rng.rand(batchsize, *net.input_shape).astype(
+        numpy.float32))
+    t = device.send(rng.randint(0, 10, batchsize).astype(numpy.int32))
+    seconds = {}
+    for phase, func in (('main', policy.main_loss), ('joint', policy)):
+        optimizer.update(func, x, t)  # first use outside the clock
+        timing.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            optimizer.update(func, x, t)
+        timing.synchronize(device)
+        seconds[phase] = (time.perf_counter() - start) / steps
+    return seconds
+
+
+def network_estimate(plan, key, device, steps=3):
+    """Estimated minutes of one network run, from timed training steps.
+
+    Training: epochs x steps per epoch x measured step time; evaluation
+    after every epoch adds about a third of a step per test batch of the
+    same size; batch-1 timing is not included (it is minutes at most).
+    """
+    config = run_config(plan, key, os.path.join(plan.out, 'estimate'))
+    protocol = protocols.get(key)
+    train = config.train_size or (
+        TRAINING_SAMPLES[protocol.dataset] -
+        (10000 if config.test_batch not in (None, 'test_batch') else 0))
+    train -= config.validation_size
+    test = config.test_size or TEST_SAMPLES
+    batch = min(config.batchsize, train)
+    seconds = step_seconds(key, device, batch, steps)
+    per_epoch = {phase: -(-train // batch) * s + (test / batch) * s / 3
+                 for phase, s in seconds.items()}
+    total = (config.epoch_main * per_epoch['main'] +
+             config.epoch_joint * per_epoch['joint'])
+    return {'network': key, 'batchsize': batch, 'step_s': seconds,
+            'epoch_s': per_epoch, 'epochs': (config.epoch_main,
+                                             config.epoch_joint),
+            'minutes': total / 60}
+
+
+def estimate(plan, device, say=print):
+    """Estimated minutes per part on ``device`` (``None``: not estimated).
+
+    Returns:
+        ``{part: {'minutes': ..., 'how': ...}}`` for the plan's parts.
+    """
+    estimates = {}
+    measured = {}
+    for part in plan.parts:
+        if part in NETWORK_PARTS or part == 'fig5':
+            key = NETWORK_PARTS.get(part, 'b_alexnet')
+            if key not in measured:
+                say('estimating {}: timing a few training steps'.format(key))
+                measured[key] = network_estimate(plan, key, device,
+                                                 steps=1 if plan.smoke else 3)
+            guess = dict(measured[key])
+            if part == 'fig5':
+                count = len(SMOKE_FIG5_CONVS if plan.smoke
+                            else protocols.FIG5_CONVS)
+                guess['minutes'] *= count
+                guess['how'] = '{} x the B-AlexNet estimate'.format(count)
+            else:
+                guess['how'] = ('{} + {} epochs at {:.3g} / {:.3g} s per '
+                                'epoch'.format(guess['epochs'][0],
+                                               guess['epochs'][1],
+                                               guess['epoch_s']['main'],
+                                               guess['epoch_s']['joint']))
+            estimates[part] = guess
+        elif part == 'check':
+            estimates[part] = {'minutes': 2.0,
+                               'how': 'about 2 minutes on an H100'}
+        else:
+            estimates[part] = {'minutes': None,
+                               'how': 'not estimated (minutes on a GPU, '
+                                      'about 3 on a 2-core CPU, quick profile)'}
+        if is_complete(plan, part):
+            estimates[part]['how'] += '; complete, will be skipped'
+    return estimates
+
+
+def estimate_text(estimates):
+    """The estimates as a short table."""
+    lines = ['part        estimate    how']
+    for part, e in estimates.items():
+        minutes = '-' if e['minutes'] is None else '{:.1f} min'.format(
+            e['minutes'])
+        lines.append('{:<11} {:<11} {}'.format(part, minutes, e['how']))
+    return '\n'.join(lines)
+
+
+def run(plan, estimate_only=False, say=print):
+    """Run the plan's parts in order, then the combined Table I.
+
+    Args:
+        plan: a :class:`Plan`.
+        estimate_only: print the estimates and stop.
+        say: called with progress messages.
+
+    Returns:
+        ``{'estimates': ..., 'parts': {part: 'skipped' | 'done'},
+        'table1': rows}``.
+    """
+    device = chainer.get_device(plan.device)
+    device.use()
+    if plan.smoke and plan.data_dir is None:
+        plan = dataclasses.replace(plan, data_dir=smoke_data(plan.out),
+                                   unofficial_data=True,
+                                   test_batch='data_batch_5')
+    estimates = estimate(plan, device, say)
+    say(estimate_text(estimates))
+    summary = {'estimates': estimates, 'parts': {}}
+    if estimate_only:
+        return summary
+    for part in plan.parts:
+        if is_complete(plan, part):
+            say('{}: complete in {}, skipped'.format(part, plan.folder(part)))
+            summary['parts'][part] = 'skipped'
+            continue
+        say('{}: running into {}'.format(part, plan.folder(part)))
+        run_part(plan, part, device, say)
+        summary['parts'][part] = 'done'
+    runs = [plan.folder(p) for p in ('lenet', 'alexnet', 'resnet')
+            if is_complete(plan, p)]
+    if runs:
+        summary['table1'] = table1.write(runs, plan.out)
+        say('combined Table I: {}'.format(os.path.join(plan.out,
+                                                       'table1.md')))
+    return summary
+
+
+def smoke_data(out):
+    """Tiny synthetic MNIST and CIFAR-10 for the smoke profile, under ``out``."""
+    root = os.path.join(out, 'smoke_data')
+    if not os.path.isdir(root):
+        synthetic.write_mnist(os.path.join(root, 'mnist'), train=128,
+                              test=32)
+        synthetic.write_cifar10(os.path.join(root, 'cifar-10-batches-bin'),
+                                per_batch=24, test=False)
+    return root

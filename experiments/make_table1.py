@@ -1,0 +1,32 @@
+"""The combined Table I: every network, CPU and GPU rows, beside the paper's.
+
+    python experiments/make_table1.py results/ figures/b_lenet --out figures/table1
+
+Each argument is a run folder, a results.json, or a folder of run folders.
+Writes table1.md and table1.csv to --out. How rows are built:
+branchynet/table1.py.
+"""
+import argparse
+
+from branchynet import table1
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('results', nargs='+',
+                        help='run folders, results.json files, or folders of '
+                             'run folders')
+    parser.add_argument('--out', '-o', default='.',
+                        help='folder for table1.md and table1.csv')
+    args = parser.parse_args(argv)
+    try:
+        rows = table1.write(args.results, args.out)
+    except (ValueError, OSError) as e:
+        parser.error(str(e))
+    print(table1.markdown(rows))
+
+
+if __name__ == '__main__':
+    main()
