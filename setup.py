@@ -11,7 +11,11 @@ setup(
     # pkg_resources: install it first as install.sh does (see README).
     install_requires=['chainer==7.8.1', 'numpy>=2.0,<3', 'matplotlib>=3.8'],
     extras_require={
-        'test': ['pytest>=8', 'scipy>=1.12'],
+        # onnx and onnxruntime: the port kit's ONNX export and its parity tests
+        'test': ['pytest>=8', 'scipy>=1.12', 'onnx>=1.14', 'onnxruntime>=1.16'],
+        # the PyTorch port (experiments/ports); on a CPU-only machine install
+        # the CPU build first (pip install torch==2.13.0 where it is offered)
+        'port': ['torch>=2.0', 'onnx>=1.14', 'onnxruntime>=1.16'],
         # CuPy 13/14 for NVIDIA GPUs; pick the wheel that matches your CUDA.
         # A plain CuPy 14 wheel ships no CUDA libraries: without cuBLAS and
         # NVRTC Chainer silently reports CUDA as unavailable. The [ctk]

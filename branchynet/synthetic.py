@@ -72,3 +72,16 @@ def write_cifar10(folder, per_batch=60, test=True, python=False, seed=0):
             with open(os.path.join(folder, name + '.bin'), 'wb') as f:
                 f.write(records.tobytes())
     return folder
+
+
+def arrays(count, shape, seed=0):
+    """``(x, t)``: ``count`` float32 images in [0, 1] of ``shape`` and labels.
+
+    Drawn like the files' images (a pattern per class plus noise), in
+    memory: for training checks that need learnable data without files.
+    """
+    rng = numpy.random.RandomState(seed)
+    labels = rng.randint(0, 10, count)
+    x = _images(rng, labels, tuple(shape)).astype(numpy.float32) / 255
+    return x, labels.astype(numpy.int32)
+

@@ -57,9 +57,10 @@ class ResBlock(chainer.Chain):
         h = self.bn2(self.conv2(h))
         shortcut = x
         if self.extra_channels:
-            zeros = self.xp.zeros(
-                (x.shape[0], self.extra_channels) + x.shape[2:], x.dtype)
-            shortcut = F.concat((zeros, shortcut), axis=1)
+            # zero channels in front (a pad, not a concat with an array of
+            # zeros, so that an exported graph keeps a free batch size)
+            shortcut = F.pad(shortcut, ((0, 0), (self.extra_channels, 0),
+                                        (0, 0), (0, 0)), 'constant')
         if self.stride != 1:
             shortcut = F.average_pooling_2d(shortcut, 1, self.stride)
         return F.relu(h + shortcut)

@@ -1,0 +1,342 @@
+"""The port kit: everything another framework needs to reproduce a BranchyNet exactly.
+
+One folder per network (``experiments/export_port_kit.py``):
+
+- ``model.onnx`` — the whole network, every exit's logits an output
+  (``exit1`` ... ``exitN``), input ``x`` of shape ``(batch, C, H, W)`` with
+  a free batch size; exported by the ONNX exporter inside Chainer 7.8.1
+  (``onnx_chainer``, opset 11) in test mode and checked by
+  ``onnx.checker``;
+- ``weights.npz`` — every parameter and BatchNorm statistic, named by its
+  path in the network (``trunk/0/l0/W``, ``heads/1/l0/bn1/avg_var``); the
+  layouts are Chainer's: convolution W ``(out, in, kh, kw)``, linear W
+  ``(out, in)`` with ``y = x W^T + b``, BatchNorm ``gamma``, ``beta``,
+  ``avg_mean``, ``avg_var`` (and ``N``, the count of batches seen);
+- ``reference.npz`` — a fixed input batch ``x`` (real test images when the
+  data is given, else seeded uniform noise) and its labels ``t``; per exit
+  ``k``: ``logits_k``, ``softmax_k``, ``entropy_k``; per threshold set
+  ``s`` (``paper``, ``split`` — thresholds that send samples out at every
+  exit — and ``knee`` when the model's run has one): ``thresholds_s``,
+  ``exits_s`` (0-based) and ``labels_s``;
+- ``manifest.json`` — the network as a framework-neutral list of layers
+  with their attributes, the training protocol and optimizer, the library
+  versions, and the SHA-256 of every file.
+
+What each attribute means and how a port must compute it is PORTING.md.
+"""
+import hashlib
+import json
+import os
+import platform
+import sys
+
+import chainer
+import chainer.functions as F
+import chainer.links as L
+import numpy
+from chainer import serializers
+
+from branchynet import _compat, datasets, entropy, environment, protocols
+from branchynet import report, sweep
+from branchynet.layers import FunctionLayer
+from branchynet.serialization import load_model
+
+OPSET = 11
+KIT_FILES = ('model.onnx', 'weights.npz', 'reference.npz')
+ADAM = {'name': 'Adam (Chainer 7)', 'alpha': 0.001, 'beta1': 0.9,
+        'beta2': 0.999, 'eps': 1e-8,
+        'update': 'm += (1 - beta1) * (g - m); v += (1 - beta2) * (g*g - v); '
+                  'param -= alpha_t * m / (sqrt(v) + eps) with alpha_t = '
+                  'alpha * sqrt(1 - beta2**t) / (1 - beta1**t), t counted '
+                  'per parameter from 1'}
+
+
+# --- the network, framework-neutral ---------------------------------------------
+
+def _path(prefix, name):
+    return '{}/{}'.format(prefix, name).lstrip('/')
+
+
+def describe_layer(layer, prefix):
+    """One layer as a JSON-ready dict (weights named by path in weights.npz).
+
+    Raises:
+        TypeError: a layer this description does not know.
+    """
+    if isinstance(layer, L.Convolution2D):
+        return {'type': 'conv2d', 'in_channels': int(layer.W.shape[1]),
+                'out_channels': int(layer.out_channels),
+                'kernel': list(layer.ksize if isinstance(layer.ksize, tuple)
+                               else (layer.ksize,) * 2),
+                'stride': list(layer.stride), 'pad': list(layer.pad),
+                'weight': _path(prefix, 'W'),
+                'bias': None if layer.b is None else _path(prefix, 'b')}
+    if isinstance(layer, L.Linear):
+        return {'type': 'linear', 'in_features': int(layer.W.shape[1]),
+                'out_features': int(layer.W.shape[0]),
+                'flatten_input': 'C-order (N, C, H, W) -> (N, C*H*W)',
+                'weight': _path(prefix, 'W'),
+                'bias': None if layer.b is None else _path(prefix, 'b')}
+    if isinstance(layer, L.BatchNormalization):
+        return {'type': 'batch_norm', 'channels': int(layer.avg_mean.size),
+                'eps': float(layer.eps), 'decay': float(layer.decay),
+                'gamma': _path(prefix, 'gamma'), 'beta': _path(prefix, 'beta'),
+                'mean': _path(prefix, 'avg_mean'),
+                'var': _path(prefix, 'avg_var')}
+    if isinstance(layer, FunctionLayer):
+        kwargs = layer.kwargs
+        if layer.name == 'relu':
+            return {'type': 'relu'}
+        if layer.name in ('max_pool', 'average_pool'):
+            return {'type': layer.name, 'kernel': [kwargs['ksize']] * 2,
+                    'stride': [kwargs['stride']] * 2, 'pad': [0, 0],
+                    'cover_all': bool(kwargs.get('cover_all', False))}
+        if layer.name == 'lrn':
+            return {'type': 'lrn', 'n': kwargs['n'], 'k': kwargs['k'],
+                    'alpha': kwargs['alpha'], 'beta': kwargs['beta']}
+        if layer.name == 'dropout':
+            return {'type': 'dropout', 'ratio': kwargs['ratio']}
+    if hasattr(layer, 'conv1') and hasattr(layer, 'bn2'):  # a residual block
+        return {'type': 'res_block',
+                'in_channels': int(layer.conv1.W.shape[1]),
+                'out_channels': int(layer.conv1.out_channels),
+                'stride': int(layer.stride),
+                'layers': [describe_layer(getattr(layer, name),
+                                          _path(prefix, name))
+                           for name in ('conv1', 'bn1', 'conv2', 'bn2')],
+                'shortcut': 'the input, with out - in zero channels '
+                            'concatenated in front, then subsampled with '
+                            'average_pool(kernel 1, stride) when stride > 1',
+                'output': 'relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut)'}
+    raise TypeError('no framework-neutral description for {!r}'.format(layer))
+
+
+def describe_network(net):
+    """``{'trunk': [[layer, ...] per stage], 'heads': [...]}``."""
+    def stage_layers(stage, prefix):
+        described, positions = [], {}
+        for name in stage._steps:
+            if isinstance(name, str):
+                positions[id(getattr(stage, name))] = name
+        for position, layer in enumerate(stage.layers()):
+            link_name = positions.get(id(layer), 'l{}'.format(position))
+            described.append(describe_layer(layer, _path(prefix, link_name)))
+        return described
+    return {'trunk': [stage_layers(s, 'trunk/{}'.format(n))
+                      for n, s in enumerate(net.trunk)],
+            'heads': [stage_layers(h, 'heads/{}'.format(n))
+                      for n, h in enumerate(net.heads)]}
+
+
+# --- the files --------------------------------------------------------------------
+
+def weights(net):
+    """Every parameter and persistent value of ``net``, by path (numpy)."""
+    serializer = serializers.DictionarySerializer()
+    serializer.save(net)
+    return {k: numpy.asarray(chainer.backends.cuda.to_cpu(v))
+            for k, v in serializer.target.items()}
+
+
+def export_onnx(net, x, path):
+    """Write ``net`` as ONNX (all exits as outputs, free batch size); check it.
+
+    The exporter fixes the batch size of the trace into every flattening
+    ``Reshape``; those shapes are rewritten to ``0`` (copy the input's
+    batch dimension), and the parameters are listed as initializers only,
+    not as graph inputs.
+    """
+    _compat.apply_onnx()
+    import onnx
+    import onnx_chainer
+    from onnx import numpy_helper
+    names = ['exit{}'.format(n + 1) for n in range(net.num_exits)]
+    with chainer.using_config('train', False):
+        model = onnx_chainer.export(net, x, opset_version=OPSET,
+                                    input_names=['x'], output_names=names)
+    batch = len(x)
+    producers = {n.output[0]: n for n in model.graph.node
+                 if n.op_type == 'Constant'}
+    for node in model.graph.node:
+        if node.op_type != 'Reshape':
+            continue
+        constant = producers[node.input[1]]
+        shape = numpy_helper.to_array(constant.attribute[0].t).copy()
+        if shape[0] == batch:
+            shape[0] = 0
+            constant.attribute[0].t.CopyFrom(numpy_helper.from_array(
+                shape, constant.attribute[0].t.name))
+    initializers = {i.name for i in model.graph.initializer}
+    kept = [i for i in model.graph.input if i.name not in initializers]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = 'batch'
+    for output in model.graph.output:
+        output.type.tensor_type.shape.dim[0].dim_param = 'batch'
+    onnx.checker.check_model(model)
+    with open(path, 'wb') as f:
+        f.write(model.SerializeToString())
+    return model
+
+
+def reference_batch(protocol, data_dir, size, seed, test_batch=None):
+    """``(x, t, source)``: real test images if ``data_dir``, else seeded noise."""
+    net_shape = protocol.network().input_shape
+    if data_dir is None:
+        rng = numpy.random.RandomState(seed)
+        x = rng.rand(size, *net_shape).astype(numpy.float32)
+        return x, rng.randint(0, 10, size).astype(numpy.int32), \
+            'uniform noise in [0, 1), seed {}'.format(seed)
+    if protocol.dataset == 'mnist':
+        data = datasets.load_mnist(data_dir, test_size=size)
+    else:
+        data = datasets.load_cifar10(data_dir, test_batch=test_batch,
+                                     test_size=size)
+    return data.test_x, data.test_t, 'the first {} images of {} ({})'.format(
+        size, data.info['test'], data.info['preprocessing'])
+
+
+def exit_arrays(net, x, threshold_sets):
+    """What reference.npz holds for ``x``: per exit and per threshold set."""
+    arrays = {}
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        ys = [y.array for y in net(x)]
+    for k, y in enumerate(ys, start=1):
+        p = F.softmax(y).array
+        arrays['logits_{}'.format(k)] = y
+        arrays['softmax_{}'.format(k)] = p
+        arrays['entropy_{}'.format(k)] = entropy(p)
+    for name, thresholds in threshold_sets.items():
+        labels, exits = net.predict(x, thresholds=thresholds)
+        arrays['thresholds_' + name] = numpy.asarray(thresholds, numpy.float64)
+        arrays['exits_' + name] = exits
+        arrays['labels_' + name] = labels
+    return arrays
+
+
+def splitting_thresholds(net, x):
+    """Thresholds at the lower third of each exit's entropies: every exit is used."""
+    outputs = sweep.exit_outputs(net, x, numpy.zeros(len(x), numpy.int32))
+    thresholds, remaining = [], numpy.ones(len(x), bool)
+    for n in range(net.num_exits - 1):
+        e = numpy.sort(outputs.entropies[n, remaining].astype(numpy.float64))
+        if len(e) < 2:
+            thresholds.append(0.0)
+            continue
+        i = max(0, len(e) // 3 - 1)
+        thresholds.append(float(e[i] + e[i + 1]) / 2)
+        remaining &= ~(outputs.entropies[n].astype(numpy.float64) <
+                       thresholds[-1])
+    return thresholds
+
+
+def knee_of_run(model_path):
+    """The knee thresholds in the ``results.json`` beside a saved model, or None."""
+    if model_path is None:
+        return None
+    results = os.path.join(os.path.dirname(os.path.abspath(model_path)),
+                           'results.json')
+    if not os.path.isfile(results):
+        return None
+    timing = report.read_json(results).get('timing') or {}
+    for device in ('cpu', 'gpu'):
+        if device in timing:
+            return timing[device]['knee']['thresholds']
+    return None
+
+
+def sha256(path):
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export(key, out, model_path=None, data_dir=None, batch=16, seed=0,
+           test_batch=None):
+    """Write the port kit of protocol ``key`` into ``out``.
+
+    Args:
+        key: a protocol key (``'b_lenet'``, ``'b_alexnet'``, ``'b_resnet110'``).
+        out: the kit's folder.
+        model_path: a saved model (``branchynet.npz``); ``None``: the
+            network as initialised with ``numpy.random.seed(seed)``.
+        data_dir: real test images for the reference batch (else noise).
+        batch: size of the reference batch.
+        seed: seeds the initial weights and the noise batch.
+        test_batch: CIFAR-10's test batch, as for the run scripts.
+
+    Returns:
+        The manifest (a dict).
+    """
+    protocol = protocols.get(key)
+    numpy.random.seed(seed)
+    net = protocol.network()
+    if model_path is not None:
+        load_model(model_path, net)
+    os.makedirs(out, exist_ok=True)
+    x, t, source = reference_batch(protocol, data_dir, batch, seed, test_batch)
+    export_onnx(net, x, os.path.join(out, 'model.onnx'))
+    numpy.savez(os.path.join(out, 'weights.npz'), **weights(net))
+    sets = {'paper': list(protocol.paper.thresholds),
+            'split': splitting_thresholds(net, x)}
+    knee = knee_of_run(model_path)
+    if knee is not None:
+        sets['knee'] = knee
+    numpy.savez(os.path.join(out, 'reference.npz'), x=x, t=t,
+                **exit_arrays(net, x, sets))
+    import onnx
+    manifest = {
+        'kind': 'branchynet-port-kit',
+        'network': net.title, 'protocol_key': key,
+        'input_shape': list(net.input_shape), 'classes': 10,
+        'num_exits': net.num_exits,
+        'layers': describe_network(net),
+        'weights': 'model file {} (trained)'.format(model_path) if model_path
+                   else 'initial weights, numpy.random.seed({})'.format(seed),
+        'reference_batch': source,
+        'threshold_sets': sets,
+        'protocol': {
+            'epochs': {'main': protocol.epoch_main,
+                       'joint': protocol.epoch_joint},
+            'batchsize': protocol.batchsize, 'optimizer': ADAM,
+            'fresh_optimizer_state': 'non-final exit heads start the joint '
+                                     'phase with t = 0 and zero moments',
+            'loss': 'sum over exits of weight * softmax cross-entropy '
+                    '(mean over the batch); weights all 1.0',
+            'branch_weights': list(net.branch_weights),
+            'threshold_list': list(protocol.threshold_list),
+            'exit_rule': 'exit n takes a sample when entropy(softmax(logits)) '
+                         '< T_n, compared in float64; the last exit takes '
+                         'the rest',
+            'initialisation': 'see PORTING.md (LeCun-normal; ResNet stem '
+                              'and residual convs scaled by 2**0.25)'},
+        'versions': {'branchynet_commit': environment.describe()['git_commit'],
+                     'chainer': chainer.__version__,
+                     'numpy': numpy.__version__, 'onnx': onnx.__version__,
+                     'onnx_opset': OPSET,
+                     'python': sys.version.split()[0],
+                     'platform': platform.platform()},
+        'files': {name: sha256(os.path.join(out, name)) for name in KIT_FILES},
+    }
+    report.write_json(os.path.join(out, 'manifest.json'), manifest)
+    return manifest
+
+
+def read(folder):
+    """``(manifest, weights, reference)`` of a kit, after checking its hashes.
+
+    Raises:
+        ValueError: a file's SHA-256 differs from the manifest's.
+    """
+    with open(os.path.join(folder, 'manifest.json')) as f:
+        manifest = json.load(f)
+    for name, digest in manifest['files'].items():
+        if sha256(os.path.join(folder, name)) != digest:
+            raise ValueError('{}: SHA-256 differs from the manifest'.format(
+                os.path.join(folder, name)))
+    with numpy.load(os.path.join(folder, 'weights.npz')) as w, \
+            numpy.load(os.path.join(folder, 'reference.npz')) as r:
+        return manifest, dict(w), dict(r)

@@ -1,0 +1,361 @@
+"""Parity and speed of the PyTorch port against this project, on this machine.
+
+    python experiments/compare_port.py                 # every network, seeded weights
+    python experiments/compare_port.py --networks b_lenet --kit figures/b_lenet/port_kit
+
+For each network it writes (or reads) a port kit, then measures:
+
+- parity: the port's logits against the kit's reference.npz (max error
+  relative to the largest logit, per exit) and its exit decisions at every
+  threshold set; ONNX Runtime on model.onnx likewise;
+- lockstep training (B-LeNet, no dropout; others with dropout off): the
+  first --lockstep-steps joint steps of both from the same weights on the
+  same batches: loss and parameter differences;
+- speed, in turns on this machine: batch-1 latency with early exit at the
+  kit's "split" thresholds, and the joint training step at the protocol's
+  batch size (--train-batch to change it).
+
+The report goes to --out as compare_port.json and compare_port.md.
+"""
+import argparse
+import importlib.util
+import os
+import time
+
+import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
+import chainer
+import numpy
+from branchynet import datasets, environment, port_kit, protocols, report
+from branchynet import timing
+from branchynet.loss import BranchyLoss
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LOCKSTEP_NETWORK_SEED = 0
+
+
+def load_port():
+    """The PyTorch port module (experiments/ports/pytorch_branchynet.py)."""
+    spec = importlib.util.spec_from_file_location(
+        'pytorch_branchynet', os.path.join(HERE, 'ports',
+                                           'pytorch_branchynet.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def relative_error(got, expected):
+    expected = numpy.asarray(expected, numpy.float64)
+    return float(numpy.abs(numpy.asarray(got, numpy.float64) - expected).max()
+                 / (numpy.abs(expected).max() or 1.0))
+
+
+def parity(kit):
+    """The port's and ONNX Runtime's outputs against reference.npz."""
+    import torch
+    port = load_port()
+    manifest, weights, reference = port_kit.read(kit)
+    net = port.BranchyNetPort(manifest, weights).eval()
+    x = torch.from_numpy(reference['x'])
+    with torch.no_grad():
+        logits = [y.numpy() for y in net(x)]
+    result = {'pytorch_logits_error': [
+        relative_error(y, reference['logits_{}'.format(k + 1)])
+        for k, y in enumerate(logits)]}
+    decisions = {}
+    for name, thresholds in manifest['threshold_sets'].items():
+        chosen = [net.predict_sample(x[i:i + 1], thresholds)
+                  for i in range(len(x))]
+        decisions[name] = bool(
+            [c[1] for c in chosen] == reference['exits_' + name].tolist() and
+            [c[0] for c in chosen] == reference['labels_' + name].tolist())
+    result['pytorch_decisions_equal'] = decisions
+    import onnxruntime
+    onnxruntime.set_default_logger_severity(3)
+    session = onnxruntime.InferenceSession(
+        os.path.join(kit, 'model.onnx'), providers=['CPUExecutionProvider'])
+    outputs = session.run(None, {'x': reference['x']})
+    result['onnx_logits_error'] = [
+        relative_error(y, reference['logits_{}'.format(k + 1)])
+        for k, y in enumerate(outputs)]
+    return result
+
+
+def lockstep(kit, steps=50, batch=64, seed=1, data=None):
+    """Both implementations trained side by side from the kit's weights.
+
+    Dropout is switched off in both (B-LeNet has none); every other layer
+    trains as in the protocol (BatchNorm in training mode). Each step uses
+    the same batch, drawn in a seeded order from ``data`` (``(x, t)``
+    arrays, e.g. real MNIST); by default seeded uniform noise with random
+    labels. Not the synthetic pattern images: their saturated pixels make
+    uniform regions whose convolution outputs are equal in exact arithmetic
+    but not in float32, and rounding then decides which element of a
+    max-pooling window receives the gradient (PORTING.md).
+
+    Returns:
+        Per-step losses of both, the largest relative loss difference, and
+        the largest parameter difference after the last step relative to
+        Adam's step size.
+    """
+    import torch
+    port = load_port()
+    manifest, weights, _ = port_kit.read(kit)
+    protocol = protocols.get(manifest['protocol_key'])
+    numpy.random.seed(LOCKSTEP_NETWORK_SEED)
+    net = protocol.network()
+    chainer.serializers.NpzDeserializer(weights).load(net)
+    policy = BranchyLoss(net)
+    chainer_adam = chainer.optimizers.Adam()
+    chainer_adam.setup(policy)
+    torch_net = port.BranchyNetPort(manifest, weights)
+    for module in torch_net.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    torch_adam = port.ChainerAdam(torch_net.parameters())
+    rng = numpy.random.RandomState(seed)
+    source = 'given' if data is not None else 'seeded uniform noise'
+    if data is None:
+        data = (rng.rand(4096, *net.input_shape).astype(numpy.float32),
+                rng.randint(0, 10, 4096).astype(numpy.int32))
+    losses = []
+    with chainer.using_config('train', True):
+        for _ in range(steps):
+            pick = rng.choice(len(data[1]), batch, replace=False)
+            x, t = data[0][pick], data[1][pick]
+            chainer_adam.update(_no_dropout(policy), x, t)
+            ours = float(policy.observation_loss)
+            torch_adam.zero_grad()
+            theirs = torch_net.joint_loss(torch.from_numpy(x),
+                                          torch.from_numpy(t.astype(numpy.int64)))
+            theirs.backward()
+            torch_adam.step()
+            losses.append((ours, float(theirs.detach())))
+    state = {k: v.detach().numpy() for k, v in torch_net.state_dict().items()}
+    mapping = _torch_names(manifest)
+    params = port_kit.weights(net)
+    worst_param = max(
+        float(numpy.abs(params[ours] - state[theirs]).max())
+        for theirs, ours in mapping.items() if ours in params and
+        not ours.endswith(('avg_mean', 'avg_var', '/N')))
+    worst_stat = max([relative_error(state[theirs], params[ours])
+                      for theirs, ours in mapping.items()
+                      if ours.endswith(('avg_mean', 'avg_var'))] or [0.0])
+    return {'steps': steps, 'batch': batch,
+            'data': source,
+            'losses': losses,
+            'max_loss_relative_difference': max(
+                abs(a - b) / abs(a) for a, b in losses),
+            'max_parameter_difference': worst_param,
+            'in_units_of_alpha': worst_param / chainer_adam.alpha,
+            'max_batchnorm_statistic_relative_difference': worst_stat}
+
+
+def _no_dropout(policy):
+    """The joint loss with every dropout ratio at 0, recording the loss value."""
+    def loss(x, t):
+        layers = [layer for stage in list(policy.net.trunk) +
+                  list(policy.net.heads) for layer in stage.layers()
+                  if getattr(layer, 'name', None) == 'dropout']
+        saved = [layer.kwargs['ratio'] for layer in layers]
+        for layer in layers:
+            layer.kwargs['ratio'] = 0.0
+        try:
+            value = policy(x, t)
+        finally:
+            for layer, ratio in zip(layers, saved):
+                layer.kwargs['ratio'] = ratio
+        policy.observation_loss = value.array
+        return value
+    return loss
+
+
+def _torch_names(manifest):
+    """PyTorch state_dict names -> weights.npz names, from the manifest."""
+    mapping = {}
+
+    def visit(spec, prefix):
+        kind = spec['type']
+        if kind == 'conv2d':
+            mapping[prefix + 'weight'] = spec['weight']
+            if spec['bias']:
+                mapping[prefix + 'bias'] = spec['bias']
+        elif kind == 'linear':
+            mapping[prefix + '1.weight'] = spec['weight']
+            if spec['bias']:
+                mapping[prefix + '1.bias'] = spec['bias']
+        elif kind == 'batch_norm':
+            mapping.update({prefix + 'weight': spec['gamma'],
+                            prefix + 'bias': spec['beta'],
+                            prefix + 'running_mean': spec['mean'],
+                            prefix + 'running_var': spec['var']})
+        elif kind == 'res_block':
+            for name, sub in zip(('conv1', 'bn1', 'conv2', 'bn2'),
+                                 spec['layers']):
+                visit(sub, prefix + name + '.')
+
+    for part in ('trunk', 'heads'):
+        for n, layers in enumerate(manifest['layers'][part]):
+            for i, spec in enumerate(layers):
+                visit(spec, '{}.{}.{}.'.format(part, n, i))
+    return mapping
+
+
+def speed(kit, train_batch, repeats=5, latency_samples=50):
+    """Batch-1 early-exit latency and joint training step, both frameworks, in turns."""
+    import torch
+    port = load_port()
+    manifest, weights, reference = port_kit.read(kit)
+    protocol = protocols.get(manifest['protocol_key'])
+    numpy.random.seed(LOCKSTEP_NETWORK_SEED)
+    net = protocol.network()
+    chainer.serializers.NpzDeserializer(weights).load(net)
+    torch_net = port.BranchyNetPort(manifest, weights).eval()
+    thresholds = manifest['threshold_sets']['split']
+    rule = branchynet.EntropyThresholds(thresholds, net.num_exits)
+    rng = numpy.random.RandomState(3)
+    samples = [rng.rand(1, *net.input_shape).astype(numpy.float32)
+               for _ in range(latency_samples)]
+    cpu = chainer.get_device('@numpy')
+    latency = timing.time_in_turns(
+        [lambda s: net.predict_sample(s, rule),
+         lambda s: torch_net.predict_sample(torch.from_numpy(s), thresholds)],
+        samples, cpu, repeats, warmup=5)
+    x = rng.rand(train_batch, *net.input_shape).astype(numpy.float32)
+    t = rng.randint(0, 10, train_batch).astype(numpy.int32)
+    policy = BranchyLoss(net)
+    adam = chainer.optimizers.Adam()
+    adam.setup(policy)
+    torch_net.train()
+    torch_adam = port.ChainerAdam(torch_net.parameters())
+    tx, tt = torch.from_numpy(x), torch.from_numpy(t.astype(numpy.int64))
+
+    def torch_step():
+        torch_adam.zero_grad()
+        torch_net.joint_loss(tx, tt).backward()
+        torch_adam.step()
+
+    steps = timing.time_in_turns(
+        [lambda _: adam.update(policy, x, t), lambda _: torch_step()],
+        [None], cpu, repeats, warmup=1)
+    return {'latency_ms': {'chainer': latency[0], 'pytorch': latency[1]},
+            'latency_thresholds': thresholds,
+            'train_step_ms': {'chainer': steps[0], 'pytorch': steps[1]},
+            'train_batch': train_batch, 'torch_threads': torch.get_num_threads()}
+
+
+def markdown(results):
+    lines = ['# The PyTorch port against this project ({})'.format(
+        results['environment']['cpu']), '',
+        'PyTorch {}, Chainer {}, {} threads; {}.'.format(
+            results['torch'], results['environment']['chainer'],
+            results['torch_threads'], results['environment']['date_utc']),
+        '', '## Parity (max error relative to the largest logit)', '',
+        '| network | PyTorch, per exit | ONNX Runtime, per exit | '
+        'PyTorch exit decisions equal |', '|---|---|---|---|']
+    for key, r in results['networks'].items():
+        p = r['parity']
+        lines.append('| {} | {} | {} | {} |'.format(
+            key, ', '.join('{:.1e}'.format(e)
+                           for e in p['pytorch_logits_error']),
+            ', '.join('{:.1e}'.format(e) for e in p['onnx_logits_error']),
+            ', '.join('{}: {}'.format(k, 'yes' if v else 'NO')
+                      for k, v in p['pytorch_decisions_equal'].items())))
+    lines += ['', '## Lockstep training (joint steps, same weights and batches)',
+              '', '| network | steps x batch | max loss difference (relative) '
+              '| max parameter difference (in units of alpha) | BatchNorm '
+              'statistics (relative) |', '|---|---|---|---|---|']
+    for key, r in results['networks'].items():
+        s = r.get('lockstep')
+        if s:
+            lines.append('| {} | {} x {} | {:.1e} | {:.2e} ({:.2g}) | {:.1e} |'
+                         .format(key, s['steps'], s['batch'],
+                                 s['max_loss_relative_difference'],
+                                 s['max_parameter_difference'],
+                                 s['in_units_of_alpha'],
+                                 s['max_batchnorm_statistic_relative_difference']))
+    lines += ['', '## Speed on this CPU (median ms, timed in turns)', '',
+              '| network | batch-1 early exit: Chainer | PyTorch | ratio | '
+              'joint training step (batch): Chainer | PyTorch | ratio |',
+              '|---|---|---|---|---|---|---|']
+    for key, r in results['networks'].items():
+        v = r['speed']
+        lat, step = v['latency_ms'], v['train_step_ms']
+        lines.append('| {} | {:.3g} | {:.3g} | {:.1f}x | {:.4g} ({}) | {:.4g} | '
+                     '{:.1f}x |'.format(
+                         key, lat['chainer']['median_ms'],
+                         lat['pytorch']['median_ms'],
+                         lat['chainer']['median_ms'] /
+                         lat['pytorch']['median_ms'],
+                         step['chainer']['median_ms'], v['train_batch'],
+                         step['pytorch']['median_ms'],
+                         step['chainer']['median_ms'] /
+                         step['pytorch']['median_ms']))
+    return '\n'.join(lines) + '\n'
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--networks', nargs='+', default=list(protocols.PROTOCOLS),
+                        choices=list(protocols.PROTOCOLS))
+    parser.add_argument('--kit', help='an existing kit folder (one network); '
+                                      'default: export seeded kits under --out')
+    parser.add_argument('--out', '-o', default=os.path.join('figures', 'port'),
+                        help='folder for the report (and the kits)')
+    parser.add_argument('--lockstep-steps', type=int, default=50)
+    parser.add_argument('--lockstep-batch', type=int, default=64)
+    parser.add_argument('--train-batch', type=int,
+                        help='training batch for the speed comparison '
+                             '(default: each protocol\'s)')
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--data-dir', help='real MNIST for the B-LeNet kit\'s '
+                        'reference batch and lockstep batches (default: '
+                        'seeded noise)')
+    args = parser.parse_args(argv)
+    try:
+        import torch
+    except ImportError:
+        parser.error('PyTorch is not installed (pip install torch==2.13.0 '
+                     'for the CPU build, or pip install -e ".[port]")')
+    if args.kit and len(args.networks) != 1:
+        parser.error('--kit applies to one network: give --networks too')
+    results = {'kind': 'port-comparison', 'torch': torch.__version__,
+               'torch_threads': torch.get_num_threads(),
+               'environment': environment.describe(), 'networks': {}}
+    for key in args.networks:
+        kit = args.kit or os.path.join(args.out, 'kits', key)
+        mnist = args.data_dir if protocols.get(key).dataset == 'mnist' \
+            else None
+        if not args.kit:
+            print('[compare_port] {}: exporting a seeded kit to {}'.format(
+                key, kit), flush=True)
+            port_kit.export(key, kit, data_dir=mnist)
+        start = time.perf_counter()
+        entry = {'kit': kit, 'parity': parity(kit)}
+        # ResNet-110 trains slowly on a CPU: fewer, smaller steps
+        steps, lock_batch = ((args.lockstep_steps, args.lockstep_batch)
+                             if key != 'b_resnet110' else
+                             (min(args.lockstep_steps, 10), 16))
+        print('[compare_port] {}: lockstep training, {} steps at batch {}'
+              .format(key, steps, lock_batch), flush=True)
+        data = None
+        if mnist is not None:
+            train = datasets.load_mnist(mnist, train_size=4096, test_size=1)
+            data = (train.train_x, train.train_t)
+        entry['lockstep'] = lockstep(kit, steps, lock_batch, data=data)
+        batch = args.train_batch or protocols.get(key).batchsize
+        print('[compare_port] {}: speed at batch 1 and {}'.format(key, batch),
+              flush=True)
+        entry['speed'] = speed(kit, batch, args.repeats)
+        entry['seconds'] = time.perf_counter() - start
+        results['networks'][key] = entry
+    report.write_json(os.path.join(args.out, 'compare_port.json'), results)
+    text = markdown(results)
+    report.write_atomic(os.path.join(args.out, 'compare_port.md'), text)
+    print(text)
+    return results
+
+
+if __name__ == '__main__':
+    main()
