@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up this project on a fresh machine: a virtual environment in .venv with
-# Chainer 7.8.1, this package (editable) and the test tools. Safe to re-run.
+# Chainer 7.8.1, this package (editable), the test tools, ONNX Runtime and MPI
+# (the mpich wheel, for ChainerMN). Safe to re-run.
 #
 # Chainer 7.8.1 exists on PyPI only as an sdist whose setup.py imports
 # pkg_resources, which pip's isolated build environment no longer provides.
@@ -27,5 +28,6 @@ if ! "$VENV/bin/python" -m pip show chainer 2>/dev/null | grep -q '^Version: 7.8
         pip install --no-build-isolation "chainer==7.8.1"
     fi
 fi
-pip install --no-build-isolation -e ".[test]"
+# the tests include the ONNX parity checks and 2-rank MPI runs (ChainerMN)
+pip install --no-build-isolation -e ".[test,mpi]"
 "$VENV/bin/python" -c "import branchynet, chainer, numpy; print('branchynet ready: chainer', chainer.__version__, '| numpy', numpy.__version__)"

@@ -16,6 +16,8 @@ setup(
         # the PyTorch port (experiments/ports); on a CPU-only machine install
         # the CPU build first (pip install torch==2.13.0 where it is offered)
         'port': ['torch>=2.0', 'onnx>=1.14', 'onnxruntime>=1.16'],
+        # distributed training (ChainerMN over MPI): MPI from ordinary wheels
+        'mpi': ['mpi4py>=4', 'mpich>=4'],
         # CuPy 13/14 for NVIDIA GPUs; pick the wheel that matches your CUDA.
         # A plain CuPy 14 wheel ships no CUDA libraries: without cuBLAS and
         # NVRTC Chainer silently reports CUDA as unavailable. The [ctk]

@@ -23,9 +23,6 @@ before it imports ``onnx_chainer``, the ONNX exporter inside Chainer 7.8.1):
 installed". A stand-in built from ``onnx._mapping`` provides the two tables
 it reads.
 
-A fourth (:func:`apply_chainermn`, applied by the distributed training
-module before it uses ChainerMN) is described there.
-
 Nothing else in this project works around Chainer's age. If Chainer was
 imported before this module ran, only the NumPy attribute is restored.
 """

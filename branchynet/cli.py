@@ -15,6 +15,7 @@ import os
 from branchynet import config as config_module
 from branchynet import datasets, pipeline, protocols
 from branchynet.config import QUICK, RunConfig
+from branchynet.distributed import COMMUNICATORS
 
 # argparse's sentinel for "this flag was not on the command line".
 _UNSET = object()
@@ -163,6 +164,14 @@ def build_parser(protocol):
                        for k, v in QUICK.items()))
     p.add_argument('--no-progress', action='store_true',
                    help='no progress bar or per-epoch table')
+    p.add_argument('--communicator', choices=COMMUNICATORS,
+                   help='data-parallel training over MPI (mpiexec -n N ...) '
+                        'with this ChainerMN communicator; under mpiexec the '
+                        'default is pure_nccl on a GPU, naive on the CPU')
+    p.add_argument('--no-sync-batchnorm', dest='sync_batchnorm',
+                   action='store_false',
+                   help='distributed: per-rank BatchNorm statistics instead '
+                        'of statistics over the global batch')
     return p
 
 

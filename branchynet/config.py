@@ -27,7 +27,8 @@ CHANGEABLE_ON_RESUME = (
     'resume', 'models', 'out', 'device', 'data_dir', 'cache_dir', 'thresholds',
     'threshold_list', 'knee_tolerance', 'select', 'timing_samples',
     'timing_repeats',
-    'timing_warmup', 'no_cpu_timing', 'skip_timing', 'no_progress', 'quick')
+    'timing_warmup', 'no_cpu_timing', 'skip_timing', 'no_progress', 'quick',
+    'communicator')
 # On/off switches of how a run is shown and evaluated: a command line cannot
 # switch them off explicitly, so a resumed run takes them from the command
 # line as given, not from the stored configuration.
@@ -72,6 +73,11 @@ class RunConfig:
         skip_timing: no timing (no Table I).
         quick: the values were shortened for a smoke run.
         no_progress: no progress bar or per-epoch table.
+        communicator: ChainerMN communicator of a distributed run (see
+            :mod:`branchynet.distributed`); ``None``: one process, or the
+            default communicator under an MPI launcher.
+        sync_batchnorm: in a distributed run, BatchNorm statistics over
+            every rank's batch (the single-process computation).
     """
     protocol: str
     out: str
@@ -105,6 +111,8 @@ class RunConfig:
     skip_timing: bool = False
     quick: bool = False
     no_progress: bool = False
+    communicator: typing.Optional[str] = None
+    sync_batchnorm: bool = True
 
     def __post_init__(self):
         for name in ('branch_weights', 'thresholds', 'threshold_list',
@@ -259,6 +267,15 @@ def _validate(config):
     if config.preprocessing not in datasets.PREPROCESSINGS:
         raise ValueError('--preprocessing must be one of {}, got {!r}'.format(
             sorted(datasets.PREPROCESSINGS), config.preprocessing))
+    if config.communicator is not None:
+        from branchynet.distributed import COMMUNICATORS, GPU_COMMUNICATORS
+        if config.communicator not in COMMUNICATORS:
+            raise ValueError('--communicator must be one of {}, got {!r}'
+                             .format(', '.join(COMMUNICATORS),
+                                     config.communicator))
+        if config.communicator in GPU_COMMUNICATORS and not config.uses_gpu:
+            raise ValueError('--communicator {} needs a GPU (--device); on '
+                             'the CPU use naive'.format(config.communicator))
     if config.test_batch is not None:
         if protocol.dataset != 'cifar10':
             raise ValueError('--test-batch applies to CIFAR-10 only')

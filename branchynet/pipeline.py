@@ -34,8 +34,8 @@ import shutil
 import chainer
 import numpy
 
-from branchynet import (datasets, environment, figures, loss, protocols,
-                        report, selection, sweep, timing)
+from branchynet import (datasets, distributed, environment, figures, loss,
+                        protocols, report, selection, sweep, timing)
 from branchynet.config import RunConfig
 from branchynet.exit_rule import EntropyThresholds
 from branchynet.serialization import load_model, save_model
@@ -119,10 +119,15 @@ def check_output(config):
             'or choose another --out'.format(config.out))
 
 
-def record_config(config):
-    """Create the output folder and write the configuration to ``run.json``."""
+def record_config(config, cluster=distributed.SINGLE):
+    """Create the output folder; write the configuration to ``run.json``.
+
+    ``run.json`` also records the ranks of a distributed run (ignored when
+    the configuration is read back).
+    """
     os.makedirs(config.out, exist_ok=True)
-    report.write_json(os.path.join(config.out, RUN_FILE), config.to_dict())
+    report.write_json(os.path.join(config.out, RUN_FILE),
+                      dict(config.to_dict(), distributed=cluster.describe()))
 
 
 def holds_work(out):
@@ -152,24 +157,31 @@ def load_data(protocol, config):
 
 # --- 3. training ----------------------------------------------------------------
 
-def train(protocol, config, data, device, say):
+def train(protocol, config, data, device, say, cluster=distributed.SINGLE):
     """Both training phases; saves and returns both models.
 
     One Adam optimizer serves both phases, set up on the loss link
     (:class:`~branchynet.loss.BranchyLoss`); the non-final exit heads get a
     fresh optimizer state when the joint phase starts, as the reference's
-    new per-branch optimizers.
+    new per-branch optimizers. In a distributed run (``cluster``) every
+    rank trains, rank 0 alone saves; other ranks return ``None``.
     """
     numpy.random.seed(config.seed)
     if device.xp is not numpy:
         device.xp.random.seed(config.seed)
-    net = protocol.network()
+    net = cluster.network(protocol.network())  # the same weights everywhere
+    if cluster.distributed:
+        # dropout masks of the ranks' own (the weights are drawn already)
+        numpy.random.seed(cluster.seed(config.seed))
+        if device.xp is not numpy:
+            device.xp.random.seed(cluster.seed(config.seed))
     net.to_device(device)
     policy = loss.BranchyLoss(net, config.branch_weights,
                               config.percent_train_keeps)
-    optimizer = chainer.optimizers.Adam(alpha=config.alpha,
-                                        beta1=config.adam_beta1)
+    optimizer = cluster.optimizer(chainer.optimizers.Adam(
+        alpha=config.alpha, beta1=config.adam_beta1))
     optimizer.setup(policy)
+    cluster.synchronise(optimizer)
     logs, models = {}, {}
     for phase, epochs in (('main', config.epoch_main),
                           ('joint', config.epoch_joint)):
@@ -184,9 +196,12 @@ def train(protocol, config, data, device, say):
             (data.test_x, data.test_t), epochs,
             os.path.join(config.out, phase + '_phase'), config.batchsize,
             device, seed=config.seed, resume=config.resume,
-            progress=not config.no_progress, phase=phase)
-        save_model(os.path.join(config.out, MODEL_FILES[phase]), net)
-        models[phase] = net.copy(mode='copy')
+            progress=not config.no_progress, phase=phase, cluster=cluster)
+        if cluster.is_root:
+            save_model(os.path.join(config.out, MODEL_FILES[phase]), net)
+            models[phase] = net.copy(mode='copy')
+    if not cluster.is_root:
+        return None
     return TrainedModels(models['main'], models['joint'], logs)
 
 
@@ -440,29 +455,60 @@ def run(config):
     """
     protocol = protocols.get(config.protocol)
     say = Progress(config)
-    device = chainer.get_device(config.device)
-    device.use()
-    check_output(config)
+    try:
+        cluster = distributed.connect(config)
+        if config.models and cluster.distributed:
+            raise ValueError('--models evaluates on one process: run it '
+                             'without mpiexec or --communicator')
+        device = chainer.get_device(cluster.device(config.device))
+        device.use()
+        if cluster.distributed:
+            cluster.local_batchsize(config.batchsize)  # refused on every rank
+        check_output(config)
+        check_ranks(config, cluster)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    if not cluster.is_root:
+        say.enabled = False
     data = load_data(protocol, config)
     created = not os.path.exists(config.out)
     try:
-        return _run_steps(protocol, config, data, device, say)
+        return _run_steps(protocol, config, data, device, say, cluster)
     except BaseException:
         # a run that failed before it had trained anything leaves nothing
-        if created and os.path.isdir(config.out) and \
+        if cluster.is_root and created and os.path.isdir(config.out) and \
                 not holds_work(config.out):
             shutil.rmtree(config.out)
         raise
 
 
-def _run_steps(protocol, config, data, device, say):
-    record_config(config)
-    report.remove_results(config.out)
+def check_ranks(config, cluster):
+    """A resumed run continues on as many ranks as it started on.
+
+    Raises:
+        ValueError: ``run.json`` records another number of ranks.
+    """
+    path = os.path.join(config.out, RUN_FILE)
+    if config.resume and os.path.isfile(path):
+        started = report.read_json(path).get('distributed', {}).get('ranks',
+                                                                    1)
+        if started != cluster.size:
+            raise ValueError('{} was trained on {} rank(s); resume it on {}, '
+                             'not {}'.format(config.out, started, started,
+                                             cluster.size))
+
+
+def _run_steps(protocol, config, data, device, say, cluster):
+    if cluster.is_root:
+        record_config(config, cluster)
+        report.remove_results(config.out)
     if config.models:
         say('evaluating the saved models of', config.models)
         models = load_trained(protocol, config, device)
     else:
-        models = train(protocol, config, data, device, say)
+        models = train(protocol, config, data, device, say, cluster)
+    if not cluster.is_root:
+        return None  # evaluation, timing and files are rank 0's
     results = {
         'kind': 'branchynet-run',
         'baseline_name': protocol.baseline_name,
@@ -470,6 +516,7 @@ def _run_steps(protocol, config, data, device, say):
         'config': config.to_dict(),
         'data': data.info,
         'environment': environment.describe(device),
+        'distributed': cluster.describe(),
         'training': models.training,
     }
     evaluation, outputs = evaluate(models, data, config, say)

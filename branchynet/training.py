@@ -11,13 +11,16 @@ continues exactly where an uninterrupted one would be.
 import glob
 import json
 import os
+import shutil
+import tempfile
 
 import chainer
 import numpy
 from chainer import training
-from chainer.datasets import TupleDataset
 from chainer.iterators import SerialIterator, ShuffleOrderSampler
 from chainer.training import extensions
+
+from branchynet.distributed import SINGLE
 
 SNAPSHOT = 'snapshot_epoch_{.updater.epoch}'
 
@@ -89,7 +92,7 @@ def read_log(out):
 
 def train_phase(target, optimizer, loss_func, train, test, epochs, out,
                 batchsize, device, seed, resume=False, progress=True,
-                phase='joint', eval_batchsize=1000):
+                phase='joint', eval_batchsize=1000, cluster=SINGLE):
     """Train for ``epochs`` epochs: one phase of the protocol.
 
     Args:
@@ -109,9 +112,15 @@ def train_phase(target, optimizer, loss_func, train, test, epochs, out,
             phase then returns at once, with its final state loaded).
         progress: show a progress bar and a per-epoch table.
         phase: ``'main'`` or ``'joint'``: which columns the table shows.
+        eval_batchsize: batch size of the per-epoch evaluation.
+        cluster: the ranks of a distributed run
+            (:class:`branchynet.distributed.Cluster`): ``batchsize`` is then
+            the global batch, each rank trains on its shard and rank 0
+            alone logs and saves snapshots.
 
     Returns:
-        The log: a list of per-epoch dicts from ``LogReport``.
+        The log: a list of per-epoch dicts from ``LogReport`` (``None`` on
+        ranks other than 0).
 
     Raises:
         FileExistsError: ``out`` holds a snapshot and ``resume`` is False.
@@ -123,24 +132,39 @@ def train_phase(target, optimizer, loss_func, train, test, epochs, out,
         raise FileExistsError(
             '{} already holds a training run; pass --resume to continue it or '
             'choose another --out'.format(out))
-    shuffle = numpy.random.RandomState(seed)
-    train_iter = SerialIterator(TupleDataset(*train), batchsize,
+    shuffle = numpy.random.RandomState(cluster.seed(seed))
+    train_iter = SerialIterator(cluster.shard(*train),
+                                cluster.local_batchsize(batchsize),
                                 order_sampler=ShuffleOrderSampler(shuffle))
-    test_iter = SerialIterator(TupleDataset(*test), eval_batchsize,
-                               repeat=False, shuffle=False)
+    test_iter = SerialIterator(cluster.shard(*test, equal=False),
+                               eval_batchsize, repeat=False, shuffle=False)
     updater = training.StandardUpdater(train_iter, optimizer, device=device,
                                        loss_func=loss_func)
-    trainer = training.Trainer(updater, (epochs, 'epoch'), out=out)
-    trainer.extend(extensions.Evaluator(test_iter, target, eval_func=loss_func,
-                                        device=device))
-    trainer.extend(extensions.LogReport())
+    # Chainer's Trainer creates its folder: ranks other than 0 get a
+    # temporary one and write nothing where the run's files are
+    trainer_out = out if cluster.is_root else tempfile.mkdtemp(
+        prefix='branchynet-rank{}-'.format(cluster.rank))
+    trainer = training.Trainer(updater, (epochs, 'epoch'), out=trainer_out)
+    trainer.extend(cluster.evaluator(extensions.Evaluator(
+        test_iter, target, eval_func=loss_func, device=device)))
+    if phase == 'main':
+        observed = ['main/loss', 'main/accuracy']
+    else:
+        observed = ['main/loss'] + [
+            'main/exit{}/{}'.format(n + 1, what)
+            for n in range(target.net.num_exits) for what in ('loss',
+                                                              'accuracy')]
+    for aggregator in cluster.aggregated(observed):
+        trainer.extend(aggregator)
     # On GPU, dropout draws from CuPy's generator, which has no state export:
     # GPU runs resume correctly but not bit-identically.
     trainer.extend(RandomStates({'shuffle': shuffle,
                                  'numpy_global': numpy.random}))
-    trainer.extend(extensions.snapshot(filename=SNAPSHOT, n_retains=1,
-                                       autoload=resume))
-    if progress:
+    trainer.extend(cluster.snapshot(extensions.snapshot(
+        filename=SNAPSHOT, n_retains=1, autoload=resume)))
+    if cluster.is_root:
+        trainer.extend(extensions.LogReport())
+    if progress and cluster.is_root:
         if phase == 'main':
             keys = ['main/loss', 'validation/main/accuracy']
         else:
@@ -149,5 +173,9 @@ def train_phase(target, optimizer, loss_func, train, test, epochs, out,
         trainer.extend(extensions.PrintReport(['epoch'] + keys +
                                               ['elapsed_time']))
         trainer.extend(extensions.ProgressBar(update_interval=10))
-    trainer.run()
-    return read_log(out)
+    try:
+        trainer.run()
+    finally:
+        if not cluster.is_root:
+            shutil.rmtree(trainer_out, ignore_errors=True)
+    return read_log(out) if cluster.is_root else None

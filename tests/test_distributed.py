@@ -1,0 +1,190 @@
+"""Data-parallel training on 2 ranks (ChainerMN, naive communicator, CPU).
+
+Every test launches mpiexec from the virtual environment (the mpich wheel)
+and skips, saying why, when MPI is not installed.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import chainer
+import numpy
+import pytest
+
+from branchynet import port_kit
+from branchynet.synthetic import write_mnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MPIEXEC = shutil.which('mpiexec', path=os.path.dirname(sys.executable)) or \
+    shutil.which('mpiexec')
+LENET = os.path.join(ROOT, 'experiments', 'run_b_lenet.py')
+SCENARIOS = os.path.join(ROOT, 'tests', 'mpi_scenarios.py')
+pytestmark = pytest.mark.skipif(
+    MPIEXEC is None, reason='MPI is not installed (pip install -e ".[mpi]")')
+# MPICH runs as root without flags; Open MPI needs these
+EXTRA = ['--allow-run-as-root', '--oversubscribe'] if MPIEXEC and b'Open MPI' \
+    in subprocess.run([MPIEXEC, '--version'], capture_output=True).stdout \
+    else []
+
+
+def mpiexec(args, ranks=2, timeout=300, **kwargs):
+    return subprocess.run([MPIEXEC] + EXTRA + ['-n', str(ranks)] + args,
+                          capture_output=True, text=True, timeout=timeout,
+                          **kwargs)
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp('data')
+    write_mnist(str(root / 'mnist'), train=256, test=64)
+    return str(root)
+
+
+@pytest.fixture(scope='module')
+def equivalence(tmp_path_factory):
+    out = tmp_path_factory.mktemp('equivalence')
+    done = mpiexec([sys.executable, SCENARIOS, 'equivalence', str(out)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def replay(kind, out):
+    """One process, the same initial weights, the ranks' global batches."""
+    import mpi_scenarios as s
+    net, policy, optimizer = s.build(kind)
+    x, t = s.dataset(net.input_shape)
+    ranks = [numpy.load(out / '{}_rank{}.npy'.format(kind, r))
+             for r in range(2)]
+    batches = [numpy.concatenate(step) for step in zip(*ranks)]
+    for batch in batches:
+        optimizer.update(policy, x[batch], t[batch])
+    return port_kit.weights(net), batches
+
+
+def tolerance(name, steps, alpha=0.001):
+    """``(rtol, atol)`` for one array after ``steps`` Adam steps.
+
+    The ranks average two half-batch gradients where one process takes the
+    mean over the whole batch: equal up to float32 rounding, so weights
+    agree to 1e-4. Two kinds of arrays cannot: a convolution bias followed
+    by BatchNorm has a gradient that is zero in exact arithmetic, and Adam
+    turns its rounding noise into steps of up to alpha in any two
+    implementations; the BatchNorm running means include those biases. And
+    ChainerMN's synchronised BatchNorm makes the running variance unbiased
+    with the rank's sample count m, not the global one (a factor 1 + 1/m
+    in each update's new term; here m = 512).
+    """
+    if name.endswith('/b') and ('conv' in name or name.startswith('trunk/0/')):
+        return 0, 2 * steps * alpha
+    if name.endswith('avg_mean'):
+        return 0, 2 * steps * alpha
+    if name.endswith('avg_var'):
+        return 5e-3, 1e-6
+    return 1e-4, 1e-6
+
+
+@pytest.mark.parametrize('kind', ['lenet', 'resnet'])
+def test_two_ranks_train_as_one_process(equivalence, kind):
+    expected, batches = replay(kind, equivalence)
+    with numpy.load(equivalence / '{}_params.npz'.format(kind)) as got:
+        assert set(got.files) == set(expected)
+        for name in expected:
+            rtol, atol = tolerance(name if kind == 'resnet' else 'weights',
+                                   len(batches))
+            numpy.testing.assert_allclose(got[name], expected[name],
+                                          rtol=rtol, atol=atol, err_msg=name)
+
+
+def test_every_sample_once_per_epoch_across_ranks(equivalence):
+    import mpi_scenarios as s
+    _, batches = replay('lenet', equivalence)
+    steps = s.SAMPLES // s.GLOBAL_BATCH
+    assert len(batches) == steps * s.EPOCHS
+    assert all(len(b) == s.GLOBAL_BATCH for b in batches)
+    for epoch in range(s.EPOCHS):
+        seen = numpy.concatenate(batches[epoch * steps:(epoch + 1) * steps])
+        assert sorted(seen) == list(range(s.SAMPLES))
+    ranks = [numpy.load(equivalence / 'lenet_rank{}.npy'.format(r))
+             for r in range(2)]
+    assert not set(ranks[0].ravel()) & set(ranks[1].ravel())  # disjoint shards
+
+
+def test_only_rank_0_writes(data, tmp_path):
+    """Each rank runs in its own working folder with the same relative --out."""
+    folders = [tmp_path / 'rank0', tmp_path / 'rank1']
+    for folder in folders:
+        folder.mkdir()
+    flags = ['--data-dir', data, '-o', 'run', '--quick', '--no-progress',
+             '--unofficial-data', '-b', '64', '--timing-samples', '4',
+             '--communicator', 'naive']
+    command = [MPIEXEC] + EXTRA
+    for i, folder in enumerate(folders):
+        command += (['-n', '1', '-wdir', str(folder), sys.executable, LENET] +
+                    flags + ([':'] if i == 0 else []))
+    done = subprocess.run(command, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((folders[0] / 'run' / 'results.json').read_text())
+    assert results['distributed'] == {'communicator': 'naive', 'ranks': 2,
+                                      'sync_batchnorm': True}
+    assert results['config']['communicator'] == 'naive'
+    assert (folders[0] / 'run' / 'figures').is_dir()
+    assert os.listdir(folders[1]) == []
+
+
+def test_a_killed_distributed_run_resumes_and_finishes(data, tmp_path):
+    out = tmp_path / 'run'
+    flags = ['--data-dir', data, '-o', str(out), '--unofficial-data',
+             '--no-progress', '--skip-timing', '-b', '64', '--epoch-main',
+             '4', '--epoch-joint', '2', '--communicator', 'naive']
+    process = subprocess.Popen([MPIEXEC] + EXTRA + ['-n', '2', sys.executable,
+                                                    LENET] + flags,
+                               stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    snapshot = out / 'main_phase' / 'snapshot_epoch_1.0'
+    deadline = time.time() + 240
+    while not snapshot.exists() and time.time() < deadline and \
+            process.poll() is None:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert snapshot.exists()
+    assert not (out / 'branchynet.npz').exists()
+    done = mpiexec([sys.executable, LENET] + flags + ['--resume'])
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / 'results.json').read_text())
+    assert [e['epoch'] for e in results['training']['main']] == [1, 2, 3, 4]
+    assert [e['epoch'] for e in results['training']['joint']] == [1, 2]
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['-b', '63'], 'the global batch of 63 does not divide among 2 ranks'),
+    (['--communicator', 'pure_nccl'], '--communicator pure_nccl needs a GPU'),
+])
+def test_a_bad_launch_fails_clearly_on_every_rank(data, tmp_path, flags,
+                                                  message):
+    done = mpiexec([sys.executable, LENET, '--data-dir', data, '-o',
+                    str(tmp_path / 'run'), '--quick', '--no-progress',
+                    '--unofficial-data', '--communicator', 'naive'] + flags,
+                   timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.count(message) == 2, done.stderr[-2000:]
+    assert 'Traceback' not in done.stderr
+    assert not (tmp_path / 'run').exists()
+
+
+def test_without_mpi_nothing_changes(data, tmp_path):
+    """The same script without mpiexec trains in one process, as always."""
+    from branchynet import cli
+    results = cli.main('b_lenet', ['--data-dir', data, '-o',
+                                   str(tmp_path / 'one'), '--quick',
+                                   '--no-progress', '--unofficial-data',
+                                   '--skip-timing'])
+    assert results['distributed'] == {'communicator': None, 'ranks': 1,
+                                      'sync_batchnorm': False}
+    assert chainer.config.train
