@@ -137,6 +137,7 @@ def peak_memory_mb(build_and_run, device):
 
 
 def random_batch(net, size, seed):
+    """``(x, t)``: ``size`` uniform samples of the net's shape, random labels."""
     rng = numpy.random.RandomState(seed)
     x = rng.rand(size, *net.input_shape).astype(numpy.float32)
     t = rng.randint(0, 10, size).astype(numpy.int32)
@@ -162,7 +163,11 @@ class MultiplyAddCounter(chainer.LinkHook):
 
 
 def multiply_adds(net):
-    """Per-sample multiply-adds of each trunk stage and each head."""
+    """Per-sample multiply-adds of each trunk stage and each head.
+
+    Returns:
+        ``(stages, heads)``: two lists of ints, one per exit.
+    """
     h = net.xp.zeros((1,) + net.input_shape, numpy.float32)
     stages, heads = [], []
     with chainer.using_config('train', False), chainer.no_backprop_mode():
@@ -177,7 +182,15 @@ def multiply_adds(net):
 
 
 def ideal_speedup(stages, heads, exit_shares):
-    """Main-network cost over the expected early-exit cost (multiply-adds)."""
+    """Main-network cost over the expected early-exit cost (multiply-adds).
+
+    Args:
+        stages, heads: from :func:`multiply_adds`.
+        exit_shares: the share of samples leaving at each exit.
+
+    Returns:
+        A float (1 means no gain).
+    """
     main = sum(stages) + heads[-1]
     paths = [sum(stages[:n + 1]) + sum(heads[:n + 1])
              for n in range(len(stages))]

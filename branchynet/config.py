@@ -161,6 +161,7 @@ class RunConfig:
 
     @property
     def uses_gpu(self):
+        """Whether the device is a CUDA device."""
         return self.device.startswith('@cupy')
 
 

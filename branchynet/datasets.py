@@ -361,7 +361,10 @@ def zca_whiten(train, test, epsilon=0.0):
 
 
 def minmax_per_image(x):
-    """Scale each image (row) to [0, 1] by its own min and max."""
+    """Scale each image (row) to [0, 1] by its own min and max.
+
+    A constant image becomes all zeros.
+    """
     x = x - x.min(axis=1, keepdims=True)
     peak = x.max(axis=1, keepdims=True)
     return x / numpy.where(peak > 0, peak, 1)

@@ -28,6 +28,7 @@ SELECTION_COLOURS = ['tab:green', 'tab:purple', 'tab:orange', 'tab:brown',
 
 
 def slug(name):
+    """``name`` for file names: lower case, runs of other characters as ``_``."""
     return re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')
 
 
@@ -43,7 +44,15 @@ def _save(figure, out_dir, stem):
 
 
 def fig3(results, device):
-    """Accuracy (%) vs runtime (ms per sample) on ``device``."""
+    """Fig. 3: accuracy (%) vs runtime (ms per sample) on ``device``.
+
+    Args:
+        results: a run's results dictionary.
+        device: ``'cpu'`` or ``'gpu'`` (a key of ``results['timing']``).
+
+    Returns:
+        A matplotlib ``Figure``.
+    """
     timing = results['timing'][device]
     points = results['sweep']['points']
     frontier = sorted(timing['frontier'],
@@ -102,7 +111,11 @@ def _mark_selections(ax, timing, selections):
 
 
 def fig4(results):
-    """Overall accuracy and max exited entropy vs % exited at exit 1."""
+    """Fig. 4: overall accuracy and max exited entropy vs % exited at exit 1.
+
+    Returns:
+        A matplotlib ``Figure``.
+    """
     curve = results['exit1_curve']
     share = [100 * f for f in curve['exited_fraction']]
     figure = Figure(figsize=(5, 3.6))
@@ -120,7 +133,11 @@ def fig4(results):
 
 
 def training_curves(results):
-    """Training loss and per-exit test accuracy per epoch, both phases."""
+    """Training loss and per-exit test accuracy per epoch, both phases.
+
+    Returns:
+        A matplotlib ``Figure``.
+    """
     figure = Figure(figsize=(10, 3.6))
     loss_ax, acc_ax = figure.subplots(1, 2)
     main = results['training']['main']
@@ -153,7 +170,14 @@ def training_curves(results):
 
 
 def fig5(summary):
-    """Final-exit accuracy vs conv layers in exit 1 (a branch-layers summary)."""
+    """Fig. 5: final-exit accuracy vs conv layers in exit 1.
+
+    Args:
+        summary: a Fig. 5 ``summary.json`` dictionary.
+
+    Returns:
+        A matplotlib ``Figure``.
+    """
     variants = sorted(summary['variants'], key=lambda v: v['branch1_convs'])
     figure = Figure(figsize=(5, 3.6))
     ax = figure.add_subplot()
@@ -173,7 +197,11 @@ def fig5(summary):
 
 
 def run_figures(results, out_dir):
-    """All figures of one results dictionary; returns the written paths."""
+    """All figures of one results (or Fig. 5 summary) dictionary, PNG and PDF.
+
+    Returns:
+        The written paths.
+    """
     if results.get('kind') == 'branch-layers':
         return _save(fig5(results), out_dir, 'fig5_alexnet_branch_layers')
     name = slug(results['network'])

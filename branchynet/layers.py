@@ -33,6 +33,7 @@ def max_pool(ksize, stride):
 
 
 def average_pool(ksize, stride):
+    """Average pooling, no padding (ResNet-110's final pooling and shortcuts)."""
     return FunctionLayer('average_pool', F.average_pooling_2d, ksize=ksize,
                          stride=stride)
 

@@ -82,6 +82,7 @@ class Stage(chainer.Chain):
                 for s in self._steps]
 
     def forward(self, h):
+        """The layers applied in order."""
         for layer in self.layers():
             h = layer(h)
         return h

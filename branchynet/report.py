@@ -186,7 +186,11 @@ def _percent(fraction):
 
 
 def split_names(results):
-    """``{'Test set': ..., 'Train set': ...}`` with sample counts."""
+    """The data a run used, for table columns.
+
+    Returns:
+        ``{'Test set': ..., 'Train set': ...}``, each with its sample count.
+    """
     data = results['data']
     train = data['train'] if isinstance(data['train'], str) else \
         '+'.join(data['train'])
@@ -196,6 +200,7 @@ def split_names(results):
 
 
 def table1_csv(results):
+    """Table I rows (:func:`table1_rows`) and the split as CSV text."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, TABLE1_COLUMNS + SPLIT_COLUMNS,
                             lineterminator='\n')
@@ -206,7 +211,11 @@ def table1_csv(results):
 
 
 def describe_run(results):
-    """One line: split, epochs and machine of a run, for table captions."""
+    """One line: split, epochs and machine of a run, for table captions.
+
+    Returns:
+        A string.
+    """
     config, env = results['config'], results['environment']
     split = 'test = {Test set}, train = {Train set}'.format(
         **split_names(results))
@@ -221,6 +230,7 @@ def describe_run(results):
 
 
 def table1_markdown(results):
+    """Table I of one run as Markdown, with its caption and any warning."""
     rows = table1_rows(results)
     lines = ['| ' + ' | '.join(TABLE1_COLUMNS) + ' |',
              '|' + '---|' * len(TABLE1_COLUMNS)]
@@ -233,7 +243,13 @@ def table1_markdown(results):
 
 
 def sweep_csv(results):
-    """One row per threshold combination, with predicted time per device."""
+    """One row per threshold combination, with predicted time per device.
+
+    Returns:
+        CSV text: thresholds, accuracy, exit shares and accuracies, and per
+        timed device the predicted and reference-style ms and whether the
+        point is on the frontier.
+    """
     devices = list(results['timing'])
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator='\n')
@@ -263,7 +279,12 @@ def sweep_csv(results):
 
 
 def write_reports(results, out):
-    """results.json, sweep.csv, and (if anything was timed) table1.csv/.md."""
+    """Write results.json, sweep.csv, and (if anything was timed) table1.csv/.md.
+
+    Args:
+        results: the results dictionary.
+        out: the run's folder.
+    """
     write_json(os.path.join(out, 'results.json'), results)
     write_atomic(os.path.join(out, 'sweep.csv'), sweep_csv(results))
     if results['timing']:

@@ -21,7 +21,13 @@ def _state(net):
 
 
 def save_model(path, net):
-    """Write ``net`` to ``path`` (npz); the file appears only when complete."""
+    """Write ``net`` to ``path`` (npz); the file appears only when complete.
+
+    Args:
+        path: the file to write.
+        net: a BranchyNet on any device (saved with its title, so that
+            :func:`load_model` can refuse another network's file).
+    """
     state = _state(net)
     state[NETWORK_KEY] = numpy.asarray(net.title)
     with atomic_write(path) as f:

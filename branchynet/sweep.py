@@ -48,11 +48,13 @@ class ExitOutputs:
     labels: numpy.ndarray
 
     def save(self, path):
+        """Write the three arrays to ``path`` (compressed npz), atomically."""
         with atomic_write(path) as f:
             numpy.savez_compressed(f, **dataclasses.asdict(self))
 
     @classmethod
     def load(cls, path):
+        """The outputs saved by :meth:`save`."""
         with numpy.load(path) as npz:
             return cls(**{f.name: npz[f.name] for f in dataclasses.fields(cls)})
 
@@ -63,7 +65,16 @@ class ExitOutputs:
 
 
 def exit_outputs(net, x, t, batchsize=1000):
-    """Run ``x`` through every exit of ``net`` in test mode, batch by batch."""
+    """Run ``x`` through every exit of ``net`` in test mode, batch by batch.
+
+    Args:
+        net: a BranchyNet on any device.
+        x, t: host arrays of samples and labels.
+        batchsize: samples per forward pass (the outputs do not depend on it).
+
+    Returns:
+        An :class:`ExitOutputs`.
+    """
     predictions, entropies = [], []
     with chainer.using_config('train', False), chainer.no_backprop_mode():
         for start in range(0, len(x), batchsize):
@@ -103,18 +114,34 @@ def evaluate(outputs, thresholds):
 
 
 def threshold_grid(threshold_list, num_exits):
-    """Every combination of ``threshold_list`` over the non-final exits."""
+    """Every combination of ``threshold_list`` over the non-final exits.
+
+    Returns:
+        A list of threshold vectors (lists), the last exit varying fastest.
+    """
     return [list(c) for c in itertools.product(threshold_list,
                                                repeat=num_exits - 1)]
 
 
 def predicted_ms(exit_fractions, path_costs_ms):
-    """Expected ms per sample: ``sum_n fraction_n * cost_n``."""
+    """Expected ms per sample: ``sum_n fraction_n * cost_n``.
+
+    Args:
+        exit_fractions: share of samples leaving at each exit.
+        path_costs_ms: measured cost of the whole path to each exit.
+
+    Returns:
+        A float.
+    """
     return float(numpy.dot(exit_fractions, path_costs_ms))
 
 
 def run_sweep(outputs, threshold_list):
-    """:func:`evaluate` for every combination of ``threshold_list``."""
+    """:func:`evaluate` for every combination of ``threshold_list``.
+
+    Returns:
+        One point (dict) per combination, in :func:`threshold_grid` order.
+    """
     num_exits = outputs.predictions.shape[0]
     return [evaluate(outputs, combo)
             for combo in threshold_grid(threshold_list, num_exits)]
@@ -137,7 +164,17 @@ def frontier(accuracies, times, tolerance=FRONTIER_TOLERANCE):
 
 def select_knee(accuracies, times, frontier_indices, baseline_accuracy,
                 tolerance):
-    """Index of the knee point (see the module docstring for the rule)."""
+    """Index of the knee point (see the module docstring for the rule).
+
+    Args:
+        accuracies, times: of every point.
+        frontier_indices: the frontier (:func:`frontier`).
+        baseline_accuracy: the main network's accuracy (a fraction).
+        tolerance: as a fraction (0.001 = 0.1 points).
+
+    Returns:
+        An index into ``accuracies``.
+    """
     best = max(accuracies[i] for i in frontier_indices)
     target = min(baseline_accuracy, best) - tolerance
     eligible = [i for i in frontier_indices if accuracies[i] >= target]

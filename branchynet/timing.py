@@ -36,7 +36,11 @@ def synchronize(device):
 
 
 def summarize(per_sample_ms):
-    """Median, min and max of the per-repeat means (ms per sample)."""
+    """Median, min and max of the per-repeat means (ms per sample).
+
+    Returns:
+        ``{'median_ms', 'min_ms', 'max_ms', 'repeats_ms'}``.
+    """
     values = [float(v) for v in per_sample_ms]
     return {'median_ms': float(numpy.median(values)), 'min_ms': min(values),
             'max_ms': max(values), 'repeats_ms': values}
@@ -110,18 +114,27 @@ def time_reference_style(functions, samples, repeats=3, warmup=10, block=50):
 
 
 def as_samples(x):
-    """Split a host array into a list of ``(1, ...)`` samples."""
+    """Split a host array into a list of ``(1, ...)`` samples (views)."""
     return [x[i:i + 1] for i in range(len(x))]
 
 
 def forced_thresholds(num_exits, exit_index):
-    """Thresholds that send every sample out at ``exit_index``."""
+    """Thresholds that send every sample out at ``exit_index``.
+
+    Returns:
+        ``inf`` at ``exit_index``, 0 before it (a list of floats; the final
+        exit's index gives all zeros).
+    """
     return [float('inf') if n == exit_index else 0.0
             for n in range(num_exits - 1)]
 
 
 def baseline_classifier(net):
-    """The main network as a batch-1 classifier: host sample -> host label."""
+    """The main network as a batch-1 classifier: host sample -> host label.
+
+    Returns:
+        A function of one ``(1, ...)`` host array returning an int.
+    """
     def classify(x):
         with chainer.using_config('train', False), \
                 chainer.no_backprop_mode():

@@ -53,6 +53,7 @@ class ResBlock(chainer.Chain):
             self.bn2 = L.BatchNormalization(out_channels)
 
     def forward(self, x):
+        """``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``."""
         h = F.relu(self.bn1(self.conv1(x)))
         h = self.bn2(self.conv2(h))
         shortcut = x
