@@ -10,12 +10,12 @@
   both phases.
 
 Each figure is written as PNG and PDF. Matplotlib is used through its
-object-oriented API (``Figure``), so no backend is set globally.
+object-oriented API (``Figure``), so no backend is set globally. Matplotlib
+is imported when a figure is drawn: a machine without it (a bare GPU host)
+still runs experiments and writes result files (:func:`available`).
 """
 import os
 import re
-
-from matplotlib.figure import Figure
 
 from branchynet import report
 from branchynet.files import atomic_write
@@ -25,6 +25,20 @@ EXIT_COLOURS = ['tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple']
 # not red (the knee) nor blue (the frontier)
 SELECTION_COLOURS = ['tab:green', 'tab:purple', 'tab:orange', 'tab:brown',
                      'tab:pink', 'tab:olive', 'tab:cyan', 'tab:gray']
+
+
+def available():
+    """Whether matplotlib can be imported here."""
+    try:
+        import matplotlib.figure  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _figure(**kwargs):
+    from matplotlib.figure import Figure
+    return Figure(**kwargs)
 
 
 def slug(name):
@@ -57,7 +71,7 @@ def fig3(results, device):
     points = results['sweep']['points']
     frontier = sorted(timing['frontier'],
                       key=lambda i: timing['predicted_ms'][i])
-    figure = Figure(figsize=(5, 3.6))
+    figure = _figure(figsize=(5, 3.6))
     ax = figure.add_subplot()
     ax.plot([timing['predicted_ms'][i] for i in frontier],
             [100 * points[i]['accuracy'] for i in frontier],
@@ -118,7 +132,7 @@ def fig4(results):
     """
     curve = results['exit1_curve']
     share = [100 * f for f in curve['exited_fraction']]
-    figure = Figure(figsize=(5, 3.6))
+    figure = _figure(figsize=(5, 3.6))
     ax = figure.add_subplot()
     ax.plot(share, [100 * a for a in curve['accuracy']], color='tab:blue')
     ax.set_xlabel('Samples exited at exit 1 (%)')
@@ -138,7 +152,7 @@ def training_curves(results):
     Returns:
         A matplotlib ``Figure``.
     """
-    figure = Figure(figsize=(10, 3.6))
+    figure = _figure(figsize=(10, 3.6))
     loss_ax, acc_ax = figure.subplots(1, 2)
     main = results['training']['main']
     joint = results['training']['joint']
@@ -179,7 +193,7 @@ def fig5(summary):
         A matplotlib ``Figure``.
     """
     variants = sorted(summary['variants'], key=lambda v: v['branch1_convs'])
-    figure = Figure(figsize=(5, 3.6))
+    figure = _figure(figsize=(5, 3.6))
     ax = figure.add_subplot()
     ax.plot([v['branch1_convs'] for v in variants],
             [100 * v['final_exit_accuracy'] for v in variants], '-o',

@@ -531,8 +531,7 @@ def _run_steps(protocol, config, data, device, say, cluster):
                 models, d, results, outputs, samples, config, say)
     report.write_reports(results, config.out)
     if results['timing']:
-        figures.run_figures(results, os.path.join(config.out,
-                                                  report.FIGURES_DIR))
+        draw_figures(results, os.path.join(config.out, report.FIGURES_DIR))
     note = report.divergence_note(results)
     if note:
         print(note, flush=True)
@@ -540,6 +539,16 @@ def _run_steps(protocol, config, data, device, say, cluster):
     if results['timing']:
         print(report.table1_markdown(results))
     return results
+
+
+def draw_figures(results, folder):
+    """The figures of ``results``, or a note when matplotlib is missing."""
+    if not figures.available():
+        print('note: matplotlib is not installed here: no figures; draw them '
+              'from the result files with experiments/make_figures.py',
+              flush=True)
+        return []
+    return figures.run_figures(results, folder)
 
 
 def write_fig5_summary(runs, out):
@@ -566,7 +575,7 @@ def write_fig5_summary(runs, out):
     for key in ('data', 'config', 'environment'):
         summary[key] = runs[-1][key]
     report.write_json(os.path.join(out, 'summary.json'), summary)
-    figures.run_figures(summary, os.path.join(out, 'figures'))
+    draw_figures(summary, os.path.join(out, report.FIGURES_DIR))
     for v in summary['variants']:
         print('exit 1 with {} conv: final exit {:.2f} %, exit 1 {:.2f} %'.format(
             v['branch1_convs'], 100 * v['final_exit_accuracy'],

@@ -25,6 +25,8 @@ import time
 import chainer
 import numpy
 
+from branchynet.exit_rule import EntropyThresholds
+
 
 def synchronize(device):
     """Wait for the queued work of ``device`` (a Chainer device; no-op on the CPU).
@@ -151,8 +153,9 @@ def exit_path_costs(net, samples, repeats=3, warmup=10):
     The paths are timed in turns (:func:`time_in_turns`).
     """
     def leaving_at(n):
-        thresholds = forced_thresholds(net.num_exits, n)
-        return lambda x: net.predict_sample(x, thresholds)
+        rule = EntropyThresholds(forced_thresholds(net.num_exits, n),
+                                 net.num_exits)  # checked once, not per call
+        return lambda x: net.predict_sample(x, rule)
     return time_in_turns([leaving_at(n) for n in range(net.num_exits)],
                          samples, net.device, repeats, warmup)
 

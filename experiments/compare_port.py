@@ -3,7 +3,8 @@
     python experiments/compare_port.py                 # every network, seeded weights
     python experiments/compare_port.py --networks b_lenet --kit figures/b_lenet/port_kit
 
-For each network it writes (or reads) a port kit, then measures:
+For each network it writes a port kit of the seeded initial weights (to a
+temporary folder) or reads --kit, then measures:
 
 - parity: the port's logits against the kit's reference.npz (max error
   relative to the largest logit, per exit) and its exit decisions at every
@@ -20,6 +21,8 @@ The report goes to --out as compare_port.json and compare_port.md.
 import argparse
 import importlib.util
 import os
+import shutil
+import tempfile
 import time
 
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
@@ -300,7 +303,8 @@ def main(argv=None):
     parser.add_argument('--networks', nargs='+', default=list(protocols.PROTOCOLS),
                         choices=list(protocols.PROTOCOLS))
     parser.add_argument('--kit', help='an existing kit folder (one network); '
-                                      'default: export seeded kits under --out')
+                                      'default: export seeded kits to a '
+                                      'temporary folder')
     parser.add_argument('--out', '-o', default=os.path.join('figures', 'port'),
                         help='folder for the report (and the kits)')
     parser.add_argument('--lockstep-steps', type=int, default=50)
@@ -323,8 +327,9 @@ def main(argv=None):
     results = {'kind': 'port-comparison', 'torch': torch.__version__,
                'torch_threads': torch.get_num_threads(),
                'environment': environment.describe(), 'networks': {}}
+    scratch = tempfile.mkdtemp(prefix='branchynet-kits-')
     for key in args.networks:
-        kit = args.kit or os.path.join(args.out, 'kits', key)
+        kit = args.kit or os.path.join(scratch, key)
         mnist = args.data_dir if protocols.get(key).dataset == 'mnist' \
             else None
         if not args.kit:
@@ -332,7 +337,9 @@ def main(argv=None):
                 key, kit), flush=True)
             port_kit.export(key, kit, data_dir=mnist)
         start = time.perf_counter()
-        entry = {'kit': kit, 'parity': parity(kit)}
+        entry = {'kit': args.kit or 'seeded initial weights (seed 0)',
+                 'kit_files': port_kit.read(kit)[0]['files'],
+                 'parity': parity(kit)}
         # ResNet-110 trains slowly on a CPU: fewer, smaller steps
         steps, lock_batch = ((args.lockstep_steps, args.lockstep_batch)
                              if key != 'b_resnet110' else
@@ -350,6 +357,7 @@ def main(argv=None):
         entry['speed'] = speed(kit, batch, args.repeats)
         entry['seconds'] = time.perf_counter() - start
         results['networks'][key] = entry
+    shutil.rmtree(scratch, ignore_errors=True)
     report.write_json(os.path.join(args.out, 'compare_port.json'), results)
     text = markdown(results)
     report.write_atomic(os.path.join(args.out, 'compare_port.md'), text)

@@ -231,3 +231,16 @@ def test_partial_files_of_a_killed_run_are_cleared(finished, data):
     lenet(['-o', finished, '--resume', '--no-progress', '--data-dir', data,
            '--skip-timing'])
     assert not os.path.exists(leftover)
+
+
+def test_a_machine_without_matplotlib_still_writes_results(data, tmp_path,
+                                                           monkeypatch,
+                                                           capsys):
+    """A bare GPU host may lack matplotlib: results first, figures later."""
+    from branchynet import figures
+    monkeypatch.setattr(figures, 'available', lambda: False)
+    out = tmp_path / 'bare'
+    lenet(['--data-dir', data, '-o', str(out), '--timing-samples', '4'] + FAST)
+    assert (out / 'results.json').is_file() and (out / 'table1.md').is_file()
+    assert not (out / 'figures').exists()
+    assert 'make_figures.py' in capsys.readouterr().out
