@@ -325,6 +325,18 @@ def check_writable(out):
         raise ValueError('--out {}: {} is not writable'.format(out, existing))
 
 
+def usable_device(spec):
+    """``spec`` normalised (:func:`parse_device`) and, for a GPU, checked usable.
+
+    Raises:
+        ValueError: an unknown specifier or an unusable GPU.
+    """
+    device = parse_device(spec)
+    if device != '@numpy':
+        check_gpu(device)
+    return device
+
+
 def check_gpu(device):
     """Raise ValueError unless CuPy and the CUDA device ``device`` are usable."""
     from chainer.backends import cuda

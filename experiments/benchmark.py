@@ -33,9 +33,7 @@ def main(argv=None):
     parser.add_argument('--no-progress', action='store_true')
     args = parser.parse_args(argv)
     try:
-        spec = config.parse_device(args.device)
-        if spec != '@numpy':
-            config.check_gpu(spec)
+        spec = config.usable_device(args.device)
     except ValueError as e:
         parser.error(str(e))
     device = chainer.get_device(spec)

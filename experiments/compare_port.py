@@ -55,9 +55,8 @@ def relative_error(got, expected):
 def parity(kit):
     """The port's and ONNX Runtime's outputs against reference.npz."""
     import torch
-    port = load_port()
-    manifest, weights, reference = port_kit.read(kit)
-    net = port.BranchyNetPort(manifest, weights).eval()
+    _, manifest, reference, _, net = both_networks(kit)
+    net.eval()
     x = torch.from_numpy(reference['x'])
     with torch.no_grad():
         logits = [y.numpy() for y in net(x)]
@@ -101,16 +100,10 @@ def lockstep(kit, steps=50, batch=64, seed=1, data=None):
         Adam's step size.
     """
     import torch
-    port = load_port()
-    manifest, weights, _ = port_kit.read(kit)
-    protocol = protocols.get(manifest['protocol_key'])
-    numpy.random.seed(LOCKSTEP_NETWORK_SEED)
-    net = protocol.network()
-    chainer.serializers.NpzDeserializer(weights).load(net)
+    port, manifest, _, net, torch_net = both_networks(kit)
     policy = BranchyLoss(net)
     chainer_adam = chainer.optimizers.Adam()
     chainer_adam.setup(policy)
-    torch_net = port.BranchyNetPort(manifest, weights)
     for module in torch_net.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
@@ -151,6 +144,18 @@ def lockstep(kit, steps=50, batch=64, seed=1, data=None):
             'max_parameter_difference': worst_param,
             'in_units_of_alpha': worst_param / chainer_adam.alpha,
             'max_batchnorm_statistic_relative_difference': worst_stat}
+
+
+def both_networks(kit):
+    """The kit's network in both frameworks: ``(port module, manifest,
+    reference, Chainer net, PyTorch net)``, the same weights in each."""
+    port = load_port()
+    manifest, weights, reference = port_kit.read(kit)
+    numpy.random.seed(LOCKSTEP_NETWORK_SEED)
+    net = protocols.get(manifest['protocol_key']).network()
+    chainer.serializers.NpzDeserializer(weights).load(net)
+    return port, manifest, reference, net, port.BranchyNetPort(manifest,
+                                                               weights)
 
 
 def _no_dropout(policy):
@@ -206,13 +211,8 @@ def _torch_names(manifest):
 def speed(kit, train_batch, repeats=5, latency_samples=50):
     """Batch-1 early-exit latency and joint training step, both frameworks, in turns."""
     import torch
-    port = load_port()
-    manifest, weights, reference = port_kit.read(kit)
-    protocol = protocols.get(manifest['protocol_key'])
-    numpy.random.seed(LOCKSTEP_NETWORK_SEED)
-    net = protocol.network()
-    chainer.serializers.NpzDeserializer(weights).load(net)
-    torch_net = port.BranchyNetPort(manifest, weights).eval()
+    port, manifest, _, net, torch_net = both_networks(kit)
+    torch_net.eval()
     thresholds = manifest['threshold_sets']['split']
     rule = branchynet.EntropyThresholds(thresholds, net.num_exits)
     rng = numpy.random.RandomState(3)

@@ -60,9 +60,7 @@ def main(argv=None):
     parser.add_argument('--no-progress', action='store_true')
     args = parser.parse_args(argv)
     try:
-        device = config.parse_device(args.device)
-        if device != '@numpy':
-            config.check_gpu(device)
+        device = config.usable_device(args.device)
         config.check_data_dir(args.data_dir)
         config.check_writable(args.out)
     except ValueError as e:
