@@ -501,11 +501,14 @@ def check_ranks(config, cluster):
 def _run_steps(protocol, config, data, device, say, cluster):
     if cluster.is_root:
         record_config(config, cluster)
-        report.remove_results(config.out)
     if config.models:
+        # read before earlier results go: --models may name --out itself,
+        # and a run folder may hold its logs only in its results.json
         say('evaluating the saved models of', config.models)
         models = load_trained(protocol, config, device)
-    else:
+    if cluster.is_root:
+        report.remove_results(config.out)
+    if not config.models:
         models = train(protocol, config, data, device, say, cluster)
     if not cluster.is_root:
         return None  # evaluation, timing and files are rank 0's

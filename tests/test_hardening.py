@@ -165,6 +165,12 @@ def test_models_of_a_run_are_evaluated_without_training(finished, data,
             os.path.join(finished, name), 'rb').read()
     original = json.load(open(os.path.join(finished, 'results.json')))
     assert results['exit_accuracy'] == original['exit_accuracy']
+    # a folder holding only models, run.json and results.json (as committed
+    # under figures/) can be evaluated in place: its logs survive
+    assert not (out / 'main_phase').exists()
+    again = lenet(['--models', str(out), '-o', str(out), '--no-progress',
+                   '--data-dir', data, '--skip-timing'])
+    assert again['training'] == results['training']
 
 
 # --- 5, 6. folders, devices, interruptions --------------------------------------
