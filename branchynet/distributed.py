@@ -50,8 +50,8 @@ def launched_by_mpi():
 
 def communicator_for(config):
     """The communicator a run uses: ``config.communicator``; under an MPI
-    launcher without one, ``pure_nccl`` on a GPU and ``naive`` on the CPU;
-    else ``None`` (one process)."""
+    launcher without one, ``pure_nccl`` on a GPU (``flat`` if NCCL is not
+    usable) and ``naive`` on the CPU; else ``None`` (one process)."""
     if config.communicator is not None:
         return config.communicator
     if launched_by_mpi():
@@ -230,5 +230,13 @@ def connect(config):
         raise ValueError('--communicator {} needs a GPU (--device); on the '
                          'CPU use naive'.format(name))
     import chainermn
-    comm = chainermn.create_communicator(name)
+    try:
+        comm = chainermn.create_communicator(name)
+    except Exception as e:  # no NCCL for CuPy: the default falls back
+        if config.communicator is not None or name != 'pure_nccl':
+            raise
+        print('note: pure_nccl is not usable here ({}); using flat'.format(e),
+              flush=True)
+        name = 'flat'
+        comm = chainermn.create_communicator(name)
     return Cluster(comm, name, config.sync_batchnorm)
