@@ -39,6 +39,19 @@ def _number(kind, low=None, low_open=False):
     return convert
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: ...)" suffix, left off where there is no default.
+
+    A flag whose default is ``None`` (or ``False``, a switch) says in its own
+    help what happens without it.
+    """
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _device(text):
     try:
         return config_module.parse_device(text)
@@ -62,7 +75,7 @@ def build_parser(protocol):
         description='Train and evaluate {} as in the BranchyNet paper; the '
                     'defaults reproduce the reference protocol.'.format(
                         protocol.key),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument('--device', '-d', type=_device, default='@numpy',
                    help='Chainer device: @numpy, @cupy:<id>, or an integer '
                         '(negative: CPU)')

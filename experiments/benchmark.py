@@ -10,13 +10,13 @@ import os
 
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
 import chainer
-from branchynet import benchmark, config
+from branchynet import benchmark, cli, config
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=cli.HelpFormatter)
     parser.add_argument('--device', '-d', default='@numpy',
                         help='Chainer device: @numpy, @cupy:<id>, or an '
                              'integer (negative: CPU)')

@@ -28,7 +28,7 @@ import time
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
 import chainer
 import numpy
-from branchynet import datasets, environment, port_kit, protocols, report
+from branchynet import cli, datasets, environment, port_kit, protocols, report
 from branchynet import timing
 from branchynet.loss import BranchyLoss
 
@@ -299,7 +299,7 @@ def markdown(results):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=cli.HelpFormatter)
     parser.add_argument('--networks', nargs='+', default=list(protocols.PROTOCOLS),
                         choices=list(protocols.PROTOCOLS))
     parser.add_argument('--kit', help='an existing kit folder (one network); '
@@ -307,12 +307,15 @@ def main(argv=None):
                                       'temporary folder')
     parser.add_argument('--out', '-o', default=os.path.join('figures', 'port'),
                         help='folder for the report (and the kits)')
-    parser.add_argument('--lockstep-steps', type=int, default=50)
-    parser.add_argument('--lockstep-batch', type=int, default=64)
+    parser.add_argument('--lockstep-steps', type=int, default=50,
+                        help='joint training steps run in lockstep')
+    parser.add_argument('--lockstep-batch', type=int, default=64,
+                        help='batch size of the lockstep steps')
     parser.add_argument('--train-batch', type=int,
                         help='training batch for the speed comparison '
                              '(default: each protocol\'s)')
-    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--repeats', type=int, default=5,
+                        help='timed repeats of each speed measurement (median)')
     parser.add_argument('--data-dir', help='real MNIST for the B-LeNet kit\'s '
                         'reference batch and lockstep batches (default: '
                         'seeded noise)')

@@ -9,13 +9,13 @@ branchynet/port_kit.py; what a port must compute: PORTING.md.
 import argparse
 
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
-from branchynet import config, datasets, port_kit, protocols
+from branchynet import cli, config, datasets, port_kit, protocols
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=cli.HelpFormatter)
     parser.add_argument('--network', required=True,
                         choices=list(protocols.PROTOCOLS))
     parser.add_argument('--model', help='a saved model (branchynet.npz); '
@@ -28,7 +28,8 @@ def main(argv=None):
                         help='CIFAR-10 test batch, as for the run scripts')
     parser.add_argument('--batch', type=int, default=16,
                         help='samples in the reference batch')
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seeds the initial weights and the synthetic batch')
     args = parser.parse_args(argv)
     try:
         config.check_data_dir(args.data_dir)

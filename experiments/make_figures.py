@@ -8,13 +8,13 @@ summary.json (Fig. 5).
 """
 import argparse
 
-from branchynet import figures
+from branchynet import cli, figures
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=cli.HelpFormatter)
     parser.add_argument('results', nargs='+',
                         help='results.json / summary.json or their folders')
     parser.add_argument('--out', '-o', default='figures',

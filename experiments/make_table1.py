@@ -8,13 +8,13 @@ branchynet/table1.py.
 """
 import argparse
 
-from branchynet import table1
+from branchynet import cli, table1
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=cli.HelpFormatter)
     parser.add_argument('results', nargs='+',
                         help='run folders, results.json files, or folders of '
                              'run folders')

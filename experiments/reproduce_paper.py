@@ -12,7 +12,7 @@ each part does: branchynet/reproduce.py.
 import argparse
 
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
-from branchynet import config, datasets, reproduce
+from branchynet import cli, config, datasets, reproduce
 
 
 def parts(text):
@@ -27,7 +27,7 @@ def parts(text):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=cli.HelpFormatter)
     parser.add_argument('--data-dir', help='folder with the MNIST and '
                         'CIFAR-10 files (default: ${})'.format(
                             datasets.DATA_DIR_ENV))

@@ -29,6 +29,8 @@ def test_every_script_runs_and_explains_its_flags(name):
          '--help'], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert '--out' in done.stdout
+    # a default is shown where there is one, never as "None"
+    assert '(default: None)' not in ' '.join(done.stdout.split())
     if name.startswith('run_'):
         assert '--device' in done.stdout and '(default: ' in done.stdout
 
