@@ -47,7 +47,7 @@ import chainer.links as L
 import numpy
 from chainer.backends import cuda
 
-from branchynet import environment, protocols, report, sweep, timing
+from branchynet import environment, loss, protocols, report, sweep, timing
 from branchynet.exit_rule import EntropyThresholds, assign_exits
 from branchynet.reference import ReferenceTrainer, reference_predict
 
@@ -587,3 +587,37 @@ def run(networks, profile_name, device, out, say):
     report.write_atomic(os.path.join(out, 'benchmark_{}.md'.format(name)),
                         text)
     return results
+
+
+def step_seconds(key, device, batchsize, steps=3):
+    """Seconds per main-phase and joint-phase training step, measured.
+
+    Args:
+        key: a protocol key (:mod:`branchynet.protocols`).
+        device: a Chainer device.
+        batchsize: the training batch (random images and labels).
+        steps: timed steps per phase, after one untimed step.
+
+    Returns:
+        ``{'main': seconds, 'joint': seconds}``.
+    """
+    numpy.random.seed(0)
+    net = protocols.get(key).network()
+    net.to_device(device)
+    policy = loss.BranchyLoss(net)
+    optimizer = chainer.optimizers.Adam()
+    optimizer.setup(policy)
+    rng = numpy.random.RandomState(0)
+    x = device.send(rng.rand(batchsize, *net.input_shape).astype(
+        numpy.float32))
+    t = device.send(rng.randint(0, 10, batchsize).astype(numpy.int32))
+    seconds = {}
+    for phase, func in (('main', policy.main_loss), ('joint', policy)):
+        optimizer.update(func, x, t)  # first use outside the clock
+        timing.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            optimizer.update(func, x, t)
+        timing.synchronize(device)
+        seconds[phase] = (time.perf_counter() - start) / steps
+    return seconds

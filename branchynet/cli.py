@@ -59,6 +59,21 @@ def _device(text):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def add_device_flags(parser):
+    """Chainer's ``--device/-d``, with ``--gpu/-g`` as an alias.
+
+    Args:
+        parser: an ``argparse.ArgumentParser``; its namespace gains
+            ``device``, normalised to ``'@numpy'`` or ``'@cupy:<id>'``.
+    """
+    parser.add_argument('--device', '-d', type=_device, default='@numpy',
+                        help='Chainer device: @numpy, @cupy:<id>, or an '
+                             'integer (negative: CPU)')
+    parser.add_argument('--gpu', '-g', dest='device', type=_device,
+                        default=argparse.SUPPRESS,
+                        help='GPU id (negative: CPU); an alias of --device')
+
+
 def build_parser(protocol):
     """The argument parser of one protocol's run script, with its defaults.
 
@@ -76,12 +91,7 @@ def build_parser(protocol):
                     'defaults reproduce the reference protocol.'.format(
                         protocol.key),
         formatter_class=HelpFormatter)
-    p.add_argument('--device', '-d', type=_device, default='@numpy',
-                   help='Chainer device: @numpy, @cupy:<id>, or an integer '
-                        '(negative: CPU)')
-    p.add_argument('--gpu', '-g', dest='device', type=_device,
-                   default=argparse.SUPPRESS,
-                   help='GPU id (negative: CPU); an alias of --device')
+    add_device_flags(p)
     p.add_argument('--out', '-o', default=os.path.join('results', protocol.key),
                    help='output folder')
     p.add_argument('--resume', '-r', action='store_true',

@@ -36,7 +36,7 @@ import numpy
 from chainer.backends import cuda
 
 from branchynet import (benchmark, entropy, environment, loss, pipeline,
-                        protocols, report, synthetic, timing)
+                        protocols, report, synthetic)
 from branchynet.config import QUICK, RunConfig
 from branchynet.serialization import load_model, save_model
 
@@ -218,24 +218,8 @@ def quick_run(device, folder, data_dir):
 
 def resnet_epoch_time(device, steps=5, batchsize=64):
     """Seconds per main-phase and joint-phase step of B-ResNet-110 at batch 64."""
-    numpy.random.seed(0)
-    net = protocols.get('b_resnet110').network()
-    net.to_device(device)
-    policy = loss.BranchyLoss(net)
-    optimizer = chainer.optimizers.Adam()
-    optimizer.setup(policy)
-    rng = numpy.random.RandomState(5)
-    x = device.send(rng.rand(batchsize, 3, 32, 32).astype(numpy.float32))
-    t = device.send(rng.randint(0, 10, batchsize).astype(numpy.int32))
-    result = {}
-    for phase, func in (('main', policy.main_loss), ('joint', policy)):
-        optimizer.update(func, x, t)  # warm-up
-        timing.synchronize(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            optimizer.update(func, x, t)
-        timing.synchronize(device)
-        result[phase + '_step_s'] = (time.perf_counter() - start) / steps
+    seconds = benchmark.step_seconds('b_resnet110', device, batchsize, steps)
+    result = {phase + '_step_s': s for phase, s in seconds.items()}
     steps_per_epoch = 40000 // batchsize  # data_batch_5 held out
     result['epoch_s'] = {p: result[p + '_step_s'] * steps_per_epoch
                          for p in ('main', 'joint')}

@@ -25,13 +25,12 @@ shortest schedules — the CPU test that the command works end to end.
 """
 import dataclasses
 import os
-import time
 
 import chainer
 import numpy
 
-from branchynet import (benchmark, gpu_check, loss, pipeline, protocols,
-                        synthetic, table1, timing)
+from branchynet import (benchmark, gpu_check, pipeline, protocols, synthetic,
+                        table1)
 from branchynet.config import QUICK, RunConfig
 
 PARTS = ('check', 'lenet', 'alexnet', 'resnet', 'fig5', 'benchmark')
@@ -128,30 +127,6 @@ def run_part(plan, part, device, say):
 
 # --- estimates ------------------------------------------------------------------
 
-def step_seconds(key, device, batchsize, steps=3):
-    """Seconds per main-phase and joint-phase training step, measured."""
-    numpy.random.seed(0)
-    net = protocols.get(key).network()
-    net.to_device(device)
-    policy = loss.BranchyLoss(net)
-    optimizer = chainer.optimizers.Adam()
-    optimizer.setup(policy)
-    rng = numpy.random.RandomState(0)
-    x = device.send(rng.rand(batchsize, *net.input_shape).astype(
-        numpy.float32))
-    t = device.send(rng.randint(0, 10, batchsize).astype(numpy.int32))
-    seconds = {}
-    for phase, func in (('main', policy.main_loss), ('joint', policy)):
-        optimizer.update(func, x, t)  # first use outside the clock
-        timing.synchronize(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            optimizer.update(func, x, t)
-        timing.synchronize(device)
-        seconds[phase] = (time.perf_counter() - start) / steps
-    return seconds
-
-
 def network_estimate(plan, key, device, steps=3):
     """Estimated minutes of one network run, from timed training steps.
 
@@ -167,7 +142,7 @@ def network_estimate(plan, key, device, steps=3):
     train -= config.validation_size
     test = config.test_size or TEST_SAMPLES
     batch = min(config.batchsize, train)
-    seconds = step_seconds(key, device, batch, steps)
+    seconds = benchmark.step_seconds(key, device, batch, steps)
     per_epoch = {phase: -(-train // batch) * s + (test / batch) * s / 3
                  for phase, s in seconds.items()}
     total = (config.epoch_main * per_epoch['main'] +

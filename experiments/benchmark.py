@@ -17,11 +17,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
         formatter_class=cli.HelpFormatter)
-    parser.add_argument('--device', '-d', default='@numpy',
-                        help='Chainer device: @numpy, @cupy:<id>, or an '
-                             'integer (negative: CPU)')
-    parser.add_argument('--gpu', '-g', dest='device', default=argparse.SUPPRESS,
-                        help='GPU id; an alias of --device')
+    cli.add_device_flags(parser)
     parser.add_argument('--out', '-o', default=os.path.join('figures',
                                                             'benchmarks'),
                         help='folder for the JSON and Markdown')

@@ -31,11 +31,7 @@ def main(argv=None):
     parser.add_argument('--data-dir', help='folder with the MNIST and '
                         'CIFAR-10 files (default: ${})'.format(
                             datasets.DATA_DIR_ENV))
-    parser.add_argument('--device', '-d', default='@numpy',
-                        help='Chainer device: @numpy, @cupy:<id>, or an '
-                             'integer (negative: CPU)')
-    parser.add_argument('--gpu', '-g', dest='device', default=argparse.SUPPRESS,
-                        help='GPU id; an alias of --device')
+    cli.add_device_flags(parser)
     parser.add_argument('--out', '-o', default='results',
                         help='folder holding one folder per part')
     parser.add_argument('--only', type=parts, default=reproduce.DEFAULT_PARTS,

@@ -6,7 +6,7 @@ import chainer.links as L
 import numpy
 import pytest
 
-from branchynet import Branch, BranchyNet, assign_exits, entropy
+from branchynet import Branch, BranchyNet, assign_exits
 from branchynet.exit_rule import EntropyThresholds, LowestEntropyFractions
 from conftest import (exit_entropies, grads, make_tiny_net, mixing_thresholds,
                       tiny_batch)
