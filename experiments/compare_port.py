@@ -82,22 +82,23 @@ def parity(kit):
     return result
 
 
-def lockstep(kit, steps=50, batch=64, seed=1, data=None):
+def lockstep(kit, steps=50, batch=64, seed=1, data=None, data_name='given'):
     """Both implementations trained side by side from the kit's weights.
 
     Dropout is switched off in both (B-LeNet has none); every other layer
     trains as in the protocol (BatchNorm in training mode). Each step uses
     the same batch, drawn in a seeded order from ``data`` (``(x, t)``
-    arrays, e.g. real MNIST); by default seeded uniform noise with random
-    labels. Not the synthetic pattern images: their saturated pixels make
+    arrays, e.g. real MNIST, named by ``data_name``); by default seeded
+    uniform noise with random labels. Not the synthetic pattern images: their saturated pixels make
     uniform regions whose convolution outputs are equal in exact arithmetic
     but not in float32, and rounding then decides which element of a
     max-pooling window receives the gradient (PORTING.md).
 
     Returns:
-        Per-step losses of both, the largest relative loss difference, and
-        the largest parameter difference after the last step relative to
-        Adam's step size.
+        Per-step losses of both, the largest relative loss difference, the
+        largest parameter difference after the last step (also in units of
+        Adam's step size) and the share of parameter elements more than a
+        tenth of a step apart.
     """
     import torch
     port, manifest, _, net, torch_net = both_networks(kit)
@@ -109,7 +110,7 @@ def lockstep(kit, steps=50, batch=64, seed=1, data=None):
             module.p = 0.0
     torch_adam = port.ChainerAdam(torch_net.parameters())
     rng = numpy.random.RandomState(seed)
-    source = 'given' if data is not None else 'seeded uniform noise'
+    source = data_name if data is not None else 'seeded uniform noise'
     if data is None:
         data = (rng.rand(4096, *net.input_shape).astype(numpy.float32),
                 rng.randint(0, 10, 4096).astype(numpy.int32))
@@ -129,10 +130,11 @@ def lockstep(kit, steps=50, batch=64, seed=1, data=None):
     state = {k: v.detach().numpy() for k, v in torch_net.state_dict().items()}
     mapping = _torch_names(manifest)
     params = port_kit.weights(net)
-    worst_param = max(
-        float(numpy.abs(params[ours] - state[theirs]).max())
+    differences = numpy.concatenate([
+        numpy.abs(params[ours] - state[theirs]).ravel()
         for theirs, ours in mapping.items() if ours in params and
-        not ours.endswith(('avg_mean', 'avg_var', '/N')))
+        not ours.endswith(('avg_mean', 'avg_var', '/N'))])
+    worst_param = float(differences.max())
     worst_stat = max([relative_error(state[theirs], params[ours])
                       for theirs, ours in mapping.items()
                       if ours.endswith(('avg_mean', 'avg_var'))] or [0.0])
@@ -143,6 +145,12 @@ def lockstep(kit, steps=50, batch=64, seed=1, data=None):
                 abs(a - b) / abs(a) for a, b in losses),
             'max_parameter_difference': worst_param,
             'in_units_of_alpha': worst_param / chainer_adam.alpha,
+            # Adam steps every element by about alpha whatever its gradient's
+            # size: where rounding decides a gradient's sign, the two sides
+            # step apart by up to 2 alpha. How many elements that touches:
+            'share_beyond_tenth_of_alpha': float(
+                (differences > 0.1 * chainer_adam.alpha).mean()),
+            'parameter_elements': int(differences.size),
             'max_batchnorm_statistic_relative_difference': worst_stat}
 
 
@@ -264,18 +272,32 @@ def markdown(results):
             ', '.join('{}: {}'.format(k, 'yes' if v else 'NO')
                       for k, v in p['pytorch_decisions_equal'].items())))
     lines += ['', '## Lockstep training (joint steps, same weights and batches)',
-              '', '| network | steps x batch | max loss difference (relative) '
-              '| max parameter difference (in units of alpha) | BatchNorm '
-              'statistics (relative) |', '|---|---|---|---|---|']
+              '', '| network | data | steps x batch | loss difference '
+              '(relative): first step, max | max parameter difference (in '
+              'units of alpha) | parameters more than alpha/10 apart | '
+              'BatchNorm statistics (relative) |', '|---|---|---|---|---|---|---|']
     for key, r in results['networks'].items():
         s = r.get('lockstep')
         if s:
-            lines.append('| {} | {} x {} | {:.1e} | {:.2e} ({:.2g}) | {:.1e} |'
-                         .format(key, s['steps'], s['batch'],
-                                 s['max_loss_relative_difference'],
-                                 s['max_parameter_difference'],
-                                 s['in_units_of_alpha'],
-                                 s['max_batchnorm_statistic_relative_difference']))
+            first = abs(s['losses'][0][0] - s['losses'][0][1]) / abs(
+                s['losses'][0][0])
+            lines.append('| {} | {} | {} x {} | {:.1e}, {:.1e} | {:.2e} ({:.2g}) '
+                         '| {:.2g} % of {} | {:.1e} |'.format(
+                             key, s['data'], s['steps'], s['batch'], first,
+                             s['max_loss_relative_difference'],
+                             s['max_parameter_difference'],
+                             s['in_units_of_alpha'],
+                             100 * s['share_beyond_tenth_of_alpha'],
+                             s['parameter_elements'],
+                             s['max_batchnorm_statistic_relative_difference']))
+    lines += ['', 'Adam moves every parameter element by about alpha per step '
+              'whatever the size of its gradient. Where a gradient is zero in '
+              'exact arithmetic or nearly so (a max-pooling tie between equal '
+              'inputs, a convolution bias before BatchNorm, noise inputs with '
+              'random labels), float32 rounding decides its sign, and the two '
+              'implementations step apart by up to 2 alpha per step on those '
+              'elements; the divergence then grows. PORTING.md, "Lockstep '
+              'training", says how to read these figures.']
     lines += ['', '## Speed on this CPU (median ms, timed in turns)', '',
               '| network | batch-1 early exit: Chainer | PyTorch | ratio | '
               'joint training step (batch): Chainer | PyTorch | ratio |',
@@ -353,7 +375,8 @@ def main(argv=None):
         if mnist is not None:
             train = datasets.load_mnist(mnist, train_size=4096, test_size=1)
             data = (train.train_x, train.train_t)
-        entry['lockstep'] = lockstep(kit, steps, lock_batch, data=data)
+        entry['lockstep'] = lockstep(kit, steps, lock_batch, data=data,
+                                     data_name='real MNIST')
         batch = args.train_batch or protocols.get(key).batchsize
         print('[compare_port] {}: speed at batch 1 and {}'.format(key, batch),
               flush=True)
