@@ -15,7 +15,7 @@ import os
 
 from branchynet import protocols, report
 
-COLUMNS = ['Network', 'Device', 'Source', 'Row', 'Acc. (%)', 'Time (ms)',
+COLUMNS = ['Network', 'Run', 'Device', 'Source', 'Row', 'Acc. (%)', 'Time (ms)',
            'Gain', 'Thrshld. T', 'Exit (%)', 'Schedule', 'Split', 'Machine',
            'Date']
 ORDER = ('b_lenet', 'b_alexnet', 'b_resnet110')
@@ -45,6 +45,11 @@ def find_results(paths):
                              'sub-folders)'.format(path))
         found += below
     return found
+
+
+def run_name(path):
+    """The name of the run a ``results.json`` belongs to: its folder's."""
+    return os.path.basename(os.path.dirname(os.path.abspath(path)))
 
 
 def schedule(results):
@@ -83,7 +88,7 @@ def paper_rows(protocol):
     paper, rows = protocol.paper, []
     name = protocol.network().title
     for device in ('cpu', 'gpu'):
-        common = {'Network': name, 'Device': device.upper(),
+        common = {'Network': name, 'Run': 'paper', 'Device': device.upper(),
                   'Source': 'paper', 'Schedule': 'paper', 'Split': 'paper',
                   'Machine': '3.0 GHz CPU' if device == 'cpu'
                   else 'GTX Titan X', 'Date': '2016'}
@@ -103,31 +108,52 @@ def paper_rows(protocol):
     return rows
 
 
-def our_rows(results):
-    """Every Table I row of one run, with its provenance columns."""
-    split = report.split_names(results)
-    split_text = 'test {Test set}; train {Train set}'.format(**split)
+def split_text(results):
+    """The run's test, training and (if any) validation sets, in words."""
+    text = 'test {Test set}; train {Train set}'.format(
+        **report.split_names(results))
+    validation = results['data'].get('validation')
+    if validation and validation.get('size'):
+        text += '; validation {} samples held out of training (seed {})'.format(
+            validation['size'], validation['seed'])
+    return text
+
+
+def our_rows(results, run):
+    """Every Table I row of one run, with its provenance columns.
+
+    Args:
+        results: the run's ``results.json`` content.
+        run: the run's name in the table (its folder's name).
+    """
     rows = []
     for row in report.table1_rows(results):
         device = row['Device'].lower()
         rows.append({
-            'Network': results['network'], 'Device': row['Device'],
+            'Network': results['network'], 'Run': run,
+            'Device': row['Device'],
             'Source': 'ours', 'Row': row['Network'],
             'Acc. (%)': row['Acc. (%)'], 'Time (ms)': row['Time (ms)'],
             'Gain': row['Gain'], 'Thrshld. T': row['Thrshld. T'],
             'Exit (%)': row['Exit (%)'], 'Schedule': schedule(results),
-            'Split': split_text, 'Machine': _machine(results, device),
+            'Split': split_text(results),
+            'Machine': _machine(results, device),
             'Date': results['environment']['date_utc'][:10]})
     return rows
 
 
-def combined_rows(all_results):
-    """Paper rows and ours, network by network, CPU before GPU."""
+def combined_rows(runs):
+    """Paper rows and ours, network by network, CPU before GPU.
+
+    Args:
+        runs: ``(name, results)`` pairs; results that are not a run's
+            (a benchmark's, a summary) are skipped.
+    """
     by_protocol = {}
-    for results in all_results:
+    for run, results in runs:
         if results.get('kind') != 'branchynet-run':
             continue
-        by_protocol.setdefault(results['protocol'], []).append(results)
+        by_protocol.setdefault(results['protocol'], []).append((run, results))
     keys = [k for k in ORDER if k in by_protocol] + sorted(
         k for k in by_protocol if k not in ORDER)
     rows = []
@@ -135,14 +161,15 @@ def combined_rows(all_results):
         protocol = protocols.get(key)
         if protocol.paper is not None:
             rows += paper_rows(protocol)
-        ours = [r for results in by_protocol[key] for r in our_rows(results)]
+        ours = [r for run, results in by_protocol[key]
+                for r in our_rows(results, run)]
         rows += sorted(ours, key=lambda r: r['Device'])  # stable: CPU, GPU
     return rows
 
 
 def markdown(rows):
     """The rows as Markdown: one table per network, provenance beside."""
-    shown = ['Device', 'Source', 'Row', 'Acc. (%)', 'Time (ms)', 'Gain',
+    shown = ['Run', 'Device', 'Source', 'Row', 'Acc. (%)', 'Time (ms)', 'Gain',
              'Thrshld. T', 'Exit (%)', 'Schedule', 'Machine', 'Date']
     lines = ['# Table I, combined', '',
              'Batch size 1; accuracy and exit shares over the test set; time '
@@ -154,9 +181,10 @@ def markdown(rows):
         lines += ['', '## ' + network, '',
                   '| ' + ' | '.join(shown) + ' |', '|' + '---|' * len(shown)]
         lines += ['| ' + ' | '.join(r[c] for c in shown) + ' |' for r in these]
-        splits = sorted({r['Split'] for r in these if r['Source'] == 'ours'})
+        splits = {r['Run']: r['Split'] for r in these if r['Source'] == 'ours'}
         if splits:
-            lines += [''] + ['Split: ' + s + '.' for s in splits]
+            lines += [''] + ['Split of `{}`: {}.'.format(run, text)
+                             for run, text in splits.items()]
     return '\n'.join(lines) + '\n'
 
 
@@ -175,7 +203,8 @@ def write(paths, out):
     Returns:
         The rows.
     """
-    rows = combined_rows(report.read_json(p) for p in find_results(paths))
+    rows = combined_rows((run_name(p), report.read_json(p))
+                         for p in find_results(paths))
     report.write_atomic(os.path.join(out, 'table1.md'), markdown(rows))
     report.write_atomic(os.path.join(out, 'table1.csv'), to_csv(rows))
     return rows

@@ -87,8 +87,23 @@ def test_combined_table1_marks_shortened_rows_and_holds_the_paper(smoke):
     resnet = [r for r in ours if r['Network'] == 'B-ResNet-110'][0]
     assert '1+1 of 100+100' in resnet['Schedule']
     assert all(r['Date'] and r['Machine'] for r in ours)
+    # each row names its run, and each run's split is tied to that name
+    assert {r['Run'] for r in ours} == {'b_lenet', 'b_alexnet', 'b_resnet110'}
     text = (out / 'table1.md').read_text()
+    assert 'Split of `b_alexnet`: test ' in text
     assert '## B-ResNet-110' in text and 'SHORTENED' in text
+
+
+def test_split_names_a_validation_set_only_when_there_is_one():
+    results = {'data': {'train': 'train', 'test': 'test', 'train_size': 55,
+                        'test_size': 10,
+                        'validation': {'size': 5, 'seed': 3}}}
+    assert table1.split_text(results) == (
+        'test test (10 samples); train train (55 samples); validation 5 '
+        'samples held out of training (seed 3)')
+    results['data']['validation'] = {'size': 0, 'seed': 0}
+    assert table1.split_text(results) == \
+        'test test (10 samples); train train (55 samples)'
 
 
 def test_make_table1_command(smoke, tmp_path):
