@@ -183,7 +183,7 @@ def markdown(rows):
         lines += ['| ' + ' | '.join(r[c] for c in shown) + ' |' for r in these]
         splits = {r['Run']: r['Split'] for r in these if r['Source'] == 'ours'}
         if splits:
-            lines += [''] + ['Split of `{}`: {}.'.format(run, text)
+            lines += [''] + ['- Split of `{}`: {}.'.format(run, text)
                              for run, text in splits.items()]
     return '\n'.join(lines) + '\n'
 
