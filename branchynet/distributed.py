@@ -48,6 +48,22 @@ def launched_by_mpi():
     return False
 
 
+_RANK_VARIABLES = ('PMI_RANK', 'OMPI_COMM_WORLD_RANK', 'PMIX_RANK')
+
+
+def launch_rank():
+    """This process's rank as the MPI launcher set it; 0 without a launcher.
+
+    Read from the environment, so it is known before any communicator
+    exists (``reproduce_paper.py`` decides with it which parts a rank runs).
+    """
+    for name in _RANK_VARIABLES:
+        value = os.environ.get(name)
+        if value is not None:
+            return int(value)
+    return 0
+
+
 def communicator_for(config):
     """The communicator a run uses: ``config.communicator``; under an MPI
     launcher without one, ``pure_nccl`` on a GPU (``flat`` if NCCL is not

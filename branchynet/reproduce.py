@@ -25,16 +25,19 @@ shortest schedules — the CPU test that the command works end to end.
 """
 import dataclasses
 import os
+import tempfile
 
 import chainer
 import numpy
 
-from branchynet import (benchmark, gpu_check, pipeline, protocols, synthetic,
-                        table1)
+from branchynet import (benchmark, distributed, gpu_check, pipeline,
+                        protocols, synthetic, table1)
 from branchynet.config import QUICK, RunConfig
 
 PARTS = ('check', 'lenet', 'alexnet', 'resnet', 'fig5', 'benchmark')
 DEFAULT_PARTS = ('lenet', 'alexnet', 'resnet', 'fig5', 'benchmark')
+# Parts that do not train: under mpiexec, rank 0 runs them alone.
+ROOT_ONLY_PARTS = ('check', 'benchmark')
 NETWORK_PARTS = {'lenet': 'b_lenet', 'alexnet': 'b_alexnet',
                  'resnet': 'b_resnet110'}
 FOLDERS = {'check': 'check', 'lenet': 'b_lenet', 'alexnet': 'b_alexnet',
@@ -107,8 +110,12 @@ def is_complete(plan, part):
     return os.path.isfile(os.path.join(folder, name))
 
 
-def run_part(plan, part, device, say):
-    """Run one part into its folder; returns what it wrote (a dict)."""
+def run_part(plan, part, device, say, root=True):
+    """Run one part into its folder; returns what it wrote (a dict).
+
+    ``root`` is False on the further ranks of an MPI launch: they train
+    with rank 0 and write nothing (:func:`run`).
+    """
     folder = plan.folder(part)
     if part == 'check':
         return gpu_check.run(device, folder, light=plan.smoke, say=say)
@@ -119,7 +126,7 @@ def run_part(plan, part, device, say):
         runs = [pipeline.run(run_config(
             plan, protocols.fig5_variant(k).key,
             os.path.join(folder, 'exit1_{}conv'.format(k)))) for k in convs]
-        return pipeline.write_fig5_summary(runs, folder)
+        return pipeline.write_fig5_summary(runs, folder) if root else {}
     profile = 'smoke' if plan.smoke else (
         'quick' if device.xp is numpy else 'full')
     return benchmark.run(benchmark.NETWORKS, profile, device, folder, say)
@@ -193,6 +200,10 @@ def estimate(plan, device, say=print):
     return estimates
 
 
+def _quiet(*_):
+    """``say`` of the further ranks of an MPI launch."""
+
+
 def estimate_text(estimates):
     """The estimates as a short table."""
     lines = ['part        estimate    how']
@@ -215,13 +226,21 @@ def run(plan, estimate_only=False, say=print):
         ``{'estimates': ..., 'parts': {part: 'skipped' | 'done'},
         'table1': rows}``.
     """
+    # Under mpiexec every rank runs this: the training parts run on all
+    # ranks (data-parallel, see branchynet.distributed); estimates, the
+    # GPU check, the benchmark, the table and every message are rank 0's.
+    root = distributed.launch_rank() == 0
+    if not root:
+        say = _quiet
     device = chainer.get_device(plan.device)
-    device.use()
+    if root:
+        device.use()
     if plan.smoke and plan.data_dir is None:
-        plan = dataclasses.replace(plan, data_dir=smoke_data(plan.out),
-                                   unofficial_data=True,
+        data = smoke_data(plan.out if root else tempfile.mkdtemp(
+            prefix='branchynet-smoke-'))
+        plan = dataclasses.replace(plan, data_dir=data, unofficial_data=True,
                                    test_batch='data_batch_5')
-    estimates = estimate(plan, device, say)
+    estimates = estimate(plan, device, say) if root else {}
     say(estimate_text(estimates))
     summary = {'estimates': estimates, 'parts': {}}
     if estimate_only:
@@ -231,12 +250,15 @@ def run(plan, estimate_only=False, say=print):
             say('{}: complete in {}, skipped'.format(part, plan.folder(part)))
             summary['parts'][part] = 'skipped'
             continue
+        if not root and part in ROOT_ONLY_PARTS:
+            summary['parts'][part] = 'rank 0'
+            continue
         say('{}: running into {}'.format(part, plan.folder(part)))
-        run_part(plan, part, device, say)
+        run_part(plan, part, device, say, root)
         summary['parts'][part] = 'done'
     runs = [plan.folder(p) for p in ('lenet', 'alexnet', 'resnet')
             if is_complete(plan, p)]
-    if runs:
+    if runs and root:
         summary['table1'] = table1.write(runs, plan.out)
         say('combined Table I: {}'.format(os.path.join(plan.out,
                                                        'table1.md')))

@@ -23,6 +23,7 @@ MPIEXEC = shutil.which('mpiexec', path=os.path.dirname(sys.executable)) or \
     shutil.which('mpiexec')
 LENET = os.path.join(ROOT, 'experiments', 'run_b_lenet.py')
 SCENARIOS = os.path.join(ROOT, 'tests', 'mpi_scenarios.py')
+REPRODUCE = os.path.join(ROOT, 'experiments', 'reproduce_paper.py')
 pytestmark = pytest.mark.skipif(
     MPIEXEC is None, reason='MPI is not installed (pip install -e ".[mpi]")')
 # MPICH runs as root without flags; Open MPI needs these
@@ -188,3 +189,20 @@ def test_without_mpi_nothing_changes(data, tmp_path):
     assert results['distributed'] == {'communicator': None, 'ranks': 1,
                                       'sync_batchnorm': False}
     assert chainer.config.train
+
+
+def test_reproduce_paper_trains_on_every_rank_and_reports_once(tmp_path):
+    """``mpiexec -n 2 reproduce_paper.py``: the training parts run on both
+    ranks; the estimates, the benchmark, the table and the messages are
+    rank 0's alone."""
+    out = tmp_path / 'paper'
+    done = mpiexec([sys.executable, REPRODUCE, '--smoke', '--only',
+                    'lenet,benchmark', '--out', str(out)], timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / 'b_lenet' / 'results.json').read_text())
+    assert results['distributed'] == {'communicator': 'naive', 'ranks': 2,
+                                      'sync_batchnorm': True}
+    assert (out / 'benchmarks' / 'benchmark_cpu.json').is_file()
+    assert (out / 'table1.md').is_file()
+    assert done.stdout.count('part        estimate') == 1
+    assert done.stdout.count('lenet: running into') == 1
