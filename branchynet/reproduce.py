@@ -23,8 +23,10 @@ The combined Table I of everything under ``--out`` is written last
 The smoke profile (``smoke=True``) runs every part on tiny data with the
 shortest schedules — the CPU test that the command works end to end.
 """
+import atexit
 import dataclasses
 import os
+import shutil
 import tempfile
 
 import chainer
@@ -236,8 +238,12 @@ def run(plan, estimate_only=False, say=print):
     if root:
         device.use()
     if plan.smoke and plan.data_dir is None:
-        data = smoke_data(plan.out if root else tempfile.mkdtemp(
-            prefix='branchynet-smoke-'))
+        if root:
+            data = smoke_data(plan.out)
+        else:  # the same seeded files, written where rank 0 cannot collide
+            scratch = tempfile.mkdtemp(prefix='branchynet-smoke-')
+            atexit.register(shutil.rmtree, scratch, True)
+            data = smoke_data(scratch)
         plan = dataclasses.replace(plan, data_dir=data, unofficial_data=True,
                                    test_batch='data_batch_5')
     estimates = estimate(plan, device, say) if root else {}
