@@ -607,10 +607,7 @@ def step_seconds(key, device, batchsize, steps=3):
     policy = loss.BranchyLoss(net)
     optimizer = chainer.optimizers.Adam()
     optimizer.setup(policy)
-    rng = numpy.random.RandomState(0)
-    x = device.send(rng.rand(batchsize, *net.input_shape).astype(
-        numpy.float32))
-    t = device.send(rng.randint(0, 10, batchsize).astype(numpy.int32))
+    x, t = (device.send(a) for a in random_batch(net, batchsize, seed=0))
     seconds = {}
     for phase, func in (('main', policy.main_loss), ('joint', policy)):
         optimizer.update(func, x, t)  # first use outside the clock

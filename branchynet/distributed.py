@@ -236,15 +236,12 @@ SINGLE = Cluster()
 def connect(config):
     """The cluster of a run: ChainerMN's communicator when distributed.
 
-    Raises:
-        ValueError: a GPU communicator asked for on the CPU.
+    ``config`` is a validated RunConfig: a GPU communicator named for a CPU
+    run was refused when it was made.
     """
     name = communicator_for(config)
     if name is None:
         return SINGLE
-    if name in GPU_COMMUNICATORS and not config.uses_gpu:
-        raise ValueError('--communicator {} needs a GPU (--device); on the '
-                         'CPU use naive'.format(name))
     import chainermn
     try:
         comm = chainermn.create_communicator(name)

@@ -157,6 +157,13 @@ def load_data(protocol, config):
 
 # --- 3. training ----------------------------------------------------------------
 
+def seed_generators(device, seed):
+    """Seed NumPy's global generator and, on a GPU, CuPy's."""
+    numpy.random.seed(seed)
+    if device.xp is not numpy:
+        device.xp.random.seed(seed)
+
+
 def train(protocol, config, data, device, say, cluster=distributed.SINGLE):
     """Both training phases; saves and returns both models.
 
@@ -166,15 +173,11 @@ def train(protocol, config, data, device, say, cluster=distributed.SINGLE):
     new per-branch optimizers. In a distributed run (``cluster``) every
     rank trains, rank 0 alone saves; other ranks return ``None``.
     """
-    numpy.random.seed(config.seed)
-    if device.xp is not numpy:
-        device.xp.random.seed(config.seed)
+    seed_generators(device, config.seed)
     net = cluster.network(protocol.network())  # the same weights everywhere
     if cluster.distributed:
         # dropout masks of the ranks' own (the weights are drawn already)
-        numpy.random.seed(cluster.seed(config.seed))
-        if device.xp is not numpy:
-            device.xp.random.seed(cluster.seed(config.seed))
+        seed_generators(device, cluster.seed(config.seed))
     net.to_device(device)
     policy = loss.BranchyLoss(net, config.branch_weights,
                               config.percent_train_keeps)
