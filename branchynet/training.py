@@ -160,8 +160,12 @@ def train_phase(target, optimizer, loss_func, train, test, epochs, out,
     # GPU runs resume correctly but not bit-identically.
     trainer.extend(RandomStates({'shuffle': shuffle,
                                  'numpy_global': numpy.random}))
+    # The trigger is given here: ChainerMN's multi-node snapshot wraps the
+    # snapshot without taking over its trigger, and would otherwise run after
+    # every iteration.
     trainer.extend(cluster.snapshot(extensions.snapshot(
-        filename=SNAPSHOT, n_retains=1, autoload=resume)))
+        filename=SNAPSHOT, n_retains=1, autoload=resume)),
+        trigger=(1, 'epoch'))
     if cluster.is_root:
         trainer.extend(extensions.LogReport())
     if progress and cluster.is_root:

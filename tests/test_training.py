@@ -48,3 +48,42 @@ def test_fresh_state_before_any_update_is_harmless():
     fresh_optimizer_state(net.heads)
     assert all(p.update_rule.t == 0 and p.update_rule.state is None
                for p in net.heads.params())
+
+
+class _WrappedSnapshot(chainer.training.Extension):
+    """Wraps a snapshot as ChainerMN's multi-node snapshot does: no trigger
+    of its own, so Chainer's default (every iteration) applies unless the
+    caller gives one."""
+
+    def __init__(self, snapshot):
+        self.snapshot = snapshot
+        self.iterations = []
+
+    def __call__(self, trainer):
+        self.iterations.append(trainer.updater.iteration)
+        self.snapshot(trainer)
+
+
+def test_a_wrapped_snapshot_is_taken_once_per_epoch(tmp_path):
+    """Defect: under mpiexec the snapshot was written after every iteration
+    (6 MB for B-AlexNet, each step), named after an epoch it was in the middle
+    of."""
+    from branchynet import distributed
+    from branchynet.loss import BranchyLoss
+    from branchynet.training import train_phase
+
+    class Cluster(distributed.Cluster):
+        def snapshot(self, snapshot):
+            self.wrapped = _WrappedSnapshot(snapshot)
+            return self.wrapped
+
+    cluster = Cluster()
+    net = make_tiny_net(dropout_ratio=None)
+    policy = BranchyLoss(net)
+    optimizer = chainer.optimizers.Adam()
+    optimizer.setup(policy)
+    x, t = tiny_batch(16)
+    train_phase(policy, optimizer, policy, (x, t), (x, t), 2,
+                str(tmp_path / 'phase'), 4, chainer.get_device('@numpy'),
+                seed=0, progress=False, cluster=cluster)
+    assert cluster.wrapped.iterations == [4, 8]
