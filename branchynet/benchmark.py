@@ -39,7 +39,6 @@ and threshold lists are the protocols' (:mod:`branchynet.protocols`).
 spreads are over repeats; warm-up runs are discarded; GPU work is
 synchronised.
 """
-import os
 import time
 
 import chainer
@@ -47,8 +46,9 @@ import chainer.links as L
 import numpy
 from chainer.backends import cuda
 
-from branchynet import environment, loss, protocols, report, sweep, timing
+from branchynet import environment, loss, protocols, sweep, timing
 from branchynet.exit_rule import EntropyThresholds, assign_exits
+from branchynet.ownership import OutputFolder
 from branchynet.reference import ReferenceTrainer, reference_predict
 
 NETWORKS = ('b_lenet', 'b_alexnet', 'b_resnet110')
@@ -576,17 +576,24 @@ def run(networks, profile_name, device, out, say):
     """
     name = 'cpu' if device.xp is numpy else 'gpu'
     profile = PROFILES[profile_name]
-    results = {'kind': 'benchmark', 'device': name, 'profile': profile_name,
-               'profile_settings': profile,
-               'environment': environment.describe(device), 'networks': {}}
-    for key in networks:
-        results['networks'][key] = run_network(key, profile, device, say)
-    text = markdown(results)
-    report.write_json(os.path.join(out, 'benchmark_{}.json'.format(name)),
-                      results)
-    report.write_atomic(os.path.join(out, 'benchmark_{}.md'.format(name)),
-                        text)
+    files = report_files(name)
+    with OutputFolder.open(out, 'files') as folder:
+        folder.check_replaceable(files)  # before minutes of measuring
+        results = {'kind': 'benchmark', 'device': name,
+                   'profile': profile_name, 'profile_settings': profile,
+                   'environment': environment.describe(device),
+                   'networks': {}}
+        for key in networks:
+            results['networks'][key] = run_network(key, profile, device, say)
+        folder.write_json(files[0], results)
+        folder.write_text(files[1], markdown(results))
     return results
+
+
+def report_files(device_name):
+    """The benchmark's two files for ``'cpu'`` or ``'gpu'``: JSON, Markdown."""
+    return ('benchmark_{}.json'.format(device_name),
+            'benchmark_{}.md'.format(device_name))
 
 
 def step_seconds(key, device, batchsize, steps=3):

@@ -10,19 +10,24 @@ before anything is loaded or written; a user's mistake ends with one line
 naming it, not a traceback.
 """
 import argparse
+import contextlib
+import errno
 import os
+import sys
 
 from branchynet import config as config_module
-from branchynet import datasets, pipeline, protocols
+from branchynet import datasets, distributed, pipeline, protocols
 from branchynet.config import QUICK, RunConfig
-from branchynet.distributed import COMMUNICATORS
+from branchynet.errors import UserError
 
+# Quick runs go to results/quick/<network> by default, apart from real runs.
+QUICK_FOLDER = 'quick'
 # argparse's sentinel for "this flag was not on the command line".
 _UNSET = object()
 
 
-def _number(kind, low=None, low_open=False):
-    """An argparse ``type=`` converting to ``kind`` and checking a lower bound."""
+def _number(kind, low=None, low_open=False, high=None):
+    """An argparse ``type=`` converting to ``kind`` and checking its bounds."""
     def convert(text):
         try:
             value = kind(text)
@@ -34,9 +39,77 @@ def _number(kind, low=None, low_open=False):
         if low is not None and (value < low or (low_open and value == low)):
             raise argparse.ArgumentTypeError('must be {} {}, got {}'.format(
                 'above' if low_open else 'at least', low, text))
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError('must be at most {}, got {}'
+                                             .format(high, text))
         return value
     convert.__name__ = kind.__name__
     return convert
+
+
+positive_int = _number(int, 1)
+count = _number(int, 0)
+seed = _number(int, 0, high=config_module.MAX_SEED)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line, without the usage block.
+
+    ``--help`` still prints the usage and every flag.
+    """
+
+    def error(self, message):
+        self.exit(2, '{}: error: {} (--help lists the flags)\n'.format(
+            self.prog, message))
+
+
+# What a failed operating-system call means for the user, by errno.
+_OS_ADVICE = {
+    errno.ENOSPC: 'the disk is full: free space there, or choose another '
+                  'folder',
+    errno.EDQUOT: 'the disk quota is used up: free space there, or choose '
+                  'another folder',
+    errno.EROFS: 'the file system is read-only: choose another folder',
+    errno.EACCES: 'permission denied: choose a folder you may write to',
+    errno.EPERM: 'permission denied: choose a folder you may write to',
+    errno.ENOENT: 'not found',
+}
+
+
+def describe_os_error(e):
+    """An ``OSError`` as one sentence naming the path and the way out."""
+    where = ' '.join('{}'.format(f) for f in (e.filename, e.filename2) if f)
+    advice = _OS_ADVICE.get(e.errno, e.strerror or str(e))
+    return '{}{}'.format(where + ': ' if where else '', advice)
+
+
+@contextlib.contextmanager
+def one_line_errors(prog, interrupted=None):
+    """Every error a user can act on ends the program with one line.
+
+    The project's errors (:class:`~branchynet.errors.UserError`: data,
+    folders, damaged files), operating-system errors (a full or read-only
+    disk, a missing path) and ``KeyboardInterrupt`` become
+    ``<prog>: error: ...`` and exit status 1. Anything else is a defect and
+    keeps its traceback.
+
+    Args:
+        prog: the program's name, for the message.
+        interrupted: the message after Ctrl-C (default: ``interrupted``).
+    """
+    try:
+        yield
+    except UserError as e:
+        _stop(prog, str(e))
+    except OSError as e:
+        _stop(prog, describe_os_error(e))
+    except KeyboardInterrupt:
+        _stop(prog, interrupted or 'interrupted', prefix='\n')
+
+
+def _stop(prog, message, prefix=''):
+    sys.stderr.flush()
+    raise SystemExit('{}{}: error: {}'.format(prefix, prog, message)) from None
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -85,8 +158,8 @@ def build_parser(protocol):
         attribute per :class:`~branchynet.config.RunConfig` field except
         ``protocol``.
     """
-    count, positive = _number(int, 0), _number(int, 1)
-    p = argparse.ArgumentParser(
+    positive = positive_int
+    p = ArgumentParser(
         description='Train and evaluate {} as in the BranchyNet paper; the '
                     'defaults reproduce the reference protocol.'.format(
                         protocol.key),
@@ -127,7 +200,7 @@ def build_parser(protocol):
         p.add_argument('--cache-dir',
                        help='cache for preprocessed arrays (default: ${} or '
                             '~/.cache/branchynet)'.format(datasets.CACHE_DIR_ENV))
-    p.add_argument('--seed', type=_number(int, 0), default=0,
+    p.add_argument('--seed', type=count, default=0,
                    help='seeds initialisation, shuffling, dropout and the '
                         'validation split')
     p.add_argument('--alpha', type=_number(float, 0, low_open=True),
@@ -182,12 +255,13 @@ def build_parser(protocol):
                         'seeded by --seed) as a validation set; 0 keeps the '
                         'paper\'s protocol')
     p.add_argument('--quick', action='store_true',
-                   help='smoke run: ' + ', '.join(
-                       '--{} {}'.format(k.replace('_', '-'), v)
-                       for k, v in QUICK.items()))
+                   help='smoke run, into results/quick/ unless --out says '
+                        'otherwise: ' + ', '.join(
+                            '--{} {}'.format(k.replace('_', '-'), v)
+                            for k, v in QUICK.items()))
     p.add_argument('--no-progress', action='store_true',
                    help='no progress bar or per-epoch table')
-    p.add_argument('--communicator', choices=COMMUNICATORS,
+    p.add_argument('--communicator', choices=distributed.COMMUNICATORS,
                    help='data-parallel training over MPI (mpiexec -n N ...) '
                         'with this ChainerMN communicator; under mpiexec the '
                         'default is pure_nccl on a GPU, naive on the CPU')
@@ -201,8 +275,9 @@ def build_parser(protocol):
 def parse(parser, key, argv=None, extra=()):
     """Parse ``argv`` into a :class:`RunConfig` for protocol ``key``.
 
-    ``--quick`` is read first and changes the defaults it names, so an
-    explicit flag still wins over it.
+    ``--quick`` is read first and changes the defaults it names (and the
+    default ``--out``: ``results/quick/<network>``), so an explicit flag
+    still wins over it.
 
     Args:
         parser: from :func:`build_parser`, possibly with more flags.
@@ -219,7 +294,11 @@ def parse(parser, key, argv=None, extra=()):
     early = argparse.ArgumentParser(add_help=False)
     early.add_argument('--quick', action='store_true')
     if early.parse_known_args(argv)[0].quick:
-        parser.set_defaults(**QUICK)
+        # a smoke run goes apart from the real runs unless told otherwise
+        out = parser.get_default('out')
+        parser.set_defaults(out=os.path.join(
+            os.path.dirname(out), QUICK_FOLDER, os.path.basename(out)),
+            **QUICK)
     values = vars(parser.parse_args(argv))
     extras = {name: values.pop(name) for name in extra}
     explicit = _explicit(parser, argv) - set(extra)
@@ -264,17 +343,10 @@ def resolve(config, explicit):
     return config
 
 
-def _run(config, parser):
-    try:
-        return pipeline.run(config)
-    except (datasets.DataError, FileExistsError,
-            pipeline.RunError) as e:
-        raise SystemExit('error: {}'.format(e))
-    except KeyboardInterrupt:
-        raise SystemExit(
-            '\ninterrupted. Finished epochs are kept in {0}; continue with the '
+def _interrupted(config, parser):
+    return ('interrupted. Finished epochs are kept in {0}; continue with the '
             'same command and --resume (python {1} --resume -o {0})'.format(
-                config.out, parser.prog)) from None
+                config.out, parser.prog))
 
 
 def main(key, argv=None):
@@ -289,11 +361,18 @@ def main(key, argv=None):
     """
     parser = build_parser(protocols.get(key))
     config, explicit, _ = parse(parser, key, argv)
+    with one_line_errors(parser.prog, _interrupted(config, parser)):
+        return pipeline.run(_resolved(parser, config, explicit))
+
+
+def _resolved(parser, config, explicit):
+    """:func:`resolve`, with a conflict on the command line as a flag error."""
     try:
-        config = resolve(config, explicit)
+        return resolve(config, explicit)
+    except UserError:
+        raise
     except (ValueError, TypeError) as e:
         parser.error(str(e))
-    return _run(config, parser)
 
 
 def fig5_main(argv=None):
@@ -319,15 +398,13 @@ def fig5_main(argv=None):
     # every variant has two exits: flags are checked against variant 0
     common, explicit, extras = parse(parser, protocols.fig5_variant(0).key,
                                      argv, extra=('convs', 'with_timing'))
-    configs = []
-    try:
-        for convs in extras['convs']:
-            configs.append(resolve(common.replace(
-                protocol=protocols.fig5_variant(convs).key,
-                out=os.path.join(common.out, 'exit1_{}conv'.format(convs)),
-                skip_timing=common.skip_timing or not extras['with_timing']),
-                explicit | {'out', 'skip_timing'}))
-    except (ValueError, TypeError) as e:
-        parser.error(str(e))
-    results = [_run(config, parser) for config in configs]
-    return pipeline.write_fig5_summary(results, common.out)
+    if len(set(extras['convs'])) != len(extras['convs']):
+        parser.error('--convs {}: each variant once'.format(
+            ' '.join(map(str, extras['convs']))))
+    with one_line_errors(parser.prog, _interrupted(common, parser)):
+        configs = [_resolved(parser, common.replace(
+            protocol=protocols.fig5_variant(convs).key,
+            out=os.path.join(common.out, pipeline.FIG5_FOLDER.format(convs)),
+            skip_timing=common.skip_timing or not extras['with_timing']),
+            explicit | {'out', 'skip_timing'}) for convs in extras['convs']]
+        return pipeline.run_fig5(configs, common.out)

@@ -19,7 +19,9 @@ import numbers
 import os
 import typing
 
-from branchynet import datasets, exit_rule, loss, protocols, selection
+from branchynet import (datasets, exit_rule, loss, ownership, protocols,
+                        selection)
+from branchynet.errors import UserError
 
 # What a resumed run may change: how it is evaluated, timed and shown, and
 # where the data and the device are. Everything else shaped the models.
@@ -40,6 +42,11 @@ QUICK = {'epoch_main': 1, 'epoch_joint': 1, 'train_size': 1024,
 MAX_TIMING_REPEATS = 1000
 MAX_TIMING_WARMUP = 100000
 MAX_SEED = 2 ** 32 - 1  # NumPy's RandomState takes seeds below 2**32
+# The sweep evaluates every combination of the threshold list over the
+# non-final exits: the reference's largest is 17**2 = 289. Beyond this the
+# sweep takes minutes and its results hundreds of megabytes.
+MAX_SWEEP_POINTS = 20000
+SWEEP_POINT_BYTES = 700  # one point in results.json and sweep.csv, measured
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,10 +268,24 @@ def _validate(config):
             t >= 0 for t in config.threshold_list):
         raise ValueError('--threshold-list needs non-negative numbers, got '
                          '{}'.format(list(config.threshold_list)))
+    if len(set(config.threshold_list)) != len(config.threshold_list):
+        raise ValueError('--threshold-list: each value once, got {}'.format(
+            list(config.threshold_list)))
+    points = len(config.threshold_list) ** (exits - 1)
+    if points > MAX_SWEEP_POINTS:
+        raise ValueError(
+            '--threshold-list of {} values over {} non-final exits makes a '
+            'sweep of {} threshold combinations (about {:.0f} MB of results '
+            'and as many evaluations); at most {} are allowed: give fewer '
+            'values'.format(len(config.threshold_list), exits - 1, points,
+                            points * SWEEP_POINT_BYTES / 1e6,
+                            MAX_SWEEP_POINTS))
     if not config.select:
         raise ValueError('--select needs at least one rule')
-    for rule in config.select:
-        selection.Rule.parse(rule)
+    rules = [str(selection.Rule.parse(rule)) for rule in config.select]
+    if len(set(rules)) != len(rules):
+        raise ValueError('--select: each rule once, got {}'.format(
+            ' '.join(config.select)))
     if config.preprocessing not in datasets.PREPROCESSINGS:
         raise ValueError('--preprocessing must be one of {}, got {!r}'.format(
             sorted(datasets.PREPROCESSINGS), config.preprocessing))
@@ -290,15 +311,17 @@ def check_paths(config):
     """Checks on the machine, made before any data is loaded or file written.
 
     The data folder must exist; the output folder must be creatable and
-    writable (or exist and be writable); with ``models``, that folder must
-    hold both saved models; a CUDA device must be usable when one is asked
-    for.
+    writable (or exist and be writable), and so must the CIFAR-10 cache;
+    with ``models``, that folder must hold both saved models; a CUDA device
+    must be usable when one is asked for.
 
     Raises:
         ValueError: naming the path or device and what is wrong.
     """
     check_data_dir(config.data_dir)
     check_writable(config.out)
+    if protocols.get(config.protocol).dataset == 'cifar10':
+        check_writable(datasets.cache_folder(config.cache_dir), '--cache-dir')
     if config.models is not None:
         for name in ('baseline.npz', 'branchynet.npz'):
             if not os.path.isfile(os.path.join(config.models, name)):
@@ -314,15 +337,12 @@ def check_data_dir(data_dir):
         raise ValueError('--data-dir {}: no such folder'.format(data_dir))
 
 
-def check_writable(out):
-    """Raise ValueError unless ``out`` is (or can be made) a writable folder."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError('--out {}: exists and is not a folder'.format(out))
-    existing = os.path.abspath(out)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError('--out {}: {} is not writable'.format(out, existing))
+def check_writable(path, flag='--out'):
+    """Raise ValueError unless ``path`` is (or can be made) a writable folder."""
+    try:
+        ownership.check_out_path(path, flag)
+    except UserError as e:
+        raise ValueError(str(e)) from None
 
 
 def usable_device(spec):

@@ -35,6 +35,7 @@ import zlib
 
 import numpy
 
+from branchynet.errors import UserError
 from branchynet.files import atomic_write, remove_partial_files
 
 DATA_DIR_ENV = 'BRANCHYNET_DATA_DIR'
@@ -74,7 +75,7 @@ _SUBDIRS = {
 }
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A dataset file is missing, truncated or corrupt, or a split is impossible."""
 
 
@@ -409,7 +410,9 @@ def _read_cache(path, train_count, held_count):
     return train_x, held_x
 
 
-def _cache_dir(cache_dir):
+def cache_folder(cache_dir=None):
+    """The folder of preprocessed CIFAR-10 arrays: ``cache_dir``, else
+    ``$BRANCHYNET_CACHE_DIR``, else ``~/.cache/branchynet``."""
     return cache_dir or os.environ.get(CACHE_DIR_ENV) or os.path.join(
         os.path.expanduser('~'), '.cache', 'branchynet')
 
@@ -476,9 +479,11 @@ def load_cifar10(data_dir=None, test_batch=None, preprocessing='zca',
                              preprocessing, zca_epsilon, len(train_t),
                              len(test_t), validation_size,
                              seed)).encode()).hexdigest()[:16]
-    path = os.path.join(_cache_dir(cache_dir), 'cifar10-{}.npz'.format(key))
+    path = os.path.join(cache_folder(cache_dir),
+                        'cifar10-{}.npz'.format(key))
     # a preprocessing killed while writing leaves a partial file (~700 MB)
-    remove_partial_files(os.path.dirname(path), older_than_s=3600)
+    remove_partial_files(os.path.dirname(path), ['cifar10-*.npz'],
+                         older_than_s=3600)
     cached = _read_cache(path, len(train_t), len(valid_t) + len(test_t))
     if cached is not None:
         train_x, held_x = cached

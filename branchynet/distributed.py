@@ -32,6 +32,8 @@ from chainer import training
 from chainer.backends import cuda
 from chainer.datasets import TupleDataset
 
+from branchynet.errors import UserError
+
 GPU_COMMUNICATORS = ('pure_nccl', 'flat', 'non_cuda_aware')
 COMMUNICATORS = ('naive',) + GPU_COMMUNICATORS
 # Variables that MPI launchers (MPICH/Hydra, Open MPI, PMIx) set in ranks.
@@ -119,10 +121,13 @@ class Cluster:
             ValueError: the ranks do not divide the batch.
         """
         if batchsize % self.size:
+            divisors = [n for n in range(2, min(batchsize, 16) + 1)
+                        if batchsize % n == 0]
             raise ValueError(
                 'the global batch of {} does not divide among {} ranks: '
-                'launch a number of ranks that divides it, or change '
-                '--batchsize'.format(batchsize, self.size))
+                'launch a number of ranks that divides it{}'.format(
+                    batchsize, self.size, ' ({})'.format(', '.join(
+                        map(str, divisors))) if divisors else ''))
         return batchsize // self.size
 
     def shard(self, x, t, equal=True):
@@ -147,6 +152,12 @@ class Cluster:
         begin, end = scatter_index(len(t), self.comm,
                                    force_equal_length=False)
         return TupleDataset(x[begin:end], t[begin:end])
+
+    def agree(self, value):
+        """Rank 0's ``value`` on every rank (a decision all must share)."""
+        if not self.distributed:
+            return value
+        return self.comm.mpi_comm.bcast(value, root=0)
 
     def optimizer(self, optimizer):
         """ChainerMN's multi-node optimizer around ``optimizer`` (or it)."""
@@ -242,7 +253,13 @@ def connect(config):
     name = communicator_for(config)
     if name is None:
         return SINGLE
-    import chainermn
+    try:
+        import mpi4py  # noqa: F401  (ChainerMN finds it only when used)
+        import chainermn
+    except ImportError as e:
+        raise UserError('a distributed run (--communicator, or mpiexec) '
+                        'needs ChainerMN with mpi4py: pip install -e '
+                        '".[mpi]" ({})'.format(e)) from None
     try:
         comm = chainermn.create_communicator(name)
     except Exception as e:  # no NCCL for CuPy: the default falls back

@@ -17,8 +17,8 @@ still runs experiments and writes result files (:func:`available`).
 import os
 import re
 
-from branchynet import report
-from branchynet.files import atomic_write
+from branchynet import reading, report
+from branchynet.ownership import OutputFolder
 
 FORMATS = ('png', 'pdf')
 EXIT_COLOURS = ['tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple']
@@ -46,15 +46,22 @@ def slug(name):
     return re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')
 
 
-def _save(figure, out_dir, stem):
-    os.makedirs(out_dir, exist_ok=True)
+def _save(figure, folder, stem):
     paths = []
     for extension in FORMATS:
-        path = os.path.join(out_dir, '{}.{}'.format(stem, extension))
-        with atomic_write(path) as f:
+        name = '{}.{}'.format(stem, extension)
+        with folder.open_file(name) as f:
             figure.savefig(f, format=extension, bbox_inches='tight', dpi=150)
-        paths.append(path)
+        paths.append(folder.file(name))
     return paths
+
+
+def title(results, text):
+    """``text``, with the run's caveat (:func:`branchynet.report.caveat`)
+    in front when it has one: a quick run's figure must not pass for the
+    full run's."""
+    warning = report.caveat(results)
+    return '[{}] {}'.format(warning, text) if warning else text
 
 
 def fig3(results, device):
@@ -91,7 +98,8 @@ def fig3(results, device):
             markersize=7, label=results['baseline_name'])
     ax.set_xlabel('Runtime (ms per sample, batch 1)')
     ax.set_ylabel('Classification accuracy (%)')
-    ax.set_title('{} ({})'.format(results['network'], device.upper()))
+    ax.set_title(title(results, '{} ({})'.format(results['network'],
+                                                 device.upper())))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc='best')
     return figure
@@ -141,7 +149,8 @@ def fig4(results):
     entropy_ax.plot(share, curve['max_exited_entropy'], color='tab:orange',
                     linestyle='--')
     entropy_ax.set_ylabel('Max entropy of exited samples', color='tab:orange')
-    ax.set_title('{}: exit 1 threshold varied'.format(results['network']))
+    ax.set_title(title(results, '{}: exit 1 threshold varied'.format(
+        results['network'])))
     ax.grid(alpha=0.3)
     return figure
 
@@ -152,35 +161,61 @@ def training_curves(results):
     Returns:
         A matplotlib ``Figure``.
     """
+    return curves(results['training']['main'], results['training']['joint'],
+                  title(results, '{}: training'.format(results['network'])),
+                  len(results['exit_accuracy']))
+
+
+def curves(main, joint, heading, num_exits=None):
+    """The training curves of two phase logs (Trainer ``log`` lists).
+
+    Args:
+        main, joint: the per-epoch entries of each phase (either may be
+            empty, as in a run still training).
+        heading: the figure's title.
+        num_exits: exits to plot in the joint phase (default: as many as
+            the joint log reports).
+
+    Returns:
+        A matplotlib ``Figure``.
+    """
     figure = _figure(figsize=(10, 3.6))
     loss_ax, acc_ax = figure.subplots(1, 2)
-    main = results['training']['main']
-    joint = results['training']['joint']
     offset = len(main)
     main_epochs = [e['epoch'] for e in main]
     joint_epochs = [offset + e['epoch'] for e in joint]
     style = {'marker': 'o', 'markersize': 2}
     loss_ax.plot(main_epochs, [e['main/loss'] for e in main], color='black',
                  label='main network', **style)
-    loss_ax.plot(joint_epochs, [e['main/loss'] for e in joint], color='gray',
-                 label='joint (weighted sum)', **style)
-    acc_ax.plot(main_epochs, [100 * e['validation/main/accuracy'] for e in main],
+    acc_ax.plot(main_epochs, [_percent(e.get('validation/main/accuracy'))
+                              for e in main],
                 color='black', label='main network', **style)
-    num_exits = len(results['exit_accuracy'])
-    for n in range(num_exits):
+    if joint:
+        loss_ax.plot(joint_epochs, [e['main/loss'] for e in joint],
+                     color='gray', label='joint (weighted sum)', **style)
+    if num_exits is None:
+        num_exits = sum(1 for key in (joint[0] if joint else {})
+                        if key.startswith('validation/main/exit') and
+                        key.endswith('/accuracy'))
+    for n in range(num_exits if joint else 0):
         key = 'validation/main/exit{}/accuracy'.format(n + 1)
-        acc_ax.plot(joint_epochs, [100 * e[key] for e in joint],
+        acc_ax.plot(joint_epochs, [_percent(e.get(key)) for e in joint],
                     color=EXIT_COLOURS[n % len(EXIT_COLOURS)],
                     label='exit {}'.format(n + 1), **style)
     for ax, label in ((loss_ax, 'Training loss'),
                       (acc_ax, 'Test accuracy (%)')):
-        ax.axvline(offset + 0.5, color='gray', linestyle=':', linewidth=1)
+        if joint:
+            ax.axvline(offset + 0.5, color='gray', linestyle=':', linewidth=1)
         ax.set_xlabel('Epoch (main phase, then joint phase)')
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    figure.suptitle('{}: training'.format(results['network']))
+    figure.suptitle(heading)
     return figure
+
+
+def _percent(fraction):
+    return None if fraction is None else 100 * fraction
 
 
 def fig5(summary):
@@ -204,27 +239,33 @@ def fig5(summary):
     ax.set_xticks([v['branch1_convs'] for v in variants])
     ax.set_xlabel('Conv layers in exit 1')
     ax.set_ylabel('Test accuracy (%)')
-    ax.set_title('B-AlexNet: exit 1 depth')
+    ax.set_title(title(summary, 'B-AlexNet: exit 1 depth'))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return figure
 
 
-def run_figures(results, out_dir):
+def run_figures(results, folder):
     """All figures of one results (or Fig. 5 summary) dictionary, PNG and PDF.
+
+    Args:
+        results: the dictionary.
+        folder: the :class:`~branchynet.ownership.OutputFolder` to write into.
 
     Returns:
         The written paths.
     """
-    if results.get('kind') == 'branch-layers':
-        return _save(fig5(results), out_dir, 'fig5_alexnet_branch_layers')
+    if results.get('kind') == reading.SUMMARY_KIND:
+        return _save(fig5(results), folder,
+                     'fig5_alexnet_branch_layers')
     name = slug(results['network'])
     paths = []
     for device in results['timing']:
-        paths += _save(fig3(results, device), out_dir,
+        paths += _save(fig3(results, device), folder,
                        'fig3_{}_{}'.format(name, device))
-    paths += _save(fig4(results), out_dir, 'fig4_{}'.format(name))
-    paths += _save(training_curves(results), out_dir, 'training_{}'.format(name))
+    paths += _save(fig4(results), folder, 'fig4_{}'.format(name))
+    paths += _save(training_curves(results), folder,
+                   'training_{}'.format(name))
     return paths
 
 
@@ -232,24 +273,27 @@ def result_file(path):
     """``path`` if it is a file, else the results.json or summary.json in it.
 
     Raises:
-        ValueError: a folder holding neither.
+        FileProblem: a path that is neither.
     """
     if not os.path.isdir(path):
+        if not os.path.exists(path):
+            raise reading.FileProblem('{}: not found'.format(path))
         return path
     for name in ('results.json', 'summary.json'):
         if os.path.isfile(os.path.join(path, name)):
             return os.path.join(path, name)
-    raise ValueError('{} holds no results.json or summary.json'.format(path))
+    raise reading.FileProblem('{} holds no results.json or summary.json'
+                              .format(path))
 
 
 def figures_from_files(paths, out_dir):
     """Every figure of each result file (or run folder) in ``paths``.
 
+    Every file is read and checked before the first figure is drawn.
+
     Returns:
         The written paths.
     """
-    written = []
-    for path in paths:
-        written += run_figures(report.read_json(result_file(path)), out_dir)
-    return written
-
+    every = [reading.read_result_file(result_file(path)) for path in paths]
+    with OutputFolder.open(out_dir, 'files') as folder:
+        return [p for results in every for p in run_figures(results, folder)]

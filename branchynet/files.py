@@ -1,9 +1,20 @@
-"""Writing files so that they appear only when complete."""
+"""Writing files so that they appear only when complete; reading JSON checked.
+
+Every file this project writes goes through :func:`atomic_write` (directly,
+or through :class:`branchynet.ownership.OutputFolder`, which also records
+what it wrote). JSON is read through :func:`read_json`, whose errors name
+the file.
+"""
 import contextlib
 import glob
+import hashlib
+import json
+import math
 import os
 import tempfile
 import time
+
+from branchynet.errors import FileProblem
 
 PARTIAL_PREFIX = '.partial-'
 PARTIAL_SUFFIX = '.tmp'
@@ -42,22 +53,106 @@ def atomic_write(path, mode='wb'):
         raise
 
 
-def remove_partial_files(folder, older_than_s=0):
+@contextlib.contextmanager
+def writing(target, mode='wb'):
+    """``target`` if it is an open file, else :func:`atomic_write` of that path.
+
+    Lets a saving function take either a path or a file that an
+    :class:`~branchynet.ownership.OutputFolder` opened.
+    """
+    if hasattr(target, 'write'):
+        yield target
+    else:
+        with atomic_write(target, mode) as f:
+            yield f
+
+
+def write_text(path, text):
+    """Write ``text`` to ``path``; the file appears only when complete."""
+    with atomic_write(path, 'w') as f:
+        f.write(text)
+
+
+def json_safe(value):
+    """``value`` with every NaN or infinity replaced by ``None`` (JSON null).
+
+    JSON has no NaN; a diverged training run must still write its results.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def json_text(data):
+    """``data`` as the JSON text this project writes (non-finite as null)."""
+    return json.dumps(json_safe(data), indent=1, allow_nan=False) + '\n'
+
+
+def write_json(path, data):
+    """Write ``data`` as JSON (non-finite numbers as null), atomically."""
+    write_text(path, json_text(data))
+
+
+def read_json(path):
+    """The content of a JSON file.
+
+    Raises:
+        FileProblem: the file is missing, unreadable or not JSON; the
+            message names it.
+    """
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileProblem('{}: not found'.format(path)) from None
+    except IsADirectoryError:
+        raise FileProblem('{}: is a folder, expected a JSON file'.format(
+            path)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FileProblem('{}: not valid JSON ({}); the file is damaged'
+                          .format(path, e)) from None
+    except OSError as e:
+        raise FileProblem('{}: cannot be read ({})'.format(
+            path, e.strerror or e)) from None
+
+
+def sha256(path):
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remove_partial_files(folder, names=('*',), older_than_s=0):
     """Remove what killed writers left in ``folder``; return the paths removed.
+
+    Only the temporary files :func:`atomic_write` makes for ``names``
+    (``.partial-<name>-*.tmp``), so that a file of someone else's is never
+    taken for one.
 
     Args:
         folder: where to look (not recursively); a missing folder is fine.
+        names: the names (or glob patterns) of the files whose temporary
+            files go.
         older_than_s: only files not modified for this many seconds (in a
             folder that other processes may be writing to, such as a cache).
     """
     removed = []
     now = time.time()
-    pattern = os.path.join(folder, PARTIAL_PREFIX + '*' + PARTIAL_SUFFIX)
-    for path in glob.glob(pattern):
-        try:
-            if now - os.path.getmtime(path) >= older_than_s:
-                os.remove(path)
-                removed.append(path)
-        except OSError:
-            pass  # another process removed or finished it meanwhile
+    for name in names:
+        pattern = os.path.join(glob.escape(folder), '{}{}-*{}'.format(
+            PARTIAL_PREFIX, name, PARTIAL_SUFFIX))
+        for path in glob.glob(pattern):
+            try:
+                if now - os.path.getmtime(path) >= older_than_s:
+                    os.remove(path)
+                    removed.append(path)
+            except OSError:
+                pass  # another process removed or finished it meanwhile
     return removed

@@ -26,8 +26,10 @@ that only exercises the code, as the CI smoke run does.
 Writes ``check.json`` and ``check.md``.
 """
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import chainer
@@ -36,8 +38,9 @@ import numpy
 from chainer.backends import cuda
 
 from branchynet import (benchmark, entropy, environment, loss, pipeline,
-                        protocols, report, synthetic)
+                        protocols, synthetic)
 from branchynet.config import QUICK, RunConfig
+from branchynet.ownership import OutputFolder
 from branchynet.serialization import load_model, save_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -269,7 +272,7 @@ def run(device, out, data_dir=None, light=False, say=print):
             then exact, which exercises the code only).
         out: output folder.
         data_dir: MNIST for the training checks; default: a synthetic set
-            written into ``out``.
+            in a temporary folder.
         light: batches of 4 for parity, and no benchmark nor ResNet-110
             step timing (the CPU smoke profile).
         say: called with progress messages.
@@ -277,10 +280,25 @@ def run(device, out, data_dir=None, light=False, say=print):
     Returns:
         The check's results; ``results['ok']`` is True when every item is.
     """
-    os.makedirs(out, exist_ok=True)
-    work = os.path.join(out, 'work')
+    with OutputFolder.open(out, 'gpu-check') as folder:
+        folder.check_replaceable(CHECK_FILES)  # before minutes of checks
+        work = tempfile.mkdtemp(prefix='branchynet-check-')
+        try:
+            results = _checks(device, work, data_dir, light, say)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)  # made above, scratch
+        folder.write_json(CHECK_FILES[0], results)
+        folder.write_text(CHECK_FILES[1], markdown(results))
+    return results
+
+
+CHECK_FILES = ('check.json', 'check.md')
+
+
+def _checks(device, work, data_dir, light, say):
+    """Every check, with scratch files under ``work``; the results."""
     if data_dir is None:
-        data_dir = os.path.join(out, 'synthetic')
+        data_dir = os.path.join(work, 'synthetic')
         synthetic.write_mnist(os.path.join(data_dir, 'mnist'), train=512,
                               test=128)
     results = {'kind': 'gpu-check', 'device': str(device),
@@ -294,13 +312,13 @@ def run(device, out, data_dir=None, light=False, say=print):
     steps += [('training_parity', lambda: training_parity(device)),
               ('entropy_kernel', lambda: entropy_kernel(device)),
               ('save_on_device_load_on_cpu',
-               lambda: save_load_round_trip(device, out)),
+               lambda: save_load_round_trip(device, work)),
               ('trainer_resume', lambda: resume_identity(
                   device, os.path.join(work, 'resume'), data_dir)),
               ('quick_run_b_lenet', lambda: quick_run(device, work, data_dir))]
     if not light:
         steps += [('benchmark_quick_b_lenet', lambda: benchmark.run(
-            ['b_lenet'], 'quick', device, os.path.join(out, 'benchmark'),
+            ['b_lenet'], 'quick', device, os.path.join(work, 'benchmark'),
             say)['networks']['b_lenet']),
             ('resnet110_step_time', lambda: resnet_epoch_time(device))]
     for name, step in steps:
@@ -313,8 +331,6 @@ def run(device, out, data_dir=None, light=False, say=print):
                 type(e).__name__, e)}
         results[name]['seconds'] = time.perf_counter() - start
     results['ok'] = all(results[name].get('ok', True) for name, _ in steps)
-    report.write_json(os.path.join(out, 'check.json'), results)
-    report.write_atomic(os.path.join(out, 'check.md'), markdown(results))
     return results
 
 

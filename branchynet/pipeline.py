@@ -29,26 +29,29 @@ Everything a run produces lies in its output folder::
 import dataclasses
 import functools
 import os
-import shutil
 
 import chainer
 import numpy
 
 from branchynet import (datasets, distributed, environment, figures, loss,
-                        protocols, report, selection, sweep, timing)
+                        ownership, protocols, reading, report, selection,
+                        sweep, timing)
 from branchynet.config import RunConfig
+from branchynet.errors import FileProblem, OwnershipError, UserError
 from branchynet.exit_rule import EntropyThresholds
 from branchynet.serialization import load_model, save_model
 from branchynet.training import (PHASES, fresh_optimizer_state, has_snapshot,
+                                 latest_snapshot,
                                  read_log, train_phase)
 
-RUN_FILE = 'run.json'
+RUN_FILE = reading.RUN_FILE
+RUN_KIND = 'run'  # the kind of output folder a run writes
 VALIDATION_OUTPUTS = 'exit_outputs_validation.npz'
 MODEL_FILES = {'main': 'baseline.npz', 'joint': 'branchynet.npz'}
 
 
-class RunError(Exception):
-    """A run cannot go on as asked (its folder holds something else)."""
+class RunError(UserError):
+    """A run cannot go on as asked (its launch, its training set)."""
 
 
 @dataclasses.dataclass
@@ -91,51 +94,210 @@ class Progress:
 
 # --- 1. the output folder -----------------------------------------------------
 
+# What a run folder written before folders kept a record of their outputs
+# may hold; such a folder is adopted (recorded as this program's) when it is
+# resumed or re-evaluated, if it holds nothing else.
+LEGACY_ENTRIES = (RUN_FILE, 'main_phase', 'joint_phase', 'figures',
+                  'port_kit') + tuple(MODEL_FILES.values()) + \
+    report.RESULT_FILES
+# Sub-folders whose contents Chainer's Trainer manages.
+PHASE_FOLDERS = tuple(phase + '_phase' for phase in PHASES)
+
+
 def stored_config(folder):
     """The configuration a run in ``folder`` was made with, or ``None``.
 
-    Read from ``run.json``; a folder from before that file existed is read
-    from its ``results.json``.
+    Raises:
+        FileProblem: ``run.json`` is damaged or holds values no run has.
     """
-    for name, key in ((RUN_FILE, None), ('results.json', 'config')):
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            values = report.read_json(path)
-            return RunConfig.from_dict(values[key] if key else values)
-    return None
+    values = reading.read_run_file(folder)
+    if values is None:
+        return None
+    try:
+        return RunConfig.from_dict(values)
+    except (ValueError, TypeError) as e:
+        raise FileProblem('{}: not a configuration this program can run ({})'
+                          .format(os.path.join(folder, RUN_FILE), e)) from None
+
+
+@dataclasses.dataclass
+class FolderState:
+    """What an output folder holds, as far as a run cares (read only).
+
+    Attributes:
+        path: the folder.
+        entries: what is in it (the record of outputs aside).
+        record: its record of outputs (:mod:`branchynet.ownership`), or
+            ``None``.
+        stored: the configuration in its ``run.json``, or ``None``.
+        snapshots: whether a training phase left a snapshot.
+        models: whether it holds a saved model.
+    """
+    path: str
+    entries: list
+    record: dict
+    stored: RunConfig
+    snapshots: bool
+    models: bool
+
+    @classmethod
+    def of(cls, path):
+        exists = os.path.isdir(path)
+        return cls(
+            path=path,
+            entries=ownership.visible_entries(path) if exists else [],
+            record=ownership.read_record(path) if exists else None,
+            stored=stored_config(path) if exists else None,
+            snapshots=any(has_snapshot(os.path.join(path, p))
+                          for p in PHASE_FOLDERS),
+            models=any(os.path.isfile(os.path.join(path, m))
+                       for m in MODEL_FILES.values()))
+
+    @property
+    def legacy(self):
+        """A run folder of an earlier version: no record, only a run's files."""
+        return self.record is None and self.stored is not None and \
+            set(self.entries) <= set(LEGACY_ENTRIES)
+
+    @property
+    def is_run(self):
+        """Whether the folder holds a run of this program's."""
+        return self.stored is not None and (
+            self.legacy or (self.record or {}).get('kind') == RUN_KIND)
+
+    def describe(self):
+        """``'a b_lenet run (finished)'`` and the like, for messages."""
+        what = 'an evaluation of {}'.format(self.stored.models) \
+            if self.stored.models else 'a {} run'.format(self.stored.protocol)
+        state = 'finished' if (self.record or {}).get('complete') or \
+            (self.legacy and os.path.isfile(os.path.join(self.path,
+                                                         'results.json'))) \
+            else 'trained, not evaluated' if self.models \
+            else 'in progress' if self.snapshots else 'not started'
+        return '{} ({})'.format(what, state)
 
 
 def check_output(config):
-    """Refuse, before anything is loaded, an output folder that would be clobbered.
+    """Refuse, before anything is loaded or written, an output folder the run
+    may not use; nothing a user made is ever replaced or removed.
 
-    A fresh run (no ``--resume``, no ``--models``) refuses a folder that
-    already holds a training run.
+    - a new run needs an empty or new folder;
+    - ``--resume`` needs a run of the same network that can continue: one
+      with a training snapshot (the snapshot and logs are checked now), or
+      one that never finished an epoch;
+    - ``--models A`` writes into an empty or new folder, into ``A`` itself,
+      or into an earlier evaluation of ``A``.
+
+    Returns:
+        The :class:`FolderState` of ``config.out``.
+
+    Raises:
+        UserError: naming what is in the folder and the way out.
     """
-    if not config.resume and not config.models and any(
-            has_snapshot(os.path.join(config.out, phase + '_phase'))
-            for phase in PHASES):
-        raise FileExistsError(
-            '{} already holds a training run; pass --resume to continue it '
-            'or choose another --out'.format(config.out))
+    ownership.check_out_path(config.out)
+    state = FolderState.of(config.out)
+    if config.models:
+        _check_evaluation_target(config, state)
+    elif config.resume:
+        _check_resumable(config, state)
+    elif state.entries:
+        if state.is_run:
+            raise OwnershipError(
+                '--out {} already holds {}: pass --resume to continue it (or '
+                'to evaluate it again), or choose another --out'.format(
+                    config.out, state.describe()))
+        raise OwnershipError(
+            '--out {} is not empty and was not made by this program (it '
+            'holds {}): choose an empty or new folder'.format(
+                config.out, ownership.listing(config.out)))
+    return state
 
 
-def record_config(config, cluster=distributed.SINGLE):
-    """Create the output folder; write the configuration to ``run.json``.
+def _check_resumable(config, state):
+    if not state.is_run:
+        raise UserError(
+            '--resume: {} holds no run of this program{}'.format(
+                config.out, ' (it holds {})'.format(ownership.listing(
+                    config.out)) if state.entries else ''))
+    if state.stored.protocol != config.protocol:
+        raise UserError('--resume: {} holds {}, not a {} run'.format(
+            config.out, state.describe(), config.protocol))
+    if not state.snapshots and (state.models or any(
+            os.path.isfile(os.path.join(config.out, name))
+            for name in report.RESULT_FILES)):
+        raise UserError(
+            '--resume: {} holds {} but no training snapshot: there is '
+            'nothing to continue. Evaluate its models again with --models {} '
+            '(into another --out, or --out {} to replace its results)'.format(
+                config.out, state.describe(), config.out, config.out))
+    for phase in PHASE_FOLDERS:
+        folder = os.path.join(config.out, phase)
+        latest = latest_snapshot(folder)
+        if latest is not None:
+            reading.check_snapshot(latest)
+        reading.read_log(os.path.join(folder, 'log'))
+
+
+def _check_evaluation_target(config, state):
+    source = os.path.realpath(config.models)
+    if os.path.realpath(config.out) == source:
+        if not state.is_run:
+            raise UserError('--models {}: holds no run of this program'.format(
+                config.models))
+        return
+    if not state.entries:
+        return
+    earlier = state.stored.models if state.is_run and state.stored else None
+    if earlier is not None and os.path.realpath(earlier) == source:
+        return  # an earlier evaluation of the same models: results replaced
+    raise OwnershipError(
+        '--out {} already holds {}: choose an empty or new --out for the '
+        'evaluation of {}'.format(
+            config.out, state.describe() if state.is_run else
+            'files this program did not write ({})'.format(
+                ownership.listing(config.out)), config.models))
+
+
+def open_output(config, state):
+    """Open and lock the run's folder (rank 0); it records what the run writes.
+
+    A run folder of an earlier version is adopted: its files are recorded
+    as this program's.
+    """
+    folder = ownership.OutputFolder.open(
+        config.out, RUN_KIND, foreign_ok=False,
+        adopt=LEGACY_ENTRIES if state.legacy else (),
+        opaque=PHASE_FOLDERS + ('port_kit', report.FIGURES_DIR))
+    figures_path = folder.file(report.FIGURES_DIR)
+    if state.legacy and os.path.isdir(figures_path):
+        ownership.OutputFolder.open(figures_path, 'files',
+                                    adopt=os.listdir(figures_path)).close()
+    try:
+        # everything the run will replace, before it writes anything
+        folder.check_replaceable([RUN_FILE] + list(MODEL_FILES.values()) +
+                                 list(report.RESULT_FILES))
+    except BaseException:
+        folder.close()
+        raise
+    if folder.get('complete') is not False:
+        folder.set(complete=False)
+    return folder
+
+
+def record_config(folder, config, cluster=distributed.SINGLE):
+    """Write the configuration to the run folder's ``run.json``.
 
     ``run.json`` also records the ranks of a distributed run (ignored when
     the configuration is read back).
     """
-    os.makedirs(config.out, exist_ok=True)
-    report.write_json(os.path.join(config.out, RUN_FILE),
+    folder.write_json(RUN_FILE,
                       dict(config.to_dict(), distributed=cluster.describe()))
 
 
 def holds_work(out):
     """Whether ``out`` holds anything a run would want back: a snapshot or a model."""
-    return any(has_snapshot(os.path.join(out, phase + '_phase'))
-               for phase in PHASES) or any(
-        os.path.isfile(os.path.join(out, name))
-        for name in MODEL_FILES.values())
+    state = FolderState.of(out)
+    return state.snapshots or state.models
 
 
 # --- 2. data ------------------------------------------------------------------
@@ -164,14 +326,17 @@ def seed_generators(device, seed):
         device.xp.random.seed(seed)
 
 
-def train(protocol, config, data, device, say, cluster=distributed.SINGLE):
+def train(protocol, config, data, device, say, folder,
+          cluster=distributed.SINGLE):
     """Both training phases; saves and returns both models.
 
     One Adam optimizer serves both phases, set up on the loss link
     (:class:`~branchynet.loss.BranchyLoss`); the non-final exit heads get a
     fresh optimizer state when the joint phase starts, as the reference's
     new per-branch optimizers. In a distributed run (``cluster``) every
-    rank trains, rank 0 alone saves; other ranks return ``None``.
+    rank trains, rank 0 alone saves into ``folder`` (the run's
+    :class:`~branchynet.ownership.OutputFolder`; ``None`` on other ranks,
+    which return ``None``).
     """
     seed_generators(device, config.seed)
     net = cluster.network(protocol.network())  # the same weights everywhere
@@ -186,48 +351,70 @@ def train(protocol, config, data, device, say, cluster=distributed.SINGLE):
     optimizer.setup(policy)
     cluster.synchronise(optimizer)
     logs, models = {}, {}
+    # A joint phase that has begun needs nothing of the main phase but its
+    # model and log (the joint snapshot holds the whole state): a relay
+    # (branchynet.relay) carries one snapshot only.
+    skip_main = cluster.agree(config.resume and main_phase_done(config.out))
+    if skip_main and cluster.is_root:
+        logs['main'] = read_log(os.path.join(config.out, 'main_phase'))
+        models['main'] = load_model(os.path.join(
+            config.out, MODEL_FILES['main']), protocol.network())
+        models['main'].to_device(device)
+        say('training phase "main": done (its model and log are kept)')
     for phase, epochs in (('main', config.epoch_main),
                           ('joint', config.epoch_joint)):
+        if phase == 'main' and skip_main:
+            continue
         if phase == 'joint':
             # The trunk and the final head keep their state; a resumed joint
             # phase then loads the saved state over this.
             fresh_optimizer_state(net.heads[:-1])
         say('training phase "{}": {} epochs'.format(phase, epochs))
         loss_func = policy.main_loss if phase == 'main' else policy
+        phase_out = os.path.join(config.out, phase + '_phase')
+        if cluster.is_root:
+            folder.make_folder(phase + '_phase')
         logs[phase] = train_phase(
             policy, optimizer, loss_func, (data.train_x, data.train_t),
-            (data.test_x, data.test_t), epochs,
-            os.path.join(config.out, phase + '_phase'), config.batchsize,
+            (data.test_x, data.test_t), epochs, phase_out, config.batchsize,
             device, seed=config.seed, resume=config.resume,
             progress=not config.no_progress, phase=phase, cluster=cluster)
         if cluster.is_root:
-            save_model(os.path.join(config.out, MODEL_FILES[phase]), net)
+            with folder.open_file(MODEL_FILES[phase]) as f:
+                save_model(f, net)
             models[phase] = net.copy(mode='copy')
     if not cluster.is_root:
         return None
     return TrainedModels(models['main'], models['joint'], logs)
 
 
-def load_trained(protocol, config, device):
+def main_phase_done(out):
+    """Whether the run in ``out`` finished its main phase and began the
+    joint one (a snapshot of it is there)."""
+    return os.path.isfile(os.path.join(out, MODEL_FILES['main'])) and \
+        has_snapshot(os.path.join(out, 'joint_phase')) and \
+        read_log(os.path.join(out, 'main_phase')) is not None
+
+
+def load_trained(protocol, config, device, folder):
     """The saved models of ``config.models``, and their training logs.
 
     The logs come from the run's phase folders or its ``results.json``
-    (empty if it has neither). The models are copied into ``config.out``
-    so that the output folder holds what its results were made from.
+    (empty if it has neither). The models are copied into the run's
+    ``folder`` so that it holds what its results were made from.
     """
     nets = {}
     for phase, name in MODEL_FILES.items():
         path = os.path.join(config.models, name)
         nets[phase] = load_model(path, protocol.network())
         nets[phase].to_device(device)
-        target = os.path.join(config.out, name)
-        if os.path.abspath(path) != os.path.abspath(target):
-            shutil.copyfile(path, target)
     logs = {phase: read_log(os.path.join(config.models, phase + '_phase'))
             for phase in PHASES}
     old_results = os.path.join(config.models, 'results.json')
     if not all(logs.values()) and os.path.isfile(old_results):
-        logs = report.read_json(old_results).get('training', logs)
+        logs = reading.read_results(old_results)['training']
+    for name in MODEL_FILES.values():
+        folder.copy_in(os.path.join(config.models, name), name)
     return TrainedModels(nets['main'], nets['joint'], logs)
 
 
@@ -244,16 +431,17 @@ def main_accuracy(net, x, t, batchsize=1000):
     return correct / len(x)
 
 
-def evaluate(models, data, config, say):
+def evaluate(models, data, config, say, folder):
     """Accuracies, every exit's test outputs and the threshold sweep.
 
-    Writes ``exit_outputs.npz``. Returns the part of the results that does
-    not depend on timing.
+    Writes ``exit_outputs.npz`` into ``folder``. Returns the part of the
+    results that does not depend on timing.
     """
     net = models.branchynet
     say('evaluating on {} test samples'.format(len(data.test_t)))
     outputs = sweep.exit_outputs(net, data.test_x, data.test_t)
-    outputs.save(os.path.join(config.out, 'exit_outputs.npz'))
+    with folder.open_file('exit_outputs.npz') as f:
+        outputs.save(f)
     evaluation = {
         'network': net.title,
         'baseline': {'accuracy': main_accuracy(models.baseline, data.test_x,
@@ -274,7 +462,8 @@ def evaluate(models, data, config, say):
     if len(data.valid_t):
         say('evaluating on {} validation samples'.format(len(data.valid_t)))
         valid = sweep.exit_outputs(net, data.valid_x, data.valid_t)
-        valid.save(os.path.join(config.out, VALIDATION_OUTPUTS))
+        with folder.open_file(VALIDATION_OUTPUTS) as f:
+            valid.save(f)
         evaluation['validation'] = {
             'size': len(data.valid_t),
             'baseline': {'accuracy': main_accuracy(
@@ -455,6 +644,10 @@ def run(config):
 
     Returns:
         The results dictionary, as written to ``results.json``.
+
+    Raises:
+        UserError: the run cannot go on as asked (its folder, its data, its
+            launch); nothing of anyone else's was touched.
     """
     protocol = protocols.get(config.protocol)
     say = Progress(config)
@@ -467,22 +660,55 @@ def run(config):
         device.use()
         if cluster.distributed:
             cluster.local_batchsize(config.batchsize)  # refused on every rank
-        check_output(config)
+        state = check_output(config)
         check_ranks(config, cluster)
+        if config.models:
+            for name in MODEL_FILES.values():  # readable, and this network's
+                load_model(os.path.join(config.models, name),
+                           protocol.network())
     except ValueError as e:
         raise RunError(str(e)) from None
     if not cluster.is_root:
         say.enabled = False
-    data = load_data(protocol, config)
-    created = not os.path.exists(config.out)
+    folder = open_output(config, state) if cluster.is_root else None
     try:
-        return _run_steps(protocol, config, data, device, say, cluster)
+        data = load_data(protocol, config)
+        check_training_set(config, data, cluster)
+        return _run_steps(protocol, config, data, device, say, cluster, folder)
     except BaseException:
         # a run that failed before it had trained anything leaves nothing
-        if cluster.is_root and created and os.path.isdir(config.out) and \
-                not holds_work(config.out):
-            shutil.rmtree(config.out)
+        if folder is not None and not holds_work(config.out):
+            folder.discard()
         raise
+    finally:
+        if folder is not None:
+            folder.close()
+
+
+def check_training_set(config, data, cluster):
+    """Refuse a training set the protocol cannot run on, before anything is
+    written: one smaller than a batch (Chainer would count several epochs
+    per step), or one the ranks cannot share equally.
+
+    Raises:
+        RunError: naming the sizes and the way out.
+    """
+    count = len(data.train_t)
+    if config.models:
+        return
+    if count < config.batchsize:
+        raise RunError(
+            'the training set has {} sample(s), fewer than the batch of {}: '
+            'every step would hold some samples more than once and an epoch '
+            'would not be an epoch. Use a larger --train-size (or a smaller '
+            '--validation-size), or a smaller --batchsize'.format(
+                count, config.batchsize))
+    if count % cluster.size:
+        raise RunError(
+            'the training set of {} samples does not split into {} equal '
+            'shards: every sample must be seen exactly once per epoch; choose '
+            '--train-size or --validation-size so that the {} ranks divide '
+            'it'.format(count, cluster.size, cluster.size))
 
 
 def check_ranks(config, cluster):
@@ -491,32 +717,30 @@ def check_ranks(config, cluster):
     Raises:
         ValueError: ``run.json`` records another number of ranks.
     """
-    path = os.path.join(config.out, RUN_FILE)
-    if config.resume and os.path.isfile(path):
-        started = report.read_json(path).get('distributed', {}).get('ranks',
-                                                                    1)
+    values = reading.read_run_file(config.out) if config.resume else None
+    if values is not None:
+        started = values.get('distributed', {}).get('ranks', 1)
         if started != cluster.size:
             raise ValueError('{} was trained on {} rank(s); resume it on {}, '
                              'not {}'.format(config.out, started, started,
                                              cluster.size))
 
 
-def _run_steps(protocol, config, data, device, say, cluster):
-    if cluster.is_root:
-        record_config(config, cluster)
+def _run_steps(protocol, config, data, device, say, cluster, folder):
     if config.models:
         # read before earlier results go: --models may name --out itself,
         # and a run folder may hold its logs only in its results.json
         say('evaluating the saved models of', config.models)
-        models = load_trained(protocol, config, device)
+        models = load_trained(protocol, config, device, folder)
     if cluster.is_root:
-        report.remove_results(config.out)
+        record_config(folder, config, cluster)
+        report.remove_results(folder)
     if not config.models:
-        models = train(protocol, config, data, device, say, cluster)
+        models = train(protocol, config, data, device, say, folder, cluster)
     if not cluster.is_root:
         return None  # evaluation, timing and files are rank 0's
     results = {
-        'kind': 'branchynet-run',
+        'kind': reading.RUN_KIND,
         'baseline_name': protocol.baseline_name,
         'protocol': protocol.key,
         'config': config.to_dict(),
@@ -525,7 +749,7 @@ def _run_steps(protocol, config, data, device, say, cluster):
         'distributed': cluster.describe(),
         'training': models.training,
     }
-    evaluation, outputs = evaluate(models, data, config, say)
+    evaluation, outputs = evaluate(models, data, config, say, folder)
     results.update(evaluation)
     if not config.skip_timing:
         count = config.timing_samples or len(data.test_t)
@@ -535,9 +759,10 @@ def _run_steps(protocol, config, data, device, say, cluster):
             name = 'cpu' if d.xp is numpy else 'gpu'
             results['timing'][name] = time_on_device(
                 models, d, results, outputs, samples, config, say)
-    report.write_reports(results, config.out)
+    report.write_reports(results, folder)
     if results['timing']:
-        draw_figures(results, os.path.join(config.out, report.FIGURES_DIR))
+        draw_figures(results, folder)
+    folder.set(complete=True)  # last: a part is complete only with this
     note = report.divergence_note(results)
     if note:
         print(note, flush=True)
@@ -548,26 +773,56 @@ def _run_steps(protocol, config, data, device, say, cluster):
 
 
 def draw_figures(results, folder):
-    """The figures of ``results``, or a note when matplotlib is missing."""
+    """The figures of ``results`` into the ``figures/`` sub-folder of the
+    run's ``folder``, or a note when matplotlib is missing."""
     if not figures.available():
         print('note: matplotlib is not installed here: no figures; draw them '
               'from the result files with experiments/make_figures.py',
               flush=True)
         return []
-    return figures.run_figures(results, folder)
+    with report.figures_folder(folder) as figures_out:
+        return figures.run_figures(results, figures_out)
 
 
-def write_fig5_summary(runs, out):
+FIG5_FOLDER = 'exit1_{}conv'
+
+
+def run_fig5(configs, out):
+    """Run the Fig. 5 variants (``configs``) into their folders under ``out``,
+    then write the summary and the figure.
+
+    ``out`` is an output folder of its own (kind ``branch-layers``); each
+    variant's folder inside it is a run folder. Under ``mpiexec`` the
+    variants train on every rank and rank 0 alone writes.
+
+    Returns:
+        The summary dictionary (``None`` on ranks other than 0).
+    """
+    if distributed.launch_rank() != 0:
+        for config in configs:
+            run(config)
+        return None
+    with ownership.OutputFolder.open(out, 'branch-layers',
+                                     foreign_ok=False) as folder:
+        folder.set(complete=False)
+        for config in configs:
+            folder.make_folder(os.path.basename(config.out))
+        results = [run(config) for config in configs]
+        return write_fig5_summary(results, folder)
+
+
+def write_fig5_summary(runs, folder):
     """``summary.json`` and Fig. 5 from the results of the variant runs.
 
     Args:
         runs: results dictionaries of the Fig. 5 variants.
-        out: the folder holding their run folders.
+        folder: the :class:`~branchynet.ownership.OutputFolder` holding their
+            run folders.
 
     Returns:
         The summary dictionary.
     """
-    summary = {'kind': 'branch-layers', 'variants': []}
+    summary = {'kind': reading.SUMMARY_KIND, 'variants': []}
     for results in runs:
         convs = protocols.get(results['protocol']).network.keywords[
             'branch1_convs']
@@ -580,8 +835,9 @@ def write_fig5_summary(runs, out):
         })
     for key in ('data', 'config', 'environment'):
         summary[key] = runs[-1][key]
-    report.write_json(os.path.join(out, 'summary.json'), summary)
-    draw_figures(summary, os.path.join(out, report.FIGURES_DIR))
+    folder.write_json('summary.json', summary)
+    draw_figures(summary, folder)
+    folder.set(complete=True)
     for v in summary['variants']:
         print('exit 1 with {} conv: final exit {:.2f} %, exit 1 {:.2f} %'.format(
             v['branch1_convs'], 100 * v['final_exit_accuracy'],

@@ -24,8 +24,6 @@ One folder per network (``experiments/export_port_kit.py``):
 
 What each attribute means and how a port must compute it is PORTING.md.
 """
-import hashlib
-import json
 import os
 import platform
 import sys
@@ -36,9 +34,11 @@ import chainer.links as L
 import numpy
 from chainer import serializers
 
-from branchynet import _compat, datasets, entropy, environment, protocols
-from branchynet import report, sweep
+from branchynet import (_compat, datasets, entropy, environment, files,
+                        protocols, reading, sweep)
+from branchynet.errors import FileProblem
 from branchynet.layers import FunctionLayer
+from branchynet.ownership import OutputFolder
 from branchynet.serialization import load_model
 
 OPSET = 11
@@ -138,7 +138,7 @@ def weights(net):
             for k, v in serializer.target.items()}
 
 
-def export_onnx(net, x, path):
+def export_onnx(net, x, target):
     """Write ``net`` as ONNX (all exits as outputs, free batch size); check it.
 
     The exporter fixes the batch size of the trace into every flattening
@@ -174,7 +174,7 @@ def export_onnx(net, x, path):
     for output in model.graph.output:
         output.type.tensor_type.shape.dim[0].dim_param = 'batch'
     onnx.checker.check_model(model)
-    with open(path, 'wb') as f:
+    with files.writing(target) as f:
         f.write(model.SerializeToString())
     return model
 
@@ -230,28 +230,29 @@ def splitting_thresholds(net, x):
     return thresholds
 
 
-def knee_of_run(model_path):
-    """The knee thresholds in the ``results.json`` beside a saved model, or None."""
+def knee_of_run(model_path, key):
+    """The knee thresholds in the ``results.json`` beside a saved model, or None.
+
+    Raises:
+        FileProblem: that ``results.json`` is damaged, or belongs to
+            another network's run.
+    """
     if model_path is None:
         return None
-    results = os.path.join(os.path.dirname(os.path.abspath(model_path)),
-                           'results.json')
-    if not os.path.isfile(results):
+    path = os.path.join(os.path.dirname(os.path.abspath(model_path)),
+                        'results.json')
+    if not os.path.isfile(path):
         return None
-    timing = report.read_json(results).get('timing') or {}
+    results = reading.read_results(path)
+    if results['protocol'] != key:
+        raise FileProblem(
+            '{}: beside the model {} lies the results file of a {} run, not '
+            'of {}: its knee thresholds do not apply; move one of them'
+            .format(path, model_path, results['protocol'], key))
     for device in ('cpu', 'gpu'):
-        if device in timing:
-            return timing[device]['knee']['thresholds']
+        if device in results['timing']:
+            return results['timing'][device]['knee']['thresholds']
     return None
-
-
-def sha256(path):
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export(key, out, model_path=None, data_dir=None, batch=16, seed=0,
@@ -271,22 +272,33 @@ def export(key, out, model_path=None, data_dir=None, batch=16, seed=0,
     Returns:
         The manifest (a dict).
     """
+    if batch < 1:
+        raise ValueError('the reference batch needs at least 1 sample, got '
+                         '{}'.format(batch))
     protocol = protocols.get(key)
     numpy.random.seed(seed)
     net = protocol.network()
     if model_path is not None:
         load_model(model_path, net)
-    os.makedirs(out, exist_ok=True)
+    knee = knee_of_run(model_path, key)
     x, t, source = reference_batch(protocol, data_dir, batch, seed, test_batch)
-    export_onnx(net, x, os.path.join(out, 'model.onnx'))
-    numpy.savez(os.path.join(out, 'weights.npz'), **weights(net))
+    with OutputFolder.open(out, 'port-kit', foreign_ok=False) as folder:
+        return _write_kit(folder, key, net, x, t, source, model_path, seed,
+                          knee)
+
+
+def _write_kit(folder, key, net, x, t, source, model_path, seed, knee):
+    protocol = protocols.get(key)
+    with folder.open_file('model.onnx') as f:
+        export_onnx(net, x, f)
+    with folder.open_file('weights.npz') as f:
+        numpy.savez(f, **weights(net))
     sets = {'paper': list(protocol.paper.thresholds),
             'split': splitting_thresholds(net, x)}
-    knee = knee_of_run(model_path)
     if knee is not None:
         sets['knee'] = knee
-    numpy.savez(os.path.join(out, 'reference.npz'), x=x, t=t,
-                **exit_arrays(net, x, sets))
+    with folder.open_file('reference.npz') as f:
+        numpy.savez(f, x=x, t=t, **exit_arrays(net, x, sets))
     import onnx
     manifest = {
         'kind': 'branchynet-port-kit',
@@ -319,9 +331,10 @@ def export(key, out, model_path=None, data_dir=None, batch=16, seed=0,
                      'onnx_opset': OPSET,
                      'python': sys.version.split()[0],
                      'platform': platform.platform()},
-        'files': {name: sha256(os.path.join(out, name)) for name in KIT_FILES},
+        'files': {name: files.sha256(folder.file(name))
+                  for name in KIT_FILES},
     }
-    report.write_json(os.path.join(out, 'manifest.json'), manifest)
+    folder.write_json('manifest.json', manifest)
     return manifest
 
 
@@ -329,13 +342,16 @@ def read(folder):
     """``(manifest, weights, reference)`` of a kit, after checking its hashes.
 
     Raises:
-        ValueError: a file's SHA-256 differs from the manifest's.
+        FileProblem: the manifest is damaged, or a file's SHA-256 differs
+            from the manifest's.
     """
-    with open(os.path.join(folder, 'manifest.json')) as f:
-        manifest = json.load(f)
+    path = os.path.join(folder, 'manifest.json')
+    manifest = files.read_json(path)
+    reading.check(manifest, {'kind': reading.Equal('branchynet-port-kit'),
+                             'files': reading.DictOf(str)}, path)
     for name, digest in manifest['files'].items():
-        if sha256(os.path.join(folder, name)) != digest:
-            raise ValueError('{}: SHA-256 differs from the manifest'.format(
+        if files.sha256(os.path.join(folder, name)) != digest:
+            raise FileProblem('{}: SHA-256 differs from the manifest'.format(
                 os.path.join(folder, name)))
     with numpy.load(os.path.join(folder, 'weights.npz')) as w, \
             numpy.load(os.path.join(folder, 'reference.npz')) as r:

@@ -5,45 +5,24 @@ Everything here reads the results dictionary (the content of
 """
 import csv
 import io
-import json
 import math
 import os
-import shutil
 
-from branchynet.files import atomic_write, remove_partial_files
+from branchynet import protocols
+from branchynet.ownership import OutputFolder
 
-TABLE1_COLUMNS = ['Device', 'Network', 'Acc. (%)', 'Time (ms)', 'Gain',
-                  'Thrshld. T', 'Exit (%)']
 # The reference's baseline figure: the main path after joint training.
 AFTER_JOINT_SUFFIX = ' (main path after joint training: the reference\'s figure)'
+TABLE1_COLUMNS = ['Device', 'Network', 'Acc. (%)', 'Time (ms)', 'Gain',
+                  'Thrshld. T', 'Exit (%)']
 # The CSV files also say which data each number comes from.
 SPLIT_COLUMNS = ['Test set', 'Train set']
 
 
 # Files a run writes from its models; a new evaluation replaces them all.
 RESULT_FILES = ('results.json', 'sweep.csv', 'table1.csv', 'table1.md',
-                'exit_outputs.npz')
+                'exit_outputs.npz', 'exit_outputs_validation.npz')
 FIGURES_DIR = 'figures'
-
-
-def write_atomic(path, text):
-    """Write ``text`` to ``path``; the file appears only when complete."""
-    with atomic_write(path, 'w') as f:
-        f.write(text)
-
-
-def json_safe(value):
-    """``value`` with every NaN or infinity replaced by ``None`` (JSON null).
-
-    JSON has no NaN; a diverged training run must still write its results.
-    """
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def non_finite(value, path=''):
@@ -59,32 +38,71 @@ def non_finite(value, path=''):
     return []
 
 
-def write_json(path, data):
-    """Write ``data`` as JSON (non-finite numbers as null), atomically."""
-    write_atomic(path, json.dumps(json_safe(data), indent=1,
-                                  allow_nan=False) + '\n')
-
-
-def read_json(path):
-    """The content of a JSON file."""
-    with open(path) as f:
-        return json.load(f)
-
-
-def remove_results(out):
-    """Remove what an earlier evaluation wrote into ``out`` (and partial files).
+def remove_results(folder):
+    """Remove what an earlier evaluation wrote into a run's folder.
 
     Models, snapshots, logs and ``run.json`` stay; result files and figures
-    go, so that new results never lie beside files of an earlier state.
+    go (only those this program wrote, unchanged since: anything else in
+    the way stops the run before a file is removed), so that new results
+    never lie beside files of an earlier state.
+
+    Args:
+        folder: the run's :class:`~branchynet.ownership.OutputFolder`.
     """
-    for name in RESULT_FILES:
-        path = os.path.join(out, name)
-        if os.path.isfile(path):
-            os.remove(path)
-    figures = os.path.join(out, FIGURES_DIR)
-    if os.path.isdir(figures):
-        shutil.rmtree(figures)
-    remove_partial_files(out)
+    folder.remove_partial_files(RESULT_FILES)
+    folder.remove(list(RESULT_FILES))
+    if os.path.isdir(folder.file(FIGURES_DIR)):
+        with figures_folder(folder) as figures:
+            figures.remove_partial_files()
+            figures.remove(figures.owned())
+
+
+def figures_folder(folder):
+    """The ``figures/`` sub-folder of a run's folder, an output folder of
+    its own (so that ``make_figures.py --out <run>/figures`` redraws in
+    place); use it as a context manager."""
+    folder.make_folder(FIGURES_DIR)
+    return OutputFolder.open(folder.file(FIGURES_DIR), 'files')
+
+
+def schedule(results):
+    """``'full (50+100 epochs)'`` or what was shortened, against the run's
+    reference protocol."""
+    config = results['config']
+    protocol = protocols.get(config['protocol'])
+    short = []
+    if (config['epoch_main'], config['epoch_joint']) != (
+            protocol.epoch_main, protocol.epoch_joint):
+        short.append('epochs {}+{} of {}+{}'.format(
+            config['epoch_main'], config['epoch_joint'], protocol.epoch_main,
+            protocol.epoch_joint))
+    if config.get('train_size') is not None:
+        short.append('first {} training samples'.format(config['train_size']))
+    if config.get('test_size') is not None:
+        short.append('first {} test samples'.format(config['test_size']))
+    if config.get('quick'):
+        short.append('--quick')
+    if not short:
+        return 'full ({}+{} epochs)'.format(config['epoch_main'],
+                                            config['epoch_joint'])
+    return 'SHORTENED: ' + ', '.join(short)
+
+
+def official_data(results):
+    """Whether the run read the official dataset files."""
+    return results['data'].get('official_files', True) is not False
+
+
+def caveat(results):
+    """What a reader must know before trusting a run's figure or table row:
+    ``''``, or e.g. ``'SHORTENED, UNOFFICIAL DATA'``."""
+    words = []
+    if schedule(results).startswith('SHORTENED'):
+        words.append('QUICK RUN' if results['config'].get('quick')
+                     else 'SHORTENED')
+    if not official_data(results):
+        words.append('UNOFFICIAL DATA')
+    return ', '.join(words)
 
 
 def divergence_note(results):
@@ -278,15 +296,15 @@ def sweep_csv(results):
     return buffer.getvalue()
 
 
-def write_reports(results, out):
+def write_reports(results, folder):
     """Write results.json, sweep.csv, and (if anything was timed) table1.csv/.md.
 
     Args:
         results: the results dictionary.
-        out: the run's folder.
+        folder: the run's :class:`~branchynet.ownership.OutputFolder`.
     """
-    write_json(os.path.join(out, 'results.json'), results)
-    write_atomic(os.path.join(out, 'sweep.csv'), sweep_csv(results))
+    folder.write_json('results.json', results)
+    folder.write_text('sweep.csv', sweep_csv(results))
     if results['timing']:
-        write_atomic(os.path.join(out, 'table1.csv'), table1_csv(results))
-        write_atomic(os.path.join(out, 'table1.md'), table1_markdown(results))
+        folder.write_text('table1.csv', table1_csv(results))
+        folder.write_text('table1.md', table1_markdown(results))

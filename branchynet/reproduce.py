@@ -14,8 +14,12 @@ fig5          alexnet_branch_layers/  the five Fig. 5 variants, then Fig. 5
 benchmark     benchmarks/           this project against the reference design
 ============  ====================  =========================================
 
-A part whose results are complete is skipped; one that was interrupted is
-resumed (``--resume``). Before starting, the duration of each part on this
+A part is complete when its folder says so (a run marks its folder complete
+last, after its figures) and its configuration is the plan's: then it is
+skipped; one that was interrupted is resumed. A part folder that holds
+another network's run, or a run made with another configuration (a smoke
+run in a real plan, say), stops the plan with the difference named: nothing
+is overwritten. Before starting, the duration of each part on this
 device is estimated from a few timed training steps (:func:`estimate`).
 The combined Table I of everything under ``--out`` is written last
 (:mod:`branchynet.table1`).
@@ -32,9 +36,10 @@ import tempfile
 import chainer
 import numpy
 
-from branchynet import (benchmark, distributed, gpu_check, pipeline,
-                        protocols, synthetic, table1)
+from branchynet import (benchmark, distributed, gpu_check, ownership,
+                        pipeline, protocols, synthetic, table1)
 from branchynet.config import QUICK, RunConfig
+from branchynet.errors import UserError
 
 PARTS = ('check', 'lenet', 'alexnet', 'resnet', 'fig5', 'benchmark')
 DEFAULT_PARTS = ('lenet', 'alexnet', 'resnet', 'fig5', 'benchmark')
@@ -45,10 +50,16 @@ NETWORK_PARTS = {'lenet': 'b_lenet', 'alexnet': 'b_alexnet',
 FOLDERS = {'check': 'check', 'lenet': 'b_lenet', 'alexnet': 'b_alexnet',
            'resnet': 'b_resnet110', 'fig5': 'alexnet_branch_layers',
            'benchmark': 'benchmarks'}
+# What a stored run must share with the plan to count as the plan's part.
+PLAN_FIELDS = ('protocol', 'epoch_main', 'epoch_joint', 'batchsize',
+               'train_size', 'test_size', 'validation_size', 'seed',
+               'test_batch', 'preprocessing', 'quick', 'unofficial_data',
+               'alpha', 'adam_beta1', 'branch_weights', 'percent_train_keeps')
 # The smoke profile: --quick, and smaller still.
 SMOKE = dict(QUICK, train_size=8, test_size=4, batchsize=4,
              timing_samples=2, timing_warmup=1)
 SMOKE_FIG5_CONVS = (0, 1)
+TABLE_FILES = ('table1.md', 'table1.csv')
 TRAINING_SAMPLES = {'mnist': 60000, 'cifar10': 50000}
 TEST_SAMPLES = 10000
 
@@ -81,8 +92,9 @@ class Plan:
         return os.path.join(self.out, FOLDERS[part])
 
 
-def run_config(plan, key, out):
-    """The :class:`RunConfig` of one network part (or a Fig. 5 variant)."""
+def planned_config(plan, key, out):
+    """The :class:`RunConfig` the plan starts one network part (or a Fig. 5
+    variant) with."""
     dataset = protocols.get(key).dataset
     values = dict(out=out, device=plan.device, data_dir=plan.data_dir,
                   unofficial_data=plan.unofficial_data,
@@ -93,23 +105,73 @@ def run_config(plan, key, out):
         values.update(SMOKE, quick=True)
     if key.startswith('b_alexnet_exit1_'):
         values.update(skip_timing=True)
-    config = RunConfig.for_protocol(key, **values)
-    stored = pipeline.stored_config(out)
-    if stored is not None:  # continue what was started, as it was started
+    return RunConfig.for_protocol(key, **values)
+
+
+def run_config(plan, key, out):
+    """The :class:`RunConfig` to run one network part (or a Fig. 5 variant)
+    with: the planned one, or, in a folder that holds a run of the plan's
+    already (:func:`check_part`), that run's as it was started, resumed."""
+    config = planned_config(plan, key, out)
+    stored = check_part(config)
+    if stored is not None:
         config = stored.replace(resume=True, out=out,
                                 no_progress=plan.no_progress,
                                 device=plan.device, data_dir=plan.data_dir)
     return config
 
 
+def check_part(config):
+    """The stored configuration of the run in ``config.out`` (or ``None``),
+    after checking that it is the run ``config`` plans.
+
+    Raises:
+        UserError: the folder holds another network's run, a run made with
+            another configuration, or files this program did not write.
+    """
+    state = pipeline.FolderState.of(config.out)
+    if not state.entries:
+        return None
+    if not state.is_run:
+        raise UserError(
+            '{} is not empty and holds no run of this program ({}): move it '
+            'away or choose another --out'.format(
+                config.out, ownership.listing(config.out)))
+    stored = state.stored
+    differences = ['{} {!r} (the plan has {!r})'.format(
+        name, getattr(stored, name), getattr(config, name))
+        for name in PLAN_FIELDS if getattr(stored, name) != getattr(config,
+                                                                    name)]
+    if differences:
+        raise UserError(
+            '{} holds {} made with another configuration than this plan\'s: '
+            '{}. Move it away or choose another --out'.format(
+                config.out, state.describe(), '; '.join(differences)))
+    return stored
+
+
 def is_complete(plan, part):
-    """Whether ``part``'s results are already there."""
+    """Whether ``part``'s results are all there, marked complete, and the plan's.
+
+    Raises:
+        UserError: a network part's folder holds a run that is not the
+            plan's (:func:`check_part`).
+    """
     folder = plan.folder(part)
-    name = {'check': 'check.json', 'fig5': 'summary.json',
-            'benchmark': 'benchmark_{}.json'.format(
-                'cpu' if plan.device == '@numpy' else 'gpu')}.get(
-                    part, 'results.json')
-    return os.path.isfile(os.path.join(folder, name))
+    record = ownership.read_record(folder) if os.path.isdir(folder) else None
+    if record is None:
+        return False
+    if part in NETWORK_PARTS:
+        check_part(planned_config(plan, NETWORK_PARTS[part], folder))
+    if part in NETWORK_PARTS or part == 'fig5':
+        return bool(record.get('complete')) and all(
+            os.path.isfile(os.path.join(folder, *name.split('/')))
+            for name in record['files'])
+    names = {'check': gpu_check.CHECK_FILES,
+             'benchmark': benchmark.report_files(
+                 'cpu' if plan.device == '@numpy' else 'gpu')}[part]
+    return all(name in record['files'] and
+               os.path.isfile(os.path.join(folder, name)) for name in names)
 
 
 def run_part(plan, part, device, say, root=True):
@@ -125,10 +187,10 @@ def run_part(plan, part, device, say, root=True):
         return pipeline.run(run_config(plan, NETWORK_PARTS[part], folder))
     if part == 'fig5':
         convs = SMOKE_FIG5_CONVS if plan.smoke else protocols.FIG5_CONVS
-        runs = [pipeline.run(run_config(
+        return pipeline.run_fig5([run_config(
             plan, protocols.fig5_variant(k).key,
-            os.path.join(folder, 'exit1_{}conv'.format(k)))) for k in convs]
-        return pipeline.write_fig5_summary(runs, folder) if root else {}
+            os.path.join(folder, pipeline.FIG5_FOLDER.format(k)))
+            for k in convs], folder) or {}
     profile = 'smoke' if plan.smoke else (
         'quick' if device.xp is numpy else 'full')
     return benchmark.run(benchmark.NETWORKS, profile, device, folder, say)
@@ -143,7 +205,7 @@ def network_estimate(plan, key, device, steps=3):
     after every epoch adds about a third of a step per test batch of the
     same size; batch-1 timing is not included (it is minutes at most).
     """
-    config = run_config(plan, key, os.path.join(plan.out, 'estimate'))
+    config = planned_config(plan, key, os.path.join(plan.out, 'estimate'))
     protocol = protocols.get(key)
     train = config.train_size or (
         TRAINING_SAMPLES[protocol.dataset] -
@@ -237,13 +299,22 @@ def run(plan, estimate_only=False, say=print):
     device = chainer.get_device(plan.device)
     if root:
         device.use()
+        with ownership.OutputFolder.open(plan.out, 'files') as folder:
+            return _run_plan(plan, estimate_only, say, device, root, folder)
+    return _run_plan(plan, estimate_only, say, device, root, None)
+
+
+def _run_plan(plan, estimate_only, say, device, root, folder):
+    if root:
+        folder.check_replaceable(TABLE_FILES)  # before hours of work
     if plan.smoke and plan.data_dir is None:
         if root:
-            data = smoke_data(plan.out)
+            data = smoke_data(folder)
         else:  # the same seeded files, written where rank 0 cannot collide
             scratch = tempfile.mkdtemp(prefix='branchynet-smoke-')
             atexit.register(shutil.rmtree, scratch, True)
-            data = smoke_data(scratch)
+            data = smoke_data(ownership.OutputFolder.open(scratch, 'files',
+                                                          lock=False))
         plan = dataclasses.replace(plan, data_dir=data, unofficial_data=True,
                                    test_batch='data_batch_5')
     estimates = estimate(plan, device, say) if root else {}
@@ -260,21 +331,26 @@ def run(plan, estimate_only=False, say=print):
             summary['parts'][part] = 'rank 0'
             continue
         say('{}: running into {}'.format(part, plan.folder(part)))
+        if root:
+            folder.make_folder(FOLDERS[part])
         run_part(plan, part, device, say, root)
         summary['parts'][part] = 'done'
     runs = [plan.folder(p) for p in ('lenet', 'alexnet', 'resnet')
             if is_complete(plan, p)]
     if runs and root:
-        summary['table1'] = table1.write(runs, plan.out)
+        summary['table1'] = table1.write(runs, folder)
         say('combined Table I: {}'.format(os.path.join(plan.out,
                                                        'table1.md')))
     return summary
 
 
-def smoke_data(out):
-    """Tiny synthetic MNIST and CIFAR-10 for the smoke profile, under ``out``."""
-    root = os.path.join(out, 'smoke_data')
-    if not os.path.isdir(root):
+def smoke_data(folder):
+    """Tiny synthetic MNIST and CIFAR-10 for the smoke profile, in the
+    sub-folder ``smoke_data`` of ``folder`` (an
+    :class:`~branchynet.ownership.OutputFolder`); returns its path."""
+    root = folder.file('smoke_data')
+    if 'smoke_data' not in folder.record['folders']:
+        folder.make_folder('smoke_data')
         synthetic.write_mnist(os.path.join(root, 'mnist'), train=128,
                               test=32)
         synthetic.write_cifar10(os.path.join(root, 'cifar-10-batches-bin'),

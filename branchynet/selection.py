@@ -53,13 +53,13 @@ class Rule:
             ValueError: an unknown rule, a missing or extra value, or a value
                 out of range.
         """
-        kind, _, value = str(text).partition(':')
+        kind, colon, value = str(text).partition(':')
         if kind not in RULES:
             raise ValueError('unknown selection rule {!r}: use knee, '
                              'accuracy-drop:POINTS, latency:MS or '
                              'exit-share:FRACTION'.format(text))
         if kind == 'knee':
-            if value:
+            if colon:
                 raise ValueError('the knee rule takes no value (its tolerance '
                                  'is --knee-tolerance), got {!r}'.format(text))
             return cls('knee')

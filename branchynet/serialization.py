@@ -6,10 +6,14 @@ writes) plus one extra key naming the network, so that loading a file made
 for another network fails with a message instead of a ``KeyError`` deep in
 Chainer.
 """
+import zipfile
+import zlib
+
 import numpy
 from chainer import serializers
 
-from branchynet.files import atomic_write
+from branchynet.errors import FileProblem
+from branchynet.files import writing
 
 NETWORK_KEY = '_branchynet/network'
 
@@ -20,17 +24,17 @@ def _state(net):
     return serializer.target
 
 
-def save_model(path, net):
-    """Write ``net`` to ``path`` (npz); the file appears only when complete.
+def save_model(target, net):
+    """Write ``net`` as npz; a path appears only when complete.
 
     Args:
-        path: the file to write.
+        target: the file to write, or an open file.
         net: a BranchyNet on any device (saved with its title, so that
             :func:`load_model` can refuse another network's file).
     """
     state = _state(net)
     state[NETWORK_KEY] = numpy.asarray(net.title)
-    with atomic_write(path) as f:
+    with writing(target) as f:
         numpy.savez_compressed(f, **state)
 
 
@@ -38,32 +42,52 @@ def load_model(path, net):
     """Load parameters and statistics saved by :func:`save_model` into ``net``.
 
     Raises:
-        ValueError: the file was made for a different network (other name,
-            missing or extra parameters, or other shapes).
+        FileProblem: (a ``ValueError``) the file is missing, damaged, not a
+            saved model, or was made for a different network (other name,
+            missing or extra parameters, or other shapes); the message
+            names the file.
     """
     expected = {k: v.shape for k, v in _state(net).items()}
-    with numpy.load(path) as npz:
-        saved_name = str(npz[NETWORK_KEY]) if NETWORK_KEY in npz.files else None
-        found = {k: npz[k].shape for k in npz.files if k != NETWORK_KEY}
-        problems = []
-        if saved_name is not None and saved_name != net.title:
-            problems.append('it holds network {!r}, this is {!r}'.format(
-                saved_name, net.title))
-        missing = sorted(set(expected) - set(found))
-        extra = sorted(set(found) - set(expected))
-        if missing:
-            problems.append('{} missing key(s), e.g. {!r}'.format(
-                len(missing), missing[0]))
-        if extra:
-            problems.append('{} unexpected key(s), e.g. {!r}'.format(
-                len(extra), extra[0]))
-        for key in sorted(set(expected) & set(found)):
-            if expected[key] != found[key]:
-                problems.append('{!r} has shape {}, expected {}'.format(
-                    key, found[key], expected[key]))
-                break
-        if problems:
-            raise ValueError('{} does not fit {}: {}'.format(
-                path, net.title, '; '.join(problems)))
-        serializers.NpzDeserializer(npz).load(net)
+    try:
+        npz = numpy.load(path)
+        if not isinstance(npz, numpy.lib.npyio.NpzFile):
+            raise FileProblem('{}: a single array, not a saved model (npz)'
+                              .format(path))
+        with npz:
+            _check_fits(path, net, npz, expected)
+            serializers.NpzDeserializer(npz).load(net)
+    except FileProblem:
+        raise
+    except FileNotFoundError:
+        raise FileProblem('{}: not found'.format(path)) from None
+    except (OSError, EOFError, ValueError, KeyError, AttributeError,
+            zipfile.BadZipFile, zlib.error) as e:
+        raise FileProblem('{}: not a readable saved model ({}: {}); the file '
+                          'is damaged or of another kind'.format(
+                              path, type(e).__name__, e)) from None
     return net
+
+
+def _check_fits(path, net, npz, expected):
+    saved_name = str(npz[NETWORK_KEY]) if NETWORK_KEY in npz.files else None
+    found = {k: npz[k].shape for k in npz.files if k != NETWORK_KEY}
+    problems = []
+    if saved_name is not None and saved_name != net.title:
+        problems.append('it holds network {!r}, this is {!r}'.format(
+            saved_name, net.title))
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    if missing:
+        problems.append('{} missing key(s), e.g. {!r}'.format(
+            len(missing), missing[0]))
+    if extra:
+        problems.append('{} unexpected key(s), e.g. {!r}'.format(
+            len(extra), extra[0]))
+    for key in sorted(set(expected) & set(found)):
+        if expected[key] != found[key]:
+            problems.append('{!r} has shape {}, expected {}'.format(
+                key, found[key], expected[key]))
+            break
+    if problems:
+        raise FileProblem('{} does not fit {}: {}'.format(
+            path, net.title, '; '.join(problems)))

@@ -27,7 +27,7 @@ import numpy
 
 from branchynet.entropy import entropy
 from branchynet.exit_rule import EntropyThresholds, assign_exits
-from branchynet.files import atomic_write
+from branchynet.files import writing
 
 # Every reference experiment calls its frontier function with inc_amt=-0.0001
 # on accuracy fractions: 0.01 percentage points.
@@ -47,9 +47,10 @@ class ExitOutputs:
     entropies: numpy.ndarray
     labels: numpy.ndarray
 
-    def save(self, path):
-        """Write the three arrays to ``path`` (compressed npz), atomically."""
-        with atomic_write(path) as f:
+    def save(self, target):
+        """Write the three arrays (compressed npz) to ``target``: a path
+        (written atomically) or an open file."""
+        with writing(target) as f:
             numpy.savez_compressed(f, **dataclasses.asdict(self))
 
     @classmethod

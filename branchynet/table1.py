@@ -13,7 +13,9 @@ import csv
 import io
 import os
 
-from branchynet import protocols, report
+from branchynet import protocols, reading, report
+from branchynet.errors import FileProblem
+from branchynet.ownership import OutputFolder
 
 COLUMNS = ['Network', 'Run', 'Device', 'Source', 'Row', 'Acc. (%)', 'Time (ms)',
            'Gain', 'Thrshld. T', 'Exit (%)', 'Schedule', 'Split', 'Machine',
@@ -26,11 +28,13 @@ def find_results(paths):
     folders of run folders, searched one level down), in a stable order.
 
     Raises:
-        ValueError: a path that holds no results.
+        FileProblem: a path that holds no results.
     """
     found = []
     for path in paths:
-        if os.path.isfile(path):
+        if not os.path.exists(path):
+            raise FileProblem('{}: not found'.format(path))
+        if not os.path.isdir(path):
             found.append(path)
             continue
         here = os.path.join(path, 'results.json')
@@ -41,8 +45,8 @@ def find_results(paths):
                        for d in os.listdir(path) if os.path.isfile(
                            os.path.join(path, d, 'results.json')))
         if not below:
-            raise ValueError('{} holds no results.json (nor do its '
-                             'sub-folders)'.format(path))
+            raise FileProblem('{} holds no results.json (nor do its '
+                              'sub-folders)'.format(path))
         found += below
     return found
 
@@ -50,28 +54,6 @@ def find_results(paths):
 def run_name(path):
     """The name of the run a ``results.json`` belongs to: its folder's."""
     return os.path.basename(os.path.dirname(os.path.abspath(path)))
-
-
-def schedule(results):
-    """``'full'`` or what was shortened, against the run's reference protocol."""
-    config = results['config']
-    protocol = protocols.get(results['protocol'])
-    short = []
-    if (config['epoch_main'], config['epoch_joint']) != (
-            protocol.epoch_main, protocol.epoch_joint):
-        short.append('epochs {}+{} of {}+{}'.format(
-            config['epoch_main'], config['epoch_joint'], protocol.epoch_main,
-            protocol.epoch_joint))
-    if config.get('train_size') is not None:
-        short.append('first {} training samples'.format(config['train_size']))
-    if config.get('test_size') is not None:
-        short.append('first {} test samples'.format(config['test_size']))
-    if config.get('quick'):
-        short.append('--quick')
-    if not short:
-        return 'full ({}+{} epochs)'.format(config['epoch_main'],
-                                            config['epoch_joint'])
-    return 'SHORTENED: ' + ', '.join(short)
 
 
 def _machine(results, device):
@@ -112,6 +94,9 @@ def split_text(results):
     """The run's test, training and (if any) validation sets, in words."""
     text = 'test {Test set}; train {Train set}'.format(
         **report.split_names(results))
+    if not report.official_data(results):
+        text += '; NOT the official dataset files (--unofficial-data)'
+
     validation = results['data'].get('validation')
     if validation and validation.get('size'):
         text += '; validation {} samples held out of training (seed {})'.format(
@@ -135,7 +120,7 @@ def our_rows(results, run):
             'Source': 'ours', 'Row': row['Network'],
             'Acc. (%)': row['Acc. (%)'], 'Time (ms)': row['Time (ms)'],
             'Gain': row['Gain'], 'Thrshld. T': row['Thrshld. T'],
-            'Exit (%)': row['Exit (%)'], 'Schedule': schedule(results),
+            'Exit (%)': row['Exit (%)'], 'Schedule': report.schedule(results),
             'Split': split_text(results),
             'Machine': _machine(results, device),
             'Date': results['environment']['date_utc'][:10]})
@@ -146,13 +131,11 @@ def combined_rows(runs):
     """Paper rows and ours, network by network, CPU before GPU.
 
     Args:
-        runs: ``(name, results)`` pairs; results that are not a run's
-            (a benchmark's, a summary) are skipped.
+        runs: ``(name, results)`` pairs of checked run results
+            (:func:`branchynet.reading.read_results`).
     """
     by_protocol = {}
     for run, results in runs:
-        if results.get('kind') != 'branchynet-run':
-            continue
         by_protocol.setdefault(results['protocol'], []).append((run, results))
     keys = [k for k in ORDER if k in by_protocol] + sorted(
         k for k in by_protocol if k not in ORDER)
@@ -200,11 +183,28 @@ def to_csv(rows):
 def write(paths, out):
     """Find the results in ``paths``; write ``table1.md`` and ``table1.csv`` to ``out``.
 
+    ``out`` is a folder, or an open :class:`~branchynet.ownership.OutputFolder`.
+
+    Every results file is read and checked before anything is written.
+
     Returns:
         The rows.
+
+    Raises:
+        FileProblem: a results file that is damaged or not a run's.
     """
-    rows = combined_rows((run_name(p), report.read_json(p))
+    rows = combined_rows((run_name(p), reading.read_results(p))
                          for p in find_results(paths))
-    report.write_atomic(os.path.join(out, 'table1.md'), markdown(rows))
-    report.write_atomic(os.path.join(out, 'table1.csv'), to_csv(rows))
+    if not rows:
+        raise FileProblem('no run results in {}'.format(', '.join(paths)))
+    if isinstance(out, OutputFolder):
+        _write(out, rows)
+    else:
+        with OutputFolder.open(out, 'files') as folder:
+            _write(folder, rows)
     return rows
+
+
+def _write(folder, rows):
+    folder.write_text('table1.md', markdown(rows))
+    folder.write_text('table1.csv', to_csv(rows))

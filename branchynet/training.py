@@ -9,7 +9,6 @@ which puts the random generators into the snapshot so that a resumed run
 continues exactly where an uninterrupted one would be.
 """
 import glob
-import json
 import os
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ from chainer import training
 from chainer.iterators import SerialIterator, ShuffleOrderSampler
 from chainer.training import extensions
 
+from branchynet import reading
 from branchynet.distributed import SINGLE
 
 SNAPSHOT = 'snapshot_epoch_{.updater.epoch}'
@@ -81,13 +81,19 @@ def has_snapshot(out):
 PHASES = ('main', 'joint')
 
 
+def latest_snapshot(out):
+    """The snapshot a resumed phase in ``out`` continues from, or ``None``."""
+    found = glob.glob(os.path.join(glob.escape(out), 'snapshot_epoch_*'))
+    return max(found, key=os.path.getmtime) if found else None
+
+
 def read_log(out):
-    """The per-epoch log a phase wrote to ``out`` (a list), or ``None``."""
-    path = os.path.join(out, 'log')
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    """The per-epoch log a phase wrote to ``out`` (a list), or ``None``.
+
+    Raises:
+        FileProblem: the log is damaged.
+    """
+    return reading.read_log(os.path.join(out, 'log'))
 
 
 def train_phase(target, optimizer, loss_func, train, test, epochs, out,

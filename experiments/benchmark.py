@@ -3,9 +3,10 @@
     python experiments/benchmark.py              # CPU, quick profile (minutes)
     python experiments/benchmark.py --device 0   # GPU, full profile (paper sizes)
 
+Writes benchmark_<cpu|gpu>.json and .md to --out (default results/benchmarks).
+
 What is measured and how: branchynet/benchmark.py.
 """
-import argparse
 import os
 
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
@@ -14,11 +15,11 @@ from branchynet import benchmark, cli, config
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description=__doc__.split('\n\n')[0],
         formatter_class=cli.HelpFormatter)
     cli.add_device_flags(parser)
-    parser.add_argument('--out', '-o', default=os.path.join('figures',
+    parser.add_argument('--out', '-o', default=os.path.join('results',
                                                             'benchmarks'),
                         help='folder for the JSON and Markdown')
     parser.add_argument('--networks', nargs='+', choices=benchmark.NETWORKS,
@@ -26,10 +27,12 @@ def main(argv=None):
     parser.add_argument('--profile', choices=sorted(benchmark.PROFILES),
                         help='sizes: quick (default on CPU) or full (default '
                              'on a GPU: the paper\'s batch sizes)')
-    parser.add_argument('--no-progress', action='store_true')
+    parser.add_argument('--no-progress', action='store_true',
+                        help='no progress messages')
     args = parser.parse_args(argv)
     try:
         spec = config.usable_device(args.device)
+        config.check_writable(args.out)
     except ValueError as e:
         parser.error(str(e))
     device = chainer.get_device(spec)
@@ -40,7 +43,8 @@ def main(argv=None):
         if not args.no_progress:
             print('[benchmark {}] {}'.format(spec, text), flush=True)
 
-    results = benchmark.run(args.networks, profile, device, args.out, say)
+    with cli.one_line_errors(parser.prog):
+        results = benchmark.run(args.networks, profile, device, args.out, say)
     print(benchmark.markdown(results))
     return results
 

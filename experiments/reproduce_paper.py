@@ -10,6 +10,7 @@ of everything under --out is written last (table1.md, table1.csv). What
 each part does: branchynet/reproduce.py.
 """
 import argparse
+import os
 
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
 from branchynet import cli, config, datasets, reproduce
@@ -25,15 +26,16 @@ def parts(text):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description=__doc__.split('\n\n')[0],
         formatter_class=cli.HelpFormatter)
     parser.add_argument('--data-dir', help='folder with the MNIST and '
                         'CIFAR-10 files (default: ${})'.format(
                             datasets.DATA_DIR_ENV))
     cli.add_device_flags(parser)
-    parser.add_argument('--out', '-o', default='results',
-                        help='folder holding one folder per part')
+    parser.add_argument('--out', '-o',
+                        help='folder holding one folder per part (default: '
+                             'results, or results/smoke with --smoke)')
     parser.add_argument('--only', type=parts, default=reproduce.DEFAULT_PARTS,
                         help='comma-separated parts among {}'.format(
                             ', '.join(reproduce.PARTS)))
@@ -53,8 +55,12 @@ def main(argv=None):
                         help='every part on tiny data with the shortest '
                              'schedules (a test that the command works; '
                              'without --data-dir, synthetic data)')
-    parser.add_argument('--no-progress', action='store_true')
+    parser.add_argument('--no-progress', action='store_true',
+                        help='no progress bars or per-epoch tables')
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = os.path.join('results', 'smoke') if args.smoke \
+            else 'results'
     try:
         device = config.usable_device(args.device)
         config.check_data_dir(args.data_dir)
@@ -66,13 +72,9 @@ def main(argv=None):
                           unofficial_data=args.unofficial_data,
                           parts=args.only, smoke=args.smoke,
                           no_progress=args.no_progress)
-    try:
+    with cli.one_line_errors(parser.prog, 'interrupted; run the same '
+                             'command again to continue where it stopped'):
         return reproduce.run(plan, estimate_only=args.estimate)
-    except (datasets.DataError, FileExistsError, ValueError) as e:
-        raise SystemExit('error: {}'.format(e))
-    except KeyboardInterrupt:
-        raise SystemExit('\ninterrupted; run the same command again to '
-                         'continue where it stopped') from None
 
 
 if __name__ == '__main__':

@@ -171,7 +171,8 @@ def test_a_bad_launch_fails_clearly_on_every_rank(data, tmp_path, flags,
                                                   message):
     done = mpiexec([sys.executable, LENET, '--data-dir', data, '-o',
                     str(tmp_path / 'run'), '--quick', '--no-progress',
-                    '--unofficial-data', '--communicator', 'naive'] + flags,
+                    '--unofficial-data', '-b', '64', '--communicator', 'naive']
+                   + flags,
                    timeout=120)
     assert done.returncode != 0
     assert done.stderr.count(message) == 2, done.stderr[-2000:]
@@ -185,7 +186,7 @@ def test_without_mpi_nothing_changes(data, tmp_path):
     results = cli.main('b_lenet', ['--data-dir', data, '-o',
                                    str(tmp_path / 'one'), '--quick',
                                    '--no-progress', '--unofficial-data',
-                                   '--skip-timing'])
+                                   '--skip-timing', '-b', '64'])
     assert results['distributed'] == {'communicator': None, 'ranks': 1,
                                       'sync_batchnorm': False}
     assert chainer.config.train

@@ -8,13 +8,15 @@ import sys
 import numpy
 import pytest
 
-from branchynet import cli, figures, protocols, report, sweep
+from branchynet import cli, figures, files, ownership, protocols, report
+from branchynet import sweep
 from branchynet.loss import BranchyLoss
 from branchynet.synthetic import write_cifar10, write_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.join(ROOT, '..', 'shared', 'data', 'mnist')
-FAST = ['--quick', '--no-progress', '--unofficial-data']
+# synthetic sets of 128-256 training images: a batch that fits them
+FAST = ['--quick', '--no-progress', '--unofficial-data', '-b', '64']
 
 
 SCRIPTS = ['run_b_lenet', 'run_b_alexnet', 'run_b_resnet110',
@@ -60,7 +62,7 @@ def test_lenet_run_writes_every_result_file(lenet_run):
                  'figures/fig4_b_lenet.png', 'figures/training_b_lenet.pdf'):
         assert os.path.isfile(os.path.join(out, name)), name
     assert not [n for n in os.listdir(out) if n.endswith('.tmp')]
-    assert report.read_json(os.path.join(out, 'results.json')) == results
+    assert files.read_json(os.path.join(out, 'results.json')) == results
 
 
 def test_lenet_results_content(lenet_run):
@@ -123,7 +125,7 @@ def test_figures_regenerate_from_the_results_file_alone(lenet_run, tmp_path):
                                                           'results.json')).read())
     figures.figures_from_files([str(alone)], str(tmp_path / 'figs'))
     assert sorted(os.listdir(tmp_path / 'figs')) == sorted(
-        ['{}.{}'.format(stem, ext)
+        [ownership.RECORD] + ['{}.{}'.format(stem, ext)
          for stem in ('fig3_b_lenet_cpu', 'fig4_b_lenet', 'training_b_lenet')
          for ext in ('png', 'pdf')])
 
@@ -144,7 +146,7 @@ def test_alexnet_run_on_a_held_out_batch(data, tmp_path):
         '--data-dir', data, '-o', str(tmp_path / 'alex'), '--test-batch',
         'data_batch_5', '--preprocessing', 'scale', '--cache-dir',
         str(tmp_path / 'cache'), '--train-size', '32', '--test-size', '16',
-        '--timing-samples', '4'])
+        '--timing-samples', '4', '-b', '16'])
     assert results['data']['test'] == 'data_batch_5'
     assert results['data']['held_out_training_batch']
     assert len(results['sweep']['points']) == 121
@@ -168,12 +170,13 @@ def test_branch_layers_run(data, tmp_path):
     summary = cli.fig5_main(FAST + [
         '--data-dir', data, '-o', str(out), '--test-batch', 'data_batch_5',
         '--preprocessing', 'scale', '--convs', '0', '3', '--cache-dir',
-        str(tmp_path / 'cache'), '--train-size', '32', '--test-size', '16'])
+        str(tmp_path / 'cache'), '--train-size', '32', '--test-size', '16',
+        '-b', '16'])
     assert [v['branch1_convs'] for v in summary['variants']] == [0, 3]
     assert (out / 'figures' / 'fig5_alexnet_branch_layers.png').is_file()
-    saved = report.read_json(str(out / 'summary.json'))
+    saved = files.read_json(str(out / 'summary.json'))
     assert saved['variants'][1]['final_exit_accuracy'] == \
-        report.read_json(saved['variants'][1]['results'])['exit_accuracy'][-1]
+        files.read_json(saved['variants'][1]['results'])['exit_accuracy'][-1]
 
 
 def test_missing_test_batch_fails_clearly_and_writes_nothing(data, tmp_path,
@@ -204,8 +207,8 @@ def test_bad_arguments_stop_before_any_work(data, tmp_path, capsys, flags,
 
 def test_refuses_to_overwrite_a_run_without_resume(lenet_run, data):
     out, _ = lenet_run
-    with pytest.raises(SystemExit, match='already holds a training run; pass '
-                                         '--resume'):
+    with pytest.raises(SystemExit, match='already holds a b_lenet run '
+                                         r'\(finished\): pass --resume'):
         cli.main('b_lenet', ['--data-dir', data, '-o', out] + FAST)
 
 

@@ -10,11 +10,13 @@ import chainer
 import numpy
 import pytest
 
-from branchynet import cli, datasets, pipeline
+from branchynet import cli, datasets, pipeline, report
 from branchynet.loss import BranchyLoss
+from branchynet.ownership import OutputFolder
 from branchynet.synthetic import write_mnist
 
-FAST = ['--quick', '--no-progress', '--unofficial-data']
+# synthetic sets of 128-256 training images: a batch that fits them
+FAST = ['--quick', '--no-progress', '--unofficial-data', '-b', '64']
 
 
 @pytest.fixture(scope='module')
@@ -112,9 +114,10 @@ def test_resume_refuses_another_configuration_naming_each_difference(
         finished, data, capsys):
     """Defect: resuming with other settings rewrote the results silently."""
     before = open(os.path.join(finished, 'results.json')).read()
-    err = stops_with(capsys, ['--data-dir', data, '-o', finished, '--resume',
-                              '--epoch-main', '1', '-b', '32', '--seed', '7',
-                              '--alpha', '0.5', '--train-size', '100'] + FAST,
+    err = stops_with(capsys, FAST + ['--data-dir', data, '-o', finished,
+                                     '--resume', '--epoch-main', '1', '-b',
+                                     '32', '--seed', '7', '--alpha', '0.5',
+                                     '--train-size', '100'],
                      'was made with another configuration',
                      "--epoch-main 1 (the run has 2)",
                      "--batchsize 32 (the run has 64)",
@@ -128,10 +131,12 @@ def test_resume_refuses_another_configuration_naming_each_difference(
 
 def test_resume_uses_the_stored_configuration_and_replaces_old_results(
         finished, data):
+    # what an earlier evaluation of this program wrote (a GPU timing, say)
     stale = os.path.join(finished, 'figures', 'fig3_b_lenet_gpu.png')
-    os.makedirs(os.path.dirname(stale), exist_ok=True)
-    open(stale, 'w').close()
-    open(os.path.join(finished, 'table1.md'), 'w').close()
+    with OutputFolder.open(finished, 'run') as folder:
+        folder.write_text('table1.md', '')
+        with report.figures_folder(folder) as figures:
+            figures.write_text('fig3_b_lenet_gpu.png', '')
     # no training flags: the stored 2 + 1 epochs at batch 64 are kept; a
     # timing option may change
     results = lenet(['-o', finished, '--resume', '--no-progress',

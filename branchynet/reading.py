@@ -1,0 +1,346 @@
+"""Reading this project's own files, checked: one boundary for all of them.
+
+``run.json``, ``results.json``, a Fig. 5 ``summary.json``, a Trainer log and
+a Trainer snapshot are read here and nowhere else. What is read is checked
+against what the readers of the rest of the project rely on (tables,
+figures, resume), so that a damaged, tampered or foreign file stops with
+one :class:`~branchynet.errors.FileProblem` naming the file, the key and
+what was expected — never a ``KeyError`` deep inside a figure.
+
+The expected shapes are written as small schemas: a dict of required keys
+(:class:`Optional` for keys that may be missing), :class:`ListOf`,
+:class:`DictOf`, :class:`Nullable`, a type, or :class:`Equal`.
+"""
+import numbers
+import os
+import zipfile
+import zlib
+
+from branchynet import files, protocols
+from branchynet.errors import FileProblem
+
+RUN_FILE = 'run.json'
+RUN_KIND = 'branchynet-run'
+SUMMARY_KIND = 'branch-layers'
+
+
+# --- the schema language -------------------------------------------------------
+
+class Optional:
+    """A dict key that may be missing (its value, when there, is ``spec``)."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+
+class Nullable:
+    """``None`` or ``spec`` (JSON null: a diverged run's number)."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+
+class ListOf:
+    """A list whose items are ``spec``."""
+
+    def __init__(self, spec, min_length=0):
+        self.spec = spec
+        self.min_length = min_length
+
+
+class DictOf:
+    """A dict with any string keys whose values are ``spec``."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+
+class Equal:
+    """Exactly ``value``."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+class Number:
+    """A real number (not a bool)."""
+
+
+class Integer:
+    """An integer (not a bool)."""
+
+
+_NAMES = {str: 'a string', bool: 'true or false', dict: 'an object',
+          list: 'a list'}
+
+
+def _describe(spec):
+    if spec is Number:
+        return 'a number'
+    if spec is Integer:
+        return 'an integer'
+    if isinstance(spec, Nullable):
+        return '{} or null'.format(_describe(spec.spec))
+    if isinstance(spec, ListOf):
+        return 'a list'
+    if isinstance(spec, (dict, DictOf)):
+        return 'an object'
+    if isinstance(spec, Equal):
+        return repr(spec.value)
+    if isinstance(spec, tuple):
+        return ' or '.join(_describe(s) for s in spec)
+    return _NAMES.get(spec, getattr(spec, '__name__', str(spec)))
+
+
+def _matches(value, spec):
+    """Whether ``value`` has the top-level type ``spec`` asks for."""
+    if spec is Number:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if spec is Integer:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(spec, Nullable):
+        return value is None or _matches(value, spec.spec)
+    if isinstance(spec, ListOf):
+        return isinstance(value, list)
+    if isinstance(spec, (dict, DictOf)):
+        return isinstance(value, dict)
+    if isinstance(spec, Equal):
+        return value == spec.value
+    if isinstance(spec, tuple):
+        return any(_matches(value, s) for s in spec)
+    return isinstance(value, spec)
+
+
+def check(value, spec, path, where=''):
+    """Raise :class:`FileProblem` unless ``value`` fits ``spec``.
+
+    Args:
+        value: what was read.
+        spec: the schema.
+        path: the file, for the message.
+        where: the key path inside the file (``'timing/cpu/knee'``).
+    """
+    if not _matches(value, spec):
+        raise FileProblem('{}: {}expected {}, got {}'.format(
+            path, where + ': ' if where else '', _describe(spec),
+            _shown(value)))
+    if isinstance(spec, Nullable):
+        if value is not None:
+            check(value, spec.spec, path, where)
+    elif isinstance(spec, tuple):
+        check(value, next(s for s in spec if _matches(value, s)), path, where)
+    elif isinstance(spec, ListOf):
+        if len(value) < spec.min_length:
+            raise FileProblem('{}: {}: expected at least {} item(s), got {}'
+                              .format(path, where or 'the file',
+                                      spec.min_length, len(value)))
+        for i, item in enumerate(value):
+            check(item, spec.spec, path, '{}[{}]'.format(where, i))
+    elif isinstance(spec, DictOf):
+        for key, item in value.items():
+            check(item, spec.spec, path, _join(where, key))
+    elif isinstance(spec, dict):
+        for key, item_spec in spec.items():
+            optional = isinstance(item_spec, Optional)
+            if key not in value:
+                if optional:
+                    continue
+                raise FileProblem('{}: {}missing key {!r}'.format(
+                    path, where + ': ' if where else '', key))
+            check(value[key], item_spec.spec if optional else item_spec,
+                  path, _join(where, key))
+
+
+def _join(where, key):
+    return '{}/{}'.format(where, key) if where else str(key)
+
+
+def _shown(value):
+    text = 'null' if value is None else repr(value)
+    return text if len(text) <= 40 else text[:37] + '...'
+
+
+# --- the files -----------------------------------------------------------------
+
+NUMBERS = ListOf(Number)
+OPTIONAL_NUMBERS = ListOf(Nullable(Number))
+POINT = {'thresholds': NUMBERS, 'accuracy': Nullable(Number),
+         'exit_fractions': NUMBERS, 'exit_accuracy': OPTIONAL_NUMBERS}
+MEASURED = {'median_ms': Number}
+CHOICE = dict(POINT, measured=MEASURED, index=Optional(Integer))
+TIMING = {
+    'baseline': MEASURED,
+    'predicted_ms': NUMBERS,
+    'reference_style_predicted_ms': NUMBERS,
+    'frontier': ListOf(Integer),
+    'knee': CHOICE,
+    'selections': Optional(ListOf({'rule': str, 'selected_on': str})),
+}
+EPOCH = DictOf(Nullable((Number, str)))
+CONFIG = {'protocol': str, 'epoch_main': Integer, 'epoch_joint': Integer,
+          'train_size': Optional(Nullable(Integer)),
+          'test_size': Optional(Nullable(Integer)), 'quick': Optional(bool)}
+DATA = {'train': (str, ListOf(str)), 'test': str,
+        'train_size': Integer, 'test_size': Integer,
+        'official_files': Optional(bool),
+        'validation': Optional(Nullable({'size': Integer,
+                                         'seed': Optional(Integer)}))}
+ENVIRONMENT = {'cpu': str, 'date_utc': str, 'gpu': Nullable({'name': str})}
+RESULTS = {
+    'kind': Equal(RUN_KIND),
+    'protocol': str,
+    'network': str,
+    'baseline_name': str,
+    'config': CONFIG,
+    'data': DATA,
+    'environment': ENVIRONMENT,
+    'baseline': {'accuracy': Nullable(Number)},
+    'baseline_after_joint': Optional({'accuracy': Nullable(Number)}),
+    'exit_accuracy': ListOf(Nullable(Number), min_length=1),
+    'sweep': {'points': ListOf(POINT, min_length=1)},
+    'exit1_curve': {'exited_fraction': NUMBERS, 'accuracy': OPTIONAL_NUMBERS,
+                    'max_exited_entropy': OPTIONAL_NUMBERS},
+    'training': {'main': ListOf(EPOCH), 'joint': ListOf(EPOCH)},
+    'timing': DictOf(TIMING),
+    'timing_samples': Optional(Integer),
+}
+SUMMARY = {
+    'kind': Equal(SUMMARY_KIND),
+    'variants': ListOf({'branch1_convs': Integer,
+                        'final_exit_accuracy': Nullable(Number),
+                        'exit1_accuracy': Nullable(Number),
+                        'baseline_accuracy': Nullable(Number),
+                        'results': str}, min_length=1),
+    'config': CONFIG,
+    'data': DATA,
+    'environment': ENVIRONMENT,
+}
+
+
+def read_results(path):
+    """A runner's ``results.json``, checked.
+
+    Raises:
+        FileProblem: not JSON, not a runner's results (an empty object, a
+            benchmark's JSON), or a key missing or of the wrong type.
+    """
+    results = files.read_json(path)
+    check(results, dict, path)
+    kind = results.get('kind')
+    if kind != RUN_KIND:
+        raise FileProblem('{}: not the results of a network run ({}); the '
+                          'runner writes kind {!r}'.format(
+                              path, 'kind {!r}'.format(kind) if kind
+                              else 'no kind', RUN_KIND))
+    check(results, RESULTS, path)
+    _check_consistent(results, path)
+    return results
+
+
+def _check_protocol(key, path, where):
+    if key not in protocols.PROTOCOLS:
+        raise FileProblem('{}: {}: unknown protocol {!r}'.format(
+            path, where, key))
+
+
+def _check_consistent(results, path):
+    _check_protocol(results['protocol'], path, 'protocol')
+    _check_protocol(results['config']['protocol'], path, 'config/protocol')
+    points = results['sweep']['points']
+    exits = len(results['exit_accuracy'])
+    for i, point in enumerate(points):
+        if len(point['exit_fractions']) != exits or \
+                len(point['thresholds']) != exits - 1:
+            raise FileProblem('{}: sweep/points[{}]: expected {} exit '
+                              'fractions and {} thresholds'.format(
+                                  path, i, exits, exits - 1))
+    if results['timing'] and 'timing_samples' not in results:
+        raise FileProblem("{}: missing key 'timing_samples' (the results "
+                          "hold timing)".format(path))
+    for device, timing in results['timing'].items():
+        where = 'timing/{}'.format(device)
+        for key in ('predicted_ms', 'reference_style_predicted_ms'):
+            if len(timing[key]) != len(points):
+                raise FileProblem('{}: {}/{}: {} values for {} sweep points'
+                                  .format(path, where, key, len(timing[key]),
+                                          len(points)))
+        indices = list(timing['frontier'])
+        for name, choice in timing.items():
+            if isinstance(choice, dict) and 'index' in choice and \
+                    isinstance(choice['index'], int):
+                indices.append(choice['index'])
+        if any(not 0 <= i < len(points) for i in indices):
+            raise FileProblem('{}: {}: a point index outside the {} sweep '
+                              'points'.format(path, where, len(points)))
+
+
+def read_summary(path):
+    """A Fig. 5 ``summary.json``, checked."""
+    summary = files.read_json(path)
+    check(summary, dict, path)
+    if summary.get('kind') != SUMMARY_KIND:
+        raise FileProblem('{}: not a Fig. 5 summary (kind {!r}, expected '
+                          '{!r})'.format(path, summary.get('kind'),
+                                         SUMMARY_KIND))
+    check(summary, SUMMARY, path)
+    _check_protocol(summary['config']['protocol'], path, 'config/protocol')
+    return summary
+
+
+def read_result_file(path):
+    """A ``results.json`` or a Fig. 5 ``summary.json``, by its kind."""
+    data = files.read_json(path)
+    if isinstance(data, dict) and data.get('kind') == SUMMARY_KIND:
+        return read_summary(path)
+    return read_results(path)
+
+
+def read_run_file(folder):
+    """The content of a run folder's ``run.json``, checked, or ``None``.
+
+    Returns:
+        The dict (configuration fields and ``distributed``), or ``None``
+        when the folder has no ``run.json``. Turning it into a
+        :class:`~branchynet.config.RunConfig` is :mod:`branchynet.config`'s.
+    """
+    path = os.path.join(folder, RUN_FILE)
+    if not os.path.lexists(path):
+        return None
+    values = files.read_json(path)
+    check(values, {'protocol': str, 'out': str,
+                   'distributed': Optional({'ranks': Integer})}, path)
+    _check_protocol(values['protocol'], path, 'protocol')
+    return values
+
+
+def read_log(path):
+    """A Trainer ``log`` (a list of per-epoch dicts), or ``None`` if absent."""
+    if not os.path.lexists(path):
+        return None
+    log = files.read_json(path)
+    check(log, ListOf({'epoch': Integer}), path)
+    return log
+
+
+def check_snapshot(path):
+    """Raise :class:`FileProblem` unless ``path`` is a whole Trainer snapshot.
+
+    Reads every member (CRC-checked), so a truncated or corrupted file is
+    found before any data is loaded.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            names = set(archive.namelist())
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise FileProblem('{}: the training snapshot is damaged ({}); resume '
+                          'cannot continue from it: restore the file, or '
+                          'start the run again in another folder'.format(
+                              path, e)) from None
+    if bad is not None:
+        raise FileProblem('{}: the training snapshot is damaged (member {} '
+                          'fails its check); restore the file, or start the '
+                          'run again in another folder'.format(path, bad))
+    if 'updater/iteration.npy' not in names:
+        raise FileProblem('{}: not a Trainer snapshot (no updater state)'
+                          .format(path))
