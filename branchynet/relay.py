@@ -1,0 +1,195 @@
+"""A long run carried across sittings: its latest state packed into a few files.
+
+Training B-AlexNet on a CPU takes longer than one working session, and only
+what is committed survives between sessions. :func:`save` packs a run
+folder's latest state into a *relay* folder (meant to be committed); :func:`restore`
+turns a relay folder back into a run folder that ``--resume`` continues,
+with the same number of ranks::
+
+    relay.json        what the relay holds: the run's configuration
+                      (run.json), the snapshot's phase and file name, the
+                      epochs done, every sitting so far
+    snapshot.npz      the latest Trainer snapshot: ONE file, replaced by
+                      each save (in the joint phase, the joint one: it holds
+                      the whole training state)
+    main_log.json, joint_log.json    the Trainer logs so far
+    baseline.npz      the main network, once the main phase is done
+    PROGRESS.md       a short progress report (epochs, latest accuracies)
+    progress.png      the training curves so far
+
+``python experiments/relay.py save RUN_DIR figures/b_alexnet`` and
+``python experiments/relay.py restore figures/b_alexnet RUN_DIR``.
+"""
+import datetime
+import os
+
+from branchynet import environment, files, reading
+from branchynet.errors import FileProblem, UserError
+from branchynet.ownership import OutputFolder
+from branchynet.training import latest_snapshot
+
+KIND = 'branchynet-relay'
+FOLDER_KIND = 'relay'
+RELAY_FILE = 'relay.json'
+SNAPSHOT = 'snapshot.npz'
+BASELINE = 'baseline.npz'
+RUN_FILE = reading.RUN_FILE
+PHASES = ('main', 'joint')
+
+
+def _log_name(phase):
+    return '{}_log.json'.format(phase)
+
+
+def progress(run, logs):
+    """Epochs done per phase and the latest per-epoch entry, from the logs."""
+    done = {phase: len(logs.get(phase) or []) for phase in PHASES}
+    planned = {'main': run['epoch_main'], 'joint': run['epoch_joint']}
+    latest = next((logs[p][-1] for p in reversed(PHASES) if logs.get(p)),
+                  None)
+    return {'epochs_done': done, 'epochs_planned': planned, 'latest': latest}
+
+
+def save(run_dir, relay_dir, note=None):
+    """Pack the run in ``run_dir`` into ``relay_dir``; returns relay.json's dict.
+
+    Raises:
+        UserError: ``run_dir`` holds no run, or nothing trained yet.
+    """
+    run = reading.read_run_file(run_dir)
+    if run is None:
+        raise UserError('{} holds no run (no {})'.format(run_dir, RUN_FILE))
+    logs = {phase: reading.read_log(os.path.join(run_dir, phase + '_phase',
+                                                 'log')) for phase in PHASES}
+    phase = 'joint' if latest_snapshot(
+        os.path.join(run_dir, 'joint_phase')) else 'main'
+    snapshot = latest_snapshot(os.path.join(run_dir, phase + '_phase'))
+    if snapshot is None:
+        raise UserError('{}: no training snapshot yet: nothing to relay'
+                        .format(run_dir))
+    reading.check_snapshot(snapshot)
+    baseline = os.path.join(run_dir, BASELINE)
+    if phase == 'joint' and not os.path.isfile(baseline):
+        raise FileProblem('{}: the joint phase began but {} is missing'
+                          .format(run_dir, BASELINE))
+    with OutputFolder.open(relay_dir, FOLDER_KIND) as folder:
+        earlier = read(relay_dir) if RELAY_FILE in folder else None
+        state = progress(run, logs)
+        sittings = list(earlier['sittings']) if earlier else []
+        sittings.append({
+            'saved_utc': datetime.datetime.utcnow().isoformat(
+                timespec='seconds'),
+            'git_commit': environment.describe()['git_commit'],
+            'epochs_done': state['epochs_done'],
+            'note': note})
+        folder.copy_in(snapshot, SNAPSHOT)
+        for name in PHASES:
+            if logs[name] is not None:
+                folder.write_json(_log_name(name), logs[name])
+        if phase == 'joint':
+            folder.copy_in(baseline, BASELINE)
+        relay = {'kind': KIND, 'run': run, 'phase': phase,
+                 'snapshot_name': os.path.basename(snapshot),
+                 'sittings': sittings}
+        relay.update(state)
+        folder.write_json(RELAY_FILE, relay)
+        folder.write_text('PROGRESS.md', progress_text(relay))
+        _draw(relay, logs, folder)
+    return relay
+
+
+def read(relay_dir):
+    """A relay folder's ``relay.json``, checked."""
+    path = os.path.join(relay_dir, RELAY_FILE)
+    relay = files.read_json(path)
+    reading.check(relay, {
+        'kind': reading.Equal(KIND), 'run': {'protocol': str},
+        'phase': str, 'snapshot_name': str,
+        'sittings': reading.ListOf(dict),
+        'epochs_done': {'main': reading.Integer, 'joint': reading.Integer},
+        'epochs_planned': {'main': reading.Integer,
+                           'joint': reading.Integer}}, path)
+    if relay['phase'] not in PHASES or os.path.basename(
+            relay['snapshot_name']) != relay['snapshot_name']:
+        raise FileProblem('{}: phase or snapshot_name is not what a relay '
+                          'holds'.format(path))
+    return relay
+
+
+def restore(relay_dir, run_dir):
+    """Make ``run_dir`` (new or empty) the run a relay holds, ready for
+    ``--resume`` (with its configuration's ``out`` set to ``run_dir``).
+
+    Returns:
+        relay.json's dict.
+    """
+    relay = read(relay_dir)
+    reading.check_snapshot(os.path.join(relay_dir, SNAPSHOT))
+    run = dict(relay['run'], out=run_dir, resume=False)
+    with OutputFolder.open(run_dir, 'run', foreign_ok=False) as folder:
+        if folder.record['files']:
+            raise UserError('{} holds a run already: restore into a new or '
+                            'empty folder'.format(run_dir))
+        folder.write_json(RUN_FILE, run)
+        for phase in PHASES:
+            log = os.path.join(relay_dir, _log_name(phase))
+            if os.path.isfile(log):
+                folder.make_folder(phase + '_phase')
+                # the Trainer rewrites its log: not a file recorded as ours
+                files.write_json(folder.file(phase + '_phase/log'),
+                                 reading.read_log(log))
+        folder.make_folder(relay['phase'] + '_phase')
+        with open(os.path.join(relay_dir, SNAPSHOT), 'rb') as source, \
+                files.atomic_write(folder.file('{}_phase/{}'.format(
+                    relay['phase'], relay['snapshot_name']))) as target:
+            target.write(source.read())
+        if relay['phase'] == 'joint':
+            folder.copy_in(os.path.join(relay_dir, BASELINE), BASELINE)
+    return relay
+
+
+def progress_text(relay):
+    """PROGRESS.md: where the run stands, in a few lines."""
+    done, planned = relay['epochs_done'], relay['epochs_planned']
+    run, latest = relay['run'], relay['latest'] or {}
+    lines = [
+        '# {} — IN PROGRESS (a relay of resumable sittings)'.format(
+            run['protocol']), '',
+        'Not a result yet: the run is not finished. Epochs done: main {} of '
+        '{}, joint {} of {}; {} sitting(s) so far.'.format(
+            done['main'], planned['main'], done['joint'], planned['joint'],
+            len(relay['sittings'])), '']
+    accuracies = ['{}: {:.2f} %'.format(key.split('/')[-2] if 'exit' in key
+                                        else 'main network', 100 * value)
+                  for key, value in sorted(latest.items())
+                  if key.startswith('validation/') and
+                  key.endswith('accuracy') and value is not None]
+    if accuracies:
+        lines += ['Latest test accuracy (epoch {} of the {} phase): {}.'.format(
+            latest.get('epoch'), relay['phase'], ', '.join(accuracies)), '']
+    ranks = (run.get('distributed') or {}).get('ranks', 1)
+    launch = 'OPENBLAS_NUM_THREADS=1 mpiexec -n {} '.format(ranks) \
+        if ranks > 1 else ''
+    key = run['protocol']
+    lines += [
+        'Continue it on {} rank(s), as it started (DATA: the dataset '
+        'folder):'.format(ranks), '',
+        '```bash',
+        'python experiments/relay.py restore figures/{0} /tmp/{0}'.format(
+            key),
+        '{}python experiments/run_{}.py --resume -o /tmp/{} --data-dir '
+        'DATA'.format(launch, key, key),
+        'python experiments/relay.py save /tmp/{0} figures/{0}'.format(key),
+        '```', '', 'Curves so far: `progress.png`.', '']
+    return '\n'.join(lines)
+
+
+def _draw(relay, logs, folder):
+    from branchynet import figures
+    if not figures.available():
+        return
+    figure = figures.curves(
+        logs.get('main') or [], logs.get('joint') or [],
+        '[IN PROGRESS] {}: training so far'.format(relay['run']['protocol']))
+    with folder.open_file('progress.png') as f:
+        figure.savefig(f, format='png', bbox_inches='tight', dpi=120)

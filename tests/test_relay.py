@@ -1,0 +1,132 @@
+"""A run carried across sittings: packed into a relay folder, restored, resumed.
+
+``tests/data/relay_b_lenet_2ranks`` is a relay saved by an earlier commit
+(see its relay.json: the commit and how it was made): a 2-rank B-LeNet run
+on synthetic MNIST (``write_mnist(train=256, test=64)``), 2 + 3 epochs at
+batch 64, killed in the joint phase. It stays as it was made, so that the
+code of every later commit must still resume it.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import chainer
+import numpy
+import pytest
+
+from branchynet import cli, relay
+from branchynet.errors import UserError
+from branchynet.loss import BranchyLoss
+from branchynet.synthetic import write_mnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(ROOT, 'tests', 'data', 'relay_b_lenet_2ranks')
+MPIEXEC = shutil.which('mpiexec', path=os.path.dirname(sys.executable)) or \
+    shutil.which('mpiexec')
+LENET = os.path.join(ROOT, 'experiments', 'run_b_lenet.py')
+FLAGS = ['--epoch-main', '2', '--epoch-joint', '3', '-b', '64',
+         '--skip-timing', '--quick', '--no-progress', '--unofficial-data']
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp('data')
+    write_mnist(str(root / 'mnist'), train=256, test=64)
+    return str(root)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_in_joint_epoch_2(monkeypatch):
+    calls = []
+    forward = BranchyLoss.forward
+
+    def interrupted(self, x, t):
+        if chainer.config.train:
+            calls.append(1)
+            if len(calls) == 6:  # 4 steps per epoch: the joint phase's 6th
+                raise Interrupted()
+        return forward(self, x, t)
+    monkeypatch.setattr(BranchyLoss, 'forward', interrupted)
+    return forward
+
+
+def test_a_relayed_run_ends_as_one_that_never_stopped(data, tmp_path,
+                                                      monkeypatch):
+    """Saved in the joint phase, restored elsewhere, resumed: the same
+    weights, bit for bit, and the same logs."""
+    flags = ['--data-dir', data] + FLAGS
+    straight = cli.main('b_lenet', ['-o', str(tmp_path / 'straight')] + flags)
+    forward = interrupt_in_joint_epoch_2(monkeypatch)
+    with pytest.raises(Interrupted):
+        cli.main('b_lenet', ['-o', str(tmp_path / 'first')] + flags)
+    monkeypatch.setattr(BranchyLoss, 'forward', forward)
+
+    saved = relay.save(str(tmp_path / 'first'), str(tmp_path / 'relay'))
+    assert saved['phase'] == 'joint'
+    assert saved['epochs_done'] == {'main': 2, 'joint': 1}
+    relay.restore(str(tmp_path / 'relay'), str(tmp_path / 'second'))
+    assert not (tmp_path / 'second' / 'main_phase' / 'snapshot_epoch_2').exists()
+    resumed = cli.main('b_lenet', ['-o', str(tmp_path / 'second'),
+                                   '--resume'] + flags)
+
+    for name in ('baseline.npz', 'branchynet.npz'):
+        with numpy.load(tmp_path / 'straight' / name) as a, \
+                numpy.load(tmp_path / 'second' / name) as b:
+            for key in a.files:
+                numpy.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    strip = [{k: v for k, v in e.items() if k != 'elapsed_time'}
+             for p in ('main', 'joint') for e in straight['training'][p]]
+    assert strip == [{k: v for k, v in e.items() if k != 'elapsed_time'}
+                     for p in ('main', 'joint')
+                     for e in resumed['training'][p]]
+
+
+def test_a_relay_keeps_one_snapshot_and_every_sitting(data, tmp_path):
+    run = str(tmp_path / 'run')
+    cli.main('b_lenet', ['-o', run, '--data-dir', data] + FLAGS)
+    relay.save(run, str(tmp_path / 'relay'), note='first')
+    relay.save(run, str(tmp_path / 'relay'), note='second')
+    names = os.listdir(str(tmp_path / 'relay'))
+    assert [n for n in names if n.endswith('.npz') and 'snapshot' in n] == [
+        relay.SNAPSHOT]
+    saved = relay.read(str(tmp_path / 'relay'))
+    assert [s['note'] for s in saved['sittings']] == ['first', 'second']
+    assert 'IN PROGRESS' in (tmp_path / 'relay' / 'PROGRESS.md').read_text()
+    with pytest.raises(UserError, match='holds a run already'):
+        relay.restore(str(tmp_path / 'relay'), run)
+
+
+def test_the_committed_fixture_is_a_joint_phase_relay_of_two_ranks():
+    saved = relay.read(FIXTURE)
+    assert saved['phase'] == 'joint' and saved['run']['protocol'] == 'b_lenet'
+    assert saved['run']['distributed']['ranks'] == 2
+    assert saved['epochs_done'] == {'main': 2, 'joint': 2}
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason='MPI is not installed '
+                    '(pip install -e ".[mpi]")')
+def test_two_ranks_resume_a_relay_saved_by_an_earlier_commit(data, tmp_path):
+    run = str(tmp_path / 'run')
+    relay.restore(FIXTURE, run)
+    command = [MPIEXEC, '-n', '2', sys.executable, LENET, '--resume', '-o',
+               run, '--data-dir', data, '--no-progress']
+    done = subprocess.run(command, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ,
+                                                OPENBLAS_NUM_THREADS='1'))
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.load(open(os.path.join(run, 'results.json')))
+    assert [e['epoch'] for e in results['training']['main']] == [1, 2]
+    assert [e['epoch'] for e in results['training']['joint']] == [1, 2, 3]
+    assert results['distributed']['ranks'] == 2
+    # on one process instead, it is refused: the run started on two
+    relay.restore(FIXTURE, str(tmp_path / 'again'))
+    one = subprocess.run([sys.executable, LENET, '--resume', '-o',
+                          str(tmp_path / 'again'), '--data-dir', data],
+                         capture_output=True, text=True, timeout=120)
+    assert one.returncode != 0
+    assert 'was trained on 2 rank(s); resume it on 2' in one.stderr
