@@ -9,7 +9,10 @@ setup(
     python_requires='>=3.11',
     # Chainer 7.8.1 is only on PyPI as an sdist whose setup.py needs
     # pkg_resources: install it first as install.sh does (see README).
-    install_requires=['chainer==7.8.1', 'numpy>=2.0,<3', 'matplotlib>=3.8'],
+    # numba: the compiled max-pooling loops of branchynet/kernels.py (the
+    # code falls back to NumPy loops where it is missing)
+    install_requires=['chainer==7.8.1', 'numpy>=2.0,<3', 'matplotlib>=3.8',
+                      'numba>=0.60'],
     extras_require={
         # onnx and onnxruntime: the port kit's ONNX export and its parity tests
         'test': ['pytest>=8', 'scipy>=1.12', 'onnx>=1.14', 'onnxruntime>=1.16'],

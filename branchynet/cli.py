@@ -16,7 +16,7 @@ import os
 import sys
 
 from branchynet import config as config_module
-from branchynet import datasets, distributed, pipeline, protocols
+from branchynet import datasets, distributed, kernels, pipeline, protocols
 from branchynet.config import QUICK, RunConfig
 from branchynet.errors import UserError
 
@@ -265,6 +265,11 @@ def build_parser(protocol):
                    help='data-parallel training over MPI (mpiexec -n N ...) '
                         'with this ChainerMN communicator; under mpiexec the '
                         'default is pure_nccl on a GPU, naive on the CPU')
+    p.add_argument('--kernels', choices=kernels.KERNELS, default='fast',
+                   help='fast: convolution and max pooling without Chainer\'s '
+                        'copies on the CPU (same results to float rounding); '
+                        'stock: Chainer\'s own functions. May change when '
+                        'resuming; results record each phase\'s')
     p.add_argument('--no-sync-batchnorm', dest='sync_batchnorm',
                    action='store_false',
                    help='distributed: per-rank BatchNorm statistics instead '

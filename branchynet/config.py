@@ -19,8 +19,8 @@ import numbers
 import os
 import typing
 
-from branchynet import (datasets, exit_rule, loss, ownership, protocols,
-                        selection)
+from branchynet import (datasets, exit_rule, kernels, loss, ownership,
+                        protocols, selection)
 from branchynet.errors import UserError
 
 # What a resumed run may change: how it is evaluated, timed and shown, and
@@ -30,7 +30,7 @@ CHANGEABLE_ON_RESUME = (
     'threshold_list', 'knee_tolerance', 'select', 'timing_samples',
     'timing_repeats',
     'timing_warmup', 'no_cpu_timing', 'skip_timing', 'no_progress', 'quick',
-    'communicator')
+    'communicator', 'kernels')
 # On/off switches of how a run is shown and evaluated: a command line cannot
 # switch them off explicitly, so a resumed run takes them from the command
 # line as given, not from the stored configuration.
@@ -83,6 +83,9 @@ class RunConfig:
         communicator: ChainerMN communicator of a distributed run (see
             :mod:`branchynet.distributed`); ``None``: one process, or the
             default communicator under an MPI launcher.
+        kernels: ``'fast'`` (convolution and max pooling without Chainer's
+            copies on the CPU, :mod:`branchynet.kernels`) or ``'stock'``
+            (Chainer's own functions everywhere).
         sync_batchnorm: in a distributed run, BatchNorm statistics over
             every rank's batch (the single-process computation).
     """
@@ -120,6 +123,7 @@ class RunConfig:
     no_progress: bool = False
     communicator: typing.Optional[str] = None
     sync_batchnorm: bool = True
+    kernels: str = 'fast'
 
     def __post_init__(self):
         for name in ('branch_weights', 'thresholds', 'threshold_list',
@@ -286,6 +290,7 @@ def _validate(config):
     if len(set(rules)) != len(rules):
         raise ValueError('--select: each rule once, got {}'.format(
             ' '.join(config.select)))
+    kernels.check_kernels(config.kernels)
     if config.preprocessing not in datasets.PREPROCESSINGS:
         raise ValueError('--preprocessing must be one of {}, got {!r}'.format(
             sorted(datasets.PREPROCESSINGS), config.preprocessing))

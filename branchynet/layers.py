@@ -5,6 +5,9 @@ a parameter-free step in a layer list. Each prints as what it is, so
 ``print(net)`` reads like the network's definition.
 """
 import chainer.functions as F
+import chainer.links as L
+
+from branchynet import kernels
 
 
 class FunctionLayer:
@@ -27,9 +30,24 @@ relu = FunctionLayer('relu', F.relu)
 
 
 def max_pool(ksize, stride):
-    """Max pooling with Chainer's default ``cover_all=True``, as the reference."""
-    return FunctionLayer('max_pool', F.max_pooling_2d, ksize=ksize,
+    """Max pooling with Chainer's default ``cover_all=True``, as the reference
+    (:func:`branchynet.kernels.max_pooling_2d`: Chainer's function, or the
+    same computation without its copies on the CPU)."""
+    return FunctionLayer('max_pool', kernels.max_pooling_2d, ksize=ksize,
                          stride=stride, cover_all=True)
+
+
+class Convolution2D(L.Convolution2D):
+    """Chainer's ``L.Convolution2D`` (the same parameters, initialisers and
+    checkpoint keys) computed with :func:`branchynet.kernels.convolution_2d`:
+    Chainer's function, or the same computation without its copies on the
+    CPU."""
+
+    def forward(self, x):
+        if self.W.array is None or self.dilate != (1, 1) or self.groups != 1:
+            return super().forward(x)
+        return kernels.convolution_2d(x, self.W, self.b, self.stride,
+                                      self.pad)
 
 
 def average_pool(ksize, stride):

@@ -287,11 +287,57 @@ def open_output(config, state):
 def record_config(folder, config, cluster=distributed.SINGLE):
     """Write the configuration to the run folder's ``run.json``.
 
-    ``run.json`` also records the ranks of a distributed run (ignored when
-    the configuration is read back).
+    ``run.json`` also records the ranks of a distributed run and which
+    kernels trained which epochs (:func:`kernel_history`); both are ignored
+    when the configuration is read back.
+
+    Returns:
+        The kernel history.
     """
-    folder.write_json(RUN_FILE,
-                      dict(config.to_dict(), distributed=cluster.describe()))
+    source = reading.read_run_file(config.models or config.out) or {}
+    history = source.get(KERNEL_HISTORY)
+    if not config.models:
+        history = kernel_history(config, history)
+    folder.write_json(RUN_FILE, dict(config.to_dict(),
+                                     distributed=cluster.describe(),
+                                     **{KERNEL_HISTORY: history}))
+    return history
+
+
+KERNEL_HISTORY = 'kernels_by_epoch'
+
+
+def kernel_history(config, previous):
+    """Which kernels (``--kernels``) train which epochs of each phase.
+
+    Args:
+        config: the run's configuration (its ``kernels`` trains the epochs
+            still to come).
+        previous: the history ``run.json`` holds, or ``None``: a run
+            started before the history was kept trained with Chainer's own
+            functions.
+
+    Returns:
+        A list of ``{'phase', 'first_epoch', 'kernels'}``, each entry
+        holding from its first epoch to the next entry of its phase. An
+        entry of epochs that were never trained (the run stopped first) is
+        dropped.
+    """
+    history = []
+    for phase, epochs in (('main', config.epoch_main),
+                          ('joint', config.epoch_joint)):
+        done = len(read_log(os.path.join(config.out, phase + '_phase')) or [])
+        history += [h for h in previous or [] if h['phase'] == phase and
+                    h['first_epoch'] <= done]
+        if previous is None and done:
+            history.append({'phase': phase, 'first_epoch': 1,
+                            'kernels': 'stock'})
+        entries = [h for h in history if h['phase'] == phase]
+        if done < epochs and (not entries or
+                              entries[-1]['kernels'] != config.kernels):
+            history.append({'phase': phase, 'first_epoch': done + 1,
+                            'kernels': config.kernels})
+    return history
 
 
 def holds_work(out):
@@ -674,7 +720,9 @@ def run(config):
     try:
         data = load_data(protocol, config)
         check_training_set(config, data, cluster)
-        return _run_steps(protocol, config, data, device, say, cluster, folder)
+        with chainer.using_config('branchynet_kernels', config.kernels):
+            return _run_steps(protocol, config, data, device, say, cluster,
+                              folder)
     except BaseException:
         # a run that failed before it had trained anything leaves nothing
         if folder is not None and not holds_work(config.out):
@@ -733,7 +781,7 @@ def _run_steps(protocol, config, data, device, say, cluster, folder):
         say('evaluating the saved models of', config.models)
         models = load_trained(protocol, config, device, folder)
     if cluster.is_root:
-        record_config(folder, config, cluster)
+        history = record_config(folder, config, cluster)
         report.remove_results(folder)
     if not config.models:
         models = train(protocol, config, data, device, say, folder, cluster)
@@ -748,6 +796,7 @@ def _run_steps(protocol, config, data, device, say, cluster, folder):
         'environment': environment.describe(device),
         'distributed': cluster.describe(),
         'training': models.training,
+        'kernels': {'training': history, 'evaluation': config.kernels},
     }
     evaluation, outputs = evaluate(models, data, config, say, folder)
     results.update(evaluation)

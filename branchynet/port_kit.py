@@ -151,7 +151,9 @@ def export_onnx(net, x, target):
     import onnx_chainer
     from onnx import numpy_helper
     names = ['exit{}'.format(n + 1) for n in range(net.num_exits)]
-    with chainer.using_config('train', False):
+    # the exporter knows Chainer's own functions only
+    with chainer.using_config('train', False), \
+            chainer.using_config('branchynet_kernels', 'stock'):
         model = onnx_chainer.export(net, x, opset_version=OPSET,
                                     input_names=['x'], output_names=names)
     batch = len(x)
@@ -282,7 +284,9 @@ def export(key, out, model_path=None, data_dir=None, batch=16, seed=0,
         load_model(model_path, net)
     knee = knee_of_run(model_path, key)
     x, t, source = reference_batch(protocol, data_dir, batch, seed, test_batch)
-    with OutputFolder.open(out, 'port-kit', foreign_ok=False) as folder:
+    # a kit is Chainer's own computation: the reference a port must meet
+    with OutputFolder.open(out, 'port-kit', foreign_ok=False) as folder, \
+            chainer.using_config('branchynet_kernels', 'stock'):
         return _write_kit(folder, key, net, x, t, source, model_path, seed,
                           knee)
 

@@ -227,8 +227,15 @@ def speed(kit, train_batch, repeats=5, latency_samples=50):
     samples = [rng.rand(1, *net.input_shape).astype(numpy.float32)
                for _ in range(latency_samples)]
     cpu = chainer.get_device('@numpy')
+
+    def on(kernels, function):
+        def run(argument):
+            with chainer.using_config('branchynet_kernels', kernels):
+                return function(argument)
+        return run
     latency = timing.time_in_turns(
-        [lambda s: net.predict_sample(s, rule),
+        [on('stock', lambda s: net.predict_sample(s, rule)),
+         on('fast', lambda s: net.predict_sample(s, rule)),
          lambda s: torch_net.predict_sample(torch.from_numpy(s), thresholds)],
         samples, cpu, repeats, warmup=5)
     x = rng.rand(train_batch, *net.input_shape).astype(numpy.float32)
@@ -246,11 +253,14 @@ def speed(kit, train_batch, repeats=5, latency_samples=50):
         torch_adam.step()
 
     steps = timing.time_in_turns(
-        [lambda _: adam.update(policy, x, t), lambda _: torch_step()],
-        [None], cpu, repeats, warmup=1)
-    return {'latency_ms': {'chainer': latency[0], 'pytorch': latency[1]},
+        [on('stock', lambda _: adam.update(policy, x, t)),
+         on('fast', lambda _: adam.update(policy, x, t)),
+         lambda _: torch_step()], [None], cpu, repeats, warmup=1)
+    return {'latency_ms': {'chainer': latency[0], 'chainer_fast': latency[1],
+                           'pytorch': latency[2]},
             'latency_thresholds': thresholds,
-            'train_step_ms': {'chainer': steps[0], 'pytorch': steps[1]},
+            'train_step_ms': {'chainer': steps[0], 'chainer_fast': steps[1],
+                              'pytorch': steps[2]},
             'train_batch': train_batch, 'torch_threads': torch.get_num_threads()}
 
 
@@ -299,22 +309,27 @@ def markdown(results):
               'elements; the divergence then grows. PORTING.md, "Lockstep '
               'training", says how to read these figures.']
     lines += ['', '## Speed on this CPU (median ms, timed in turns)', '',
-              '| network | batch-1 early exit: Chainer | PyTorch | ratio | '
-              'joint training step (batch): Chainer | PyTorch | ratio |',
-              '|---|---|---|---|---|---|---|']
+              'Chainer stock: its own functions (`--kernels stock`); fast: '
+              'convolution and max pooling of branchynet/kernels.py '
+              '(`--kernels fast`, the default).', '',
+              '| network | batch-1 early exit: Chainer stock | fast | '
+              'PyTorch | joint training step (batch): Chainer stock | fast | '
+              'PyTorch | stock / fast | fast / PyTorch |',
+              '|---|---|---|---|---|---|---|---|---|']
     for key, r in results['networks'].items():
         v = r['speed']
-        lat, step = v['latency_ms'], v['train_step_ms']
-        lines.append('| {} | {:.3g} | {:.3g} | {:.1f}x | {:.4g} ({}) | {:.4g} | '
-                     '{:.1f}x |'.format(
-                         key, lat['chainer']['median_ms'],
-                         lat['pytorch']['median_ms'],
-                         lat['chainer']['median_ms'] /
-                         lat['pytorch']['median_ms'],
-                         step['chainer']['median_ms'], v['train_batch'],
-                         step['pytorch']['median_ms'],
-                         step['chainer']['median_ms'] /
-                         step['pytorch']['median_ms']))
+        lat = {k: m['median_ms'] for k, m in v['latency_ms'].items()}
+        step = {k: m['median_ms'] for k, m in v['train_step_ms'].items()}
+        fast = step.get('chainer_fast', step['chainer'])
+        lines.append(
+            '| {} | {:.3g} | {} | {:.3g} | {:.4g} ({}) | {} | {:.4g} | {} | '
+            '{:.1f}x |'.format(
+                key, lat['chainer'], '{:.3g}'.format(lat['chainer_fast'])
+                if 'chainer_fast' in lat else '-', lat['pytorch'],
+                step['chainer'], v['train_batch'],
+                '{:.4g}'.format(fast) if 'chainer_fast' in step else '-',
+                step['pytorch'], '{:.2f}x'.format(step['chainer'] / fast)
+                if 'chainer_fast' in step else '-', fast / step['pytorch']))
     return '\n'.join(lines) + '\n'
 
 

@@ -10,7 +10,7 @@ import chainer.links as L
 from chainer.initializers import LeCunNormal
 
 from branchynet import Branch, BranchyNet
-from branchynet.layers import dropout, lrn, max_pool, relu
+from branchynet.layers import Convolution2D, dropout, lrn, max_pool, relu
 
 INPUT_SHAPE = (3, 32, 32)
 NUM_CLASSES = 10
@@ -18,7 +18,7 @@ MAX_BRANCH1_CONVS = 4
 
 
 def _conv(in_channels, out_channels, ksize, pad):
-    return L.Convolution2D(in_channels, out_channels, ksize, pad=pad,
+    return Convolution2D(in_channels, out_channels, ksize, pad=pad,
                            initialW=LeCunNormal())
 
 

@@ -9,7 +9,7 @@ import chainer.links as L
 from chainer.initializers import LeCunNormal
 
 from branchynet import Branch, BranchyNet
-from branchynet.layers import max_pool, relu
+from branchynet.layers import Convolution2D, max_pool, relu
 
 INPUT_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
@@ -23,17 +23,17 @@ def get_network():
     """
     lecun = LeCunNormal()
     layers = [
-        L.Convolution2D(1, 5, 5, pad=3, initialW=lecun),
+        Convolution2D(1, 5, 5, pad=3, initialW=lecun),
         Branch([
             max_pool(2, 2), relu,
-            L.Convolution2D(5, 10, 3, pad=1, initialW=lecun),
+            Convolution2D(5, 10, 3, pad=1, initialW=lecun),
             max_pool(2, 2), relu,
             L.Linear(640, NUM_CLASSES, initialW=lecun),
         ]),
         max_pool(2, 2), relu,
-        L.Convolution2D(5, 10, 5, pad=3, initialW=lecun),
+        Convolution2D(5, 10, 5, pad=3, initialW=lecun),
         max_pool(2, 2), relu,
-        L.Convolution2D(10, 20, 5, pad=3, initialW=lecun),
+        Convolution2D(10, 20, 5, pad=3, initialW=lecun),
         max_pool(2, 2), relu,
         L.Linear(720, 84, initialW=lecun),
         Branch([L.Linear(84, NUM_CLASSES, initialW=lecun)]),

@@ -18,7 +18,7 @@ import chainer.links as L
 from chainer.initializers import LeCunNormal
 
 from branchynet import Branch, BranchyNet
-from branchynet.layers import average_pool, lrn, relu
+from branchynet.layers import Convolution2D, average_pool, lrn, relu
 
 INPUT_SHAPE = (3, 32, 32)
 NUM_CLASSES = 10
@@ -45,10 +45,10 @@ class ResBlock(chainer.Chain):
         self.extra_channels = out_channels - in_channels
         self.stride = stride
         with self.init_scope():
-            self.conv1 = L.Convolution2D(in_channels, out_channels, 3, stride,
+            self.conv1 = Convolution2D(in_channels, out_channels, 3, stride,
                                          1, initialW=_residual_init())
             self.bn1 = L.BatchNormalization(out_channels)
-            self.conv2 = L.Convolution2D(out_channels, out_channels, 3, 1, 1,
+            self.conv2 = Convolution2D(out_channels, out_channels, 3, 1, 1,
                                          initialW=_residual_init())
             self.bn2 = L.BatchNormalization(out_channels)
 
@@ -81,12 +81,12 @@ def get_network():
     """
     lecun = LeCunNormal()
     layers = [
-        L.Convolution2D(3, 16, 3, 1, 0, initialW=_residual_init()),  # 30x30
+        Convolution2D(3, 16, 3, 1, 0, initialW=_residual_init()),  # 30x30
         L.BatchNormalization(16), relu,
         Branch([
-            L.Convolution2D(16, 64, 5, pad=2, initialW=lecun), relu, lrn(),
-            L.Convolution2D(64, 32, 3, pad=1, initialW=lecun), relu,
-            L.Convolution2D(32, 32, 3, pad=1, initialW=lecun), relu,
+            Convolution2D(16, 64, 5, pad=2, initialW=lecun), relu, lrn(),
+            Convolution2D(64, 32, 3, pad=1, initialW=lecun), relu,
+            Convolution2D(32, 32, 3, pad=1, initialW=lecun), relu,
             L.Linear(28800, NUM_CLASSES, initialW=lecun),
         ]),
         *_stage(16, 16, 1),

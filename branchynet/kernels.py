@@ -1,0 +1,279 @@
+"""CPU convolution and max pooling without Chainer's copies.
+
+Chainer 7's CPU path convolves by ``im2col`` into a ``(N, C, kh, kw, oh,
+ow)`` array, lets ``numpy.tensordot`` copy it again into a matrix, and
+copies the result from ``(N, oh, ow, O)`` into ``(N, O, oh, ow)``; its
+backward pass builds the columns a second time. Max pooling builds the
+same ``kh * kw`` times larger window array only to take an ``argmax``.
+On a CPU those copies, not the arithmetic, take most of a training step.
+
+Here, on NumPy arrays:
+
+- **convolution**: the columns are laid out once, as the matrix
+  ``(C*kh*kw, N*oh*ow)`` read straight from a strided view of the (padded)
+  input; forward, weight gradient and input gradient are each one large
+  matrix product on them; the columns are kept from forward to backward
+  instead of being built again; the input gradient is summed back window
+  offset by window offset (``kh * kw`` strided additions);
+- **max pooling**: the maximum is taken window offset by window offset
+  over strided views of the input (``kh * kw`` comparisons of output-sized
+  arrays), recording the offset of the first maximum, which is the element
+  Chainer's ``argmax`` picks (ties go to the first in row-major window
+  order); backward adds the gradient at those offsets.
+
+Both are Chainer ``FunctionNode``s with the parameters and results of
+Chainer's own functions (``F.convolution_2d``, ``F.max_pooling_2d``; tested
+against them on every layer shape of the three networks and on odd
+shapes). Which runs is chosen by ``chainer.config.branchynet_kernels``:
+``'fast'`` (the default) uses these on NumPy arrays; ``'stock'`` uses
+Chainer's everywhere. On a GPU Chainer's always run. Double backpropagation
+is not supported by these nodes (nothing in this project needs it).
+"""
+import chainer
+import chainer.functions as F
+import numpy
+from chainer import function_node
+from chainer.utils import conv, type_check
+
+from branchynet import _jit
+
+KERNELS = ('fast', 'stock')
+# The compiled inner loops (branchynet/_jit.py) where Numba is installed;
+# otherwise, or with this set to False, the NumPy loops below.
+USE_JIT = _jit.AVAILABLE
+chainer.global_config.branchynet_kernels = 'fast'
+
+
+def _pair(value):
+    return value if isinstance(value, tuple) else (value, value)
+
+
+def use_fast(*arrays):
+    """Whether the fast CPU kernels apply to ``arrays`` under the current
+    configuration."""
+    if chainer.config.branchynet_kernels == 'stock':
+        return False
+    return all(isinstance(getattr(a, 'array', a), numpy.ndarray)
+               for a in arrays if a is not None)
+
+
+def check_kernels(name):
+    """Raise ValueError unless ``name`` is one of :data:`KERNELS`."""
+    if name not in KERNELS:
+        raise ValueError('kernels must be one of {}, got {!r}'.format(
+            ', '.join(KERNELS), name))
+
+
+def _padded(x, pad_h, pad_w, fill=0.0, extra_h=0, extra_w=0):
+    """``x`` padded on both sides (and by ``extra`` at the bottom/right)."""
+    if not (pad_h or pad_w or extra_h or extra_w):
+        return x
+    n, c, h, w = x.shape
+    out = numpy.full((n, c, h + 2 * pad_h + extra_h, w + 2 * pad_w + extra_w),
+                     fill, dtype=x.dtype)
+    out[:, :, pad_h:pad_h + h, pad_w:pad_w + w] = x
+    return out
+
+
+def _columns(xp, kh, kw, sy, sx, oh, ow):
+    """The ``(C*kh*kw, N*oh*ow)`` column matrix of the padded input (one copy)."""
+    n, c = xp.shape[:2]
+    s_n, s_c, s_h, s_w = xp.strides
+    view = numpy.lib.stride_tricks.as_strided(
+        xp, shape=(c, kh, kw, n, oh, ow),
+        strides=(s_c, s_h, s_w, s_n, s_h * sy, s_w * sx), writeable=False)
+    return view.reshape(c * kh * kw, n * oh * ow)
+
+
+class Convolution2D(function_node.FunctionNode):
+    """2-D convolution on NumPy arrays (no dilation, one group)."""
+
+    def __init__(self, stride=1, pad=0):
+        self.sy, self.sx = _pair(stride)
+        self.ph, self.pw = _pair(pad)
+
+    def check_type_forward(self, in_types):
+        type_check._argname(in_types, ('x', 'W', 'b')[:len(in_types)])
+        x_type, w_type = in_types[:2]
+        type_check.expect(x_type.dtype.kind == 'f', x_type.ndim == 4,
+                          w_type.ndim == 4, x_type.shape[1] == w_type.shape[1])
+
+    def forward(self, inputs):
+        x, W = inputs[:2]
+        b = inputs[2] if len(inputs) == 3 else None
+        n, c, h, w = x.shape
+        out_c, _, kh, kw = W.shape
+        oh = conv.get_conv_outsize(h, kh, self.sy, self.ph)
+        ow = conv.get_conv_outsize(w, kw, self.sx, self.pw)
+        col = _columns(_padded(x, self.ph, self.pw), kh, kw, self.sy, self.sx,
+                       oh, ow)
+        y2 = W.reshape(out_c, -1).dot(col).reshape(out_c, n, oh, ow)
+        y = numpy.empty((n, out_c, oh, ow), dtype=x.dtype)
+        if b is None:
+            y.transpose(1, 0, 2, 3)[...] = y2
+        else:  # the bias added in the same pass as the layout change
+            numpy.add(y2, b.reshape(out_c, 1, 1, 1),
+                      out=y.transpose(1, 0, 2, 3))
+        if chainer.config.enable_backprop:
+            self.col = col
+            self.shapes = (x.shape, W.shape, oh, ow)
+            self.retain_inputs((1,))
+        return y,
+
+    def backward(self, indexes, grad_outputs):
+        W, = self.get_retained_inputs()
+        gy, = grad_outputs
+        grads = ConvolutionGrad(self, indexes).apply((W, gy))
+        return tuple(grads[indexes.index(i)] if i in indexes else None
+                     for i in range(len(self.inputs)))
+
+
+class ConvolutionGrad(function_node.FunctionNode):
+    """Gradients of :class:`Convolution2D` with respect to the inputs
+    ``indexes`` asks for (0: x, 1: W, 2: b), in that order.
+
+    The input gradient, the costliest, is not computed when x needs none
+    (the first layer's input is data).
+    """
+
+    def __init__(self, conv_node, indexes):
+        self.node = conv_node
+        self.indexes = tuple(indexes)
+
+    def forward(self, inputs):
+        W, gy = inputs
+        node = self.node
+        x_shape, w_shape, oh, ow = node.shapes
+        n, c, h, w = x_shape
+        out_c, _, kh, kw = w_shape
+        gy2 = numpy.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(
+            out_c, n * oh * ow)
+        grads = {}
+        if 1 in self.indexes:
+            grads[1] = gy2.dot(node.col.T).reshape(w_shape).astype(
+                W.dtype, copy=False)
+        node.col = None  # the columns are needed once
+        if 2 in self.indexes:
+            grads[2] = gy.sum(axis=(0, 2, 3))
+        if 0 in self.indexes:
+            grads[0] = self._input_grad(W, gy2, x_shape, oh, ow)
+        return tuple(grads[i] for i in self.indexes)
+
+    def _input_grad(self, W, gy2, x_shape, oh, ow):
+        node = self.node
+        n, c, h, w = x_shape
+        out_c, _, kh, kw = W.shape
+        gcol = W.reshape(out_c, -1).T.dot(gy2).reshape(c, kh, kw, n, oh, ow)
+        sy, sx = node.sy, node.sx
+        gxp = numpy.zeros((c, n, h + 2 * node.ph, w + 2 * node.pw),
+                          dtype=gy2.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                gxp[:, :, i:i + sy * oh:sy, j:j + sx * ow:sx] += gcol[:, i, j]
+        return numpy.ascontiguousarray(gxp[:, :, node.ph:node.ph + h,
+                                           node.pw:node.pw + w].transpose(
+                                               1, 0, 2, 3))
+
+    def backward(self, indexes, grad_outputs):
+        raise NotImplementedError('double backpropagation through the fast '
+                                  'CPU convolution; use '
+                                  'branchynet_kernels="stock"')
+
+
+class MaxPooling2D(function_node.FunctionNode):
+    """2-D max pooling on NumPy arrays, as ``F.max_pooling_2d``."""
+
+    def __init__(self, ksize, stride, pad, cover_all):
+        self.kh, self.kw = _pair(ksize)
+        self.sy, self.sx = _pair(ksize if stride is None else stride)
+        self.ph, self.pw = _pair(pad)
+        self.cover_all = cover_all
+
+    def check_type_forward(self, in_types):
+        type_check._argname(in_types, ('x',))
+        type_check.expect(in_types[0].dtype.kind == 'f',
+                          in_types[0].ndim == 4)
+
+    def forward(self, inputs):
+        x, = inputs
+        n, c, h, w = x.shape
+        kh, kw, sy, sx = self.kh, self.kw, self.sy, self.sx
+        oh = conv.get_conv_outsize(h, kh, sy, self.ph, self.cover_all)
+        ow = conv.get_conv_outsize(w, kw, sx, self.pw, self.cover_all)
+        self.x_shape = x.shape
+        if USE_JIT:
+            y = numpy.empty((n, c, oh, ow), dtype=x.dtype)
+            self.offset = numpy.empty((n, c, oh, ow), dtype=numpy.uint8)
+            _jit.pool_forward(numpy.ascontiguousarray(x), kh, kw, sy, sx,
+                              self.ph, self.pw, y, self.offset)
+            return y,
+        hp, wp = (oh - 1) * sy + kh, (ow - 1) * sx + kw
+        xp = _padded(x, self.ph, self.pw, -numpy.inf,
+                     max(0, hp - h - 2 * self.ph), max(0, wp - w - 2 * self.pw))
+        y = xp[:, :, 0:sy * (oh - 1) + 1:sy, 0:sx * (ow - 1) + 1:sx].copy()
+        offset = numpy.zeros(y.shape, dtype=numpy.uint8)
+        greater = numpy.empty(y.shape, dtype=bool)
+        for i in range(kh):
+            for j in range(kw):
+                if i == j == 0:
+                    continue
+                window = xp[:, :, i:i + sy * (oh - 1) + 1:sy,
+                            j:j + sx * (ow - 1) + 1:sx]
+                numpy.greater(window, y, out=greater)
+                numpy.copyto(y, window, where=greater)
+                numpy.copyto(offset, i * kw + j, where=greater)
+        self.offset = offset
+        return y,
+
+    def backward(self, indexes, grad_outputs):
+        return MaxPoolingGrad(self).apply(grad_outputs)
+
+
+class MaxPoolingGrad(function_node.FunctionNode):
+    """The gradient of :class:`MaxPooling2D` with respect to x."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def forward(self, inputs):
+        gy, = inputs
+        p = self.pool
+        n, c, h, w = p.x_shape
+        oh, ow = gy.shape[2:]
+        if USE_JIT:
+            gx = numpy.zeros(p.x_shape, dtype=gy.dtype)
+            _jit.pool_backward(numpy.ascontiguousarray(gy), p.offset, p.kh,
+                               p.kw, p.sy, p.sx, p.ph, p.pw, gx)
+            return gx,
+        gxp = numpy.zeros((n, c, max(h + 2 * p.ph, (oh - 1) * p.sy + p.kh),
+                           max(w + 2 * p.pw, (ow - 1) * p.sx + p.kw)),
+                          dtype=gy.dtype)
+        at = numpy.empty(gy.shape, dtype=bool)
+        for i in range(p.kh):
+            for j in range(p.kw):
+                numpy.equal(p.offset, i * p.kw + j, out=at)
+                gxp[:, :, i:i + p.sy * (oh - 1) + 1:p.sy,
+                    j:j + p.sx * (ow - 1) + 1:p.sx] += numpy.where(at, gy, 0)
+        return numpy.ascontiguousarray(
+            gxp[:, :, p.ph:p.ph + h, p.pw:p.pw + w]),
+
+    def backward(self, indexes, grad_outputs):
+        raise NotImplementedError('double backpropagation through the fast '
+                                  'CPU max pooling; use '
+                                  'branchynet_kernels="stock"')
+
+
+def convolution_2d(x, W, b=None, stride=1, pad=0):
+    """``F.convolution_2d(x, W, b, stride, pad)``, fast on NumPy arrays."""
+    if not use_fast(x, W, b):
+        return F.convolution_2d(x, W, b, stride, pad)
+    inputs = (x, W) if b is None else (x, W, b)
+    return Convolution2D(stride, pad).apply(inputs)[0]
+
+
+def max_pooling_2d(x, ksize, stride=None, pad=0, cover_all=True):
+    """``F.max_pooling_2d(x, ksize, stride, pad, cover_all)``, fast on NumPy
+    arrays."""
+    if not use_fast(x):
+        return F.max_pooling_2d(x, ksize, stride, pad, cover_all)
+    return MaxPooling2D(ksize, stride, pad, cover_all).apply((x,))[0]
