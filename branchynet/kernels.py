@@ -219,7 +219,11 @@ class MaxPooling2D(function_node.FunctionNode):
                     continue
                 window = xp[:, :, i:i + sy * (oh - 1) + 1:sy,
                             j:j + sx * (ow - 1) + 1:sx]
-                numpy.greater(window, y, out=greater)
+                # replace unless y >= window, or y is NaN: the first NaN
+                # wins, as in Chainer's argmax
+                numpy.greater_equal(y, window, out=greater)
+                numpy.logical_not(greater, out=greater)
+                greater &= ~numpy.isnan(y)
                 numpy.copyto(y, window, where=greater)
                 numpy.copyto(offset, i * kw + j, where=greater)
         self.offset = offset
