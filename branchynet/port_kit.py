@@ -138,24 +138,28 @@ def weights(net):
             for k, v in serializer.target.items()}
 
 
-def export_onnx(net, x, target):
-    """Write ``net`` as ONNX (all exits as outputs, free batch size); check it.
+def trace_onnx(link, x, input_names, output_names):
+    """``link`` applied to ``x`` as a checked ONNX model with a free batch size.
 
-    The exporter fixes the batch size of the trace into every flattening
-    ``Reshape``; those shapes are rewritten to ``0`` (copy the input's
-    batch dimension), and the parameters are listed as initializers only,
-    not as graph inputs.
+    Chainer's exporter (``onnx_chainer``, opset :data:`OPSET`, test mode,
+    Chainer's own functions) fixes the batch size of the trace into every
+    flattening ``Reshape``; those shapes are rewritten to ``0`` (copy the
+    input's batch dimension), and the parameters are listed as initializers
+    only, not as graph inputs.
+
+    Returns:
+        The ``onnx.ModelProto``.
     """
     _compat.apply_onnx()
     import onnx
     import onnx_chainer
     from onnx import numpy_helper
-    names = ['exit{}'.format(n + 1) for n in range(net.num_exits)]
     # the exporter knows Chainer's own functions only
     with chainer.using_config('train', False), \
             chainer.using_config('branchynet_kernels', 'stock'):
-        model = onnx_chainer.export(net, x, opset_version=OPSET,
-                                    input_names=['x'], output_names=names)
+        model = onnx_chainer.export(link, x, opset_version=OPSET,
+                                    input_names=input_names,
+                                    output_names=output_names)
     batch = len(x)
     producers = {n.output[0]: n for n in model.graph.node
                  if n.op_type == 'Constant'}
@@ -176,6 +180,17 @@ def export_onnx(net, x, target):
     for output in model.graph.output:
         output.type.tensor_type.shape.dim[0].dim_param = 'batch'
     onnx.checker.check_model(model)
+    return model
+
+
+def export_onnx(net, x, target):
+    """Write ``net`` as ONNX (all exits as outputs, free batch size); check it.
+
+    Returns:
+        The ``onnx.ModelProto`` (see :func:`trace_onnx`).
+    """
+    names = ['exit{}'.format(n + 1) for n in range(net.num_exits)]
+    model = trace_onnx(net, x, ['x'], names)
     with files.writing(target) as f:
         f.write(model.SerializeToString())
     return model

@@ -217,6 +217,34 @@ SUMMARY = {
 }
 
 
+DEPLOYMENT_KIND = 'deployment'
+DEPLOYED = {
+    'weights': str,
+    'timing': {'batch1_ms': DictOf(MEASURED), 'deployed_gain': Number,
+               'ideal_gain': Number},
+    'test': Optional({'samples': Integer, 'thresholds': NUMBERS,
+                      'early_exit_accuracy': Number,
+                      'main_path_accuracy': Number, 'exit_shares': NUMBERS}),
+    'schedule': Optional(str),
+}
+DEPLOYMENT = {'kind': Equal(DEPLOYMENT_KIND), 'environment': ENVIRONMENT,
+              'onnxruntime': str, 'networks': DictOf(DEPLOYED)}
+
+
+def read_deployment(path):
+    """A ``deploy.json`` of ``experiments/deploy.py measure``, checked."""
+    deployment = files.read_json(path)
+    check(deployment, dict, path)
+    if deployment.get('kind') != DEPLOYMENT_KIND:
+        raise FileProblem('{}: not a deployment report (kind {!r}, expected '
+                          '{!r})'.format(path, deployment.get('kind'),
+                                         DEPLOYMENT_KIND))
+    check(deployment, DEPLOYMENT, path)
+    for key in deployment['networks']:
+        _check_protocol(key, path, 'networks')
+    return deployment
+
+
 def read_results(path):
     """A runner's ``results.json``, checked.
 

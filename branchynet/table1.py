@@ -23,9 +23,13 @@ COLUMNS = ['Network', 'Run', 'Device', 'Source', 'Row', 'Acc. (%)', 'Time (ms)',
 ORDER = ('b_lenet', 'b_alexnet', 'b_resnet110')
 
 
+REPORTS = ('results.json', 'deploy.json')
+
+
 def find_results(paths):
-    """Every runner ``results.json`` in ``paths`` (files, run folders, or
-    folders of run folders, searched one level down), in a stable order.
+    """Every runner ``results.json`` and deployment ``deploy.json`` in
+    ``paths`` (files, run folders, or folders of run folders, searched one
+    level down), in a stable order.
 
     Raises:
         FileProblem: a path that holds no results.
@@ -37,16 +41,17 @@ def find_results(paths):
         if not os.path.isdir(path):
             found.append(path)
             continue
-        here = os.path.join(path, 'results.json')
-        if os.path.isfile(here):
-            found.append(here)
+        here = [os.path.join(path, name) for name in REPORTS
+                if os.path.isfile(os.path.join(path, name))]
+        if here:
+            found += here
             continue
-        below = sorted(os.path.join(path, d, 'results.json')
-                       for d in os.listdir(path) if os.path.isfile(
-                           os.path.join(path, d, 'results.json')))
+        below = sorted(os.path.join(path, d, name)
+                       for d in os.listdir(path) for name in REPORTS
+                       if os.path.isfile(os.path.join(path, d, name)))
         if not below:
-            raise FileProblem('{} holds no results.json (nor do its '
-                              'sub-folders)'.format(path))
+            raise FileProblem('{} holds no results.json or deploy.json (nor '
+                              'do its sub-folders)'.format(path))
         found += below
     return found
 
@@ -127,16 +132,59 @@ def our_rows(results, run):
     return rows
 
 
+def deployed_rows(deployment, run):
+    """The rows of a deployment report: for each trained network in it, its
+    deployed main path and deployed early exit (ONNX Runtime, batch 1)."""
+    rows = []
+    runtime = 'ONNX Runtime {}, 1 thread'.format(deployment['onnxruntime'])
+    for key, deployed in deployment['networks'].items():
+        test = deployed.get('test')
+        if test is None:  # seeded weights: timed, but no Table I accuracy
+            continue
+        protocol = protocols.get(key)
+        title = protocol.network().title
+        ms = deployed['timing']['batch1_ms']
+        common = {'Network': title, 'Run': run, 'Device': 'CPU',
+                  'Source': 'ours', 'Schedule': deployed.get('schedule', '-'),
+                  'Split': 'test {} ({} samples); models: {}'.format(
+                      deployed['images'], test['samples'],
+                      deployed['weights']),
+                  'Machine': deployment['environment']['cpu'],
+                  'Date': deployment['environment']['date_utc'][:10]}
+        rows.append(dict(common, **{
+            'Row': '{} deployed ({})'.format(protocol.baseline_name, runtime),
+            'Acc. (%)': '{:.2f}'.format(test['main_path_accuracy']),
+            'Time (ms)': '{:.3g}'.format(ms['deployed_main_path']['median_ms']),
+            'Gain': '-', 'Thrshld. T': '-', 'Exit (%)': '-'}))
+        rows.append(dict(common, **{
+            'Row': '{} deployed early exit ({})'.format(title, runtime),
+            'Acc. (%)': '{:.2f}'.format(test['early_exit_accuracy']),
+            'Time (ms)': '{:.3g}'.format(
+                ms['deployed_early_exit']['median_ms']),
+            'Gain': '{:.1f}x'.format(deployed['timing']['deployed_gain']),
+            'Thrshld. T': ', '.join('{:g}'.format(v)
+                                    for v in test['thresholds']),
+            'Exit (%)': ', '.join('{:.3g}'.format(100 * f)
+                                  for f in test['exit_shares'])}))
+    return rows
+
+
 def combined_rows(runs):
     """Paper rows and ours, network by network, CPU before GPU.
 
     Args:
         runs: ``(name, results)`` pairs of checked run results
-            (:func:`branchynet.reading.read_results`).
+            (:func:`branchynet.reading.read_results`) or deployment reports
+            (:func:`branchynet.reading.read_deployment`).
     """
     by_protocol = {}
     for run, results in runs:
-        by_protocol.setdefault(results['protocol'], []).append((run, results))
+        if results['kind'] == reading.DEPLOYMENT_KIND:
+            for key in results['networks']:
+                by_protocol.setdefault(key, []).append((run, results))
+        else:
+            by_protocol.setdefault(results['protocol'], []).append(
+                (run, results))
     keys = [k for k in ORDER if k in by_protocol] + sorted(
         k for k in by_protocol if k not in ORDER)
     rows = []
@@ -145,9 +193,15 @@ def combined_rows(runs):
         if protocol.paper is not None:
             rows += paper_rows(protocol)
         ours = [r for run, results in by_protocol[key]
-                for r in our_rows(results, run)]
+                for r in (deployed_rows(_only(results, key), run)
+                          if results['kind'] == reading.DEPLOYMENT_KIND
+                          else our_rows(results, run))]
         rows += sorted(ours, key=lambda r: r['Device'])  # stable: CPU, GPU
     return rows
+
+
+def _only(deployment, key):
+    return dict(deployment, networks={key: deployment['networks'][key]})
 
 
 def markdown(rows):
@@ -193,8 +247,10 @@ def write(paths, out):
     Raises:
         FileProblem: a results file that is damaged or not a run's.
     """
-    rows = combined_rows((run_name(p), reading.read_results(p))
-                         for p in find_results(paths))
+    rows = combined_rows(
+        (run_name(p), reading.read_deployment(p)
+         if os.path.basename(p) == 'deploy.json' else reading.read_results(p))
+        for p in find_results(paths))
     if not rows:
         raise FileProblem('no run results in {}'.format(', '.join(paths)))
     if isinstance(out, OutputFolder):
