@@ -296,3 +296,33 @@ def test_a_run_from_before_the_kernels_trained_on_chainers_functions(
         {'phase': 'main', 'first_epoch': 1, 'kernels': 'stock'},
         {'phase': 'main', 'first_epoch': 3, 'kernels': 'fast'},
         {'phase': 'joint', 'first_epoch': 1, 'kernels': 'fast'}]
+
+
+def test_kept_columns_are_given_back_after_backward_or_collection():
+    """The memory budget of kept columns cannot drift: every share returns
+    after the backward pass, or when a graph is dropped without one."""
+    import gc
+    x, W, b = conv_case((2, 3, 9, 9), (4, 3, 3, 3), (1, 1), (1, 1), True)
+    assert kernels._COLUMNS.held == 0
+    run_conv(kernels.convolution_2d, x, W, b, 1, 1)
+    assert kernels._COLUMNS.held == 0
+    y = kernels.convolution_2d(chainer.Variable(x), chainer.Variable(W),
+                               chainer.Variable(b), 1, 1)
+    assert kernels._COLUMNS.held == 3 * 9 * 2 * 81 * 4  # C*kh*kw x N*oh*ow
+    del y
+    gc.collect()
+    assert kernels._COLUMNS.held == 0
+    with chainer.using_config('enable_backprop', False):
+        kernels.convolution_2d(x, W, b, 1, 1)
+    assert kernels._COLUMNS.held == 0
+
+
+def test_columns_beyond_the_budget_are_built_again_with_the_same_gradients(
+        monkeypatch):
+    x, W, b = conv_case((2, 3, 9, 9), (4, 3, 3, 3), (2, 1), (1, 2), True)
+    kept = run_conv(kernels.convolution_2d, x, W, b, (2, 1), (1, 2))
+    monkeypatch.setattr(kernels._COLUMNS, 'budget', 0)
+    rebuilt = run_conv(kernels.convolution_2d, x, W, b, (2, 1), (1, 2))
+    numpy.testing.assert_array_equal(rebuilt[0], kept[0])
+    for got, expected in zip(rebuilt[1], kept[1]):
+        numpy.testing.assert_array_equal(got, expected)
