@@ -152,7 +152,8 @@ def deployed_rows(deployment, run):
                   'Machine': deployment['environment']['cpu'],
                   'Date': deployment['environment']['date_utc'][:10]}
         rows.append(dict(common, **{
-            'Row': '{} deployed ({})'.format(protocol.baseline_name, runtime),
+            'Row': '{} deployed: main path after joint training ({})'.format(
+                protocol.baseline_name, runtime),
             'Acc. (%)': '{:.2f}'.format(test['main_path_accuracy']),
             'Time (ms)': '{:.3g}'.format(ms['deployed_main_path']['median_ms']),
             'Gain': '-', 'Thrshld. T': '-', 'Exit (%)': '-'}))
@@ -180,8 +181,9 @@ def combined_rows(runs):
     by_protocol = {}
     for run, results in runs:
         if results['kind'] == reading.DEPLOYMENT_KIND:
-            for key in results['networks']:
-                by_protocol.setdefault(key, []).append((run, results))
+            for key, deployed in results['networks'].items():
+                if 'test' in deployed:  # seeded weights give no rows
+                    by_protocol.setdefault(key, []).append((run, results))
         else:
             by_protocol.setdefault(results['protocol'], []).append(
                 (run, results))

@@ -173,7 +173,8 @@ def test_measure_reports_the_deployed_rows_of_table1(tmp_path):
     rows = table1.write([str(tmp_path / 'out')], str(tmp_path / 'table'))
     deployed = [r for r in rows if 'deployed' in r['Row']]
     assert [r['Row'].split(' (')[0] for r in deployed] == [
-        'LeNet deployed', 'B-LeNet deployed early exit']
+        'LeNet deployed: main path after joint training',
+        'B-LeNet deployed early exit']
     assert deployed[1]['Acc. (%)'] == '{:.2f}'.format(
         test['early_exit_accuracy'])
     assert 'ONNX Runtime ' + onnxruntime.__version__ in deployed[1]['Row']
