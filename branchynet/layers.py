@@ -56,6 +56,15 @@ def average_pool(ksize, stride):
                          stride=stride)
 
 
+def _global_average(x):
+    return F.average_pooling_2d(x, x.shape[2:])
+
+
+# Average over each feature map, (N, C, H, W) -> (N, C, 1, 1): the Elastic
+# heads' pooling (branchynet/elastic.py)
+global_average_pool = FunctionLayer('global_average_pool', _global_average)
+
+
 def lrn():
     """Local response normalisation with the reference's n=3, alpha=5e-5, beta=0.75."""
     return FunctionLayer('lrn', F.local_response_normalization, n=3,

@@ -63,6 +63,18 @@ def describe_layer(layer, prefix):
     Raises:
         TypeError: a layer this description does not know.
     """
+    if hasattr(layer, 'port_description'):  # a block that describes itself
+        return layer.port_description(prefix, describe_layer)
+    if isinstance(layer, L.Convolution2D) and layer.groups != 1:
+        return dict(_describe_plain(layer, prefix),
+                    in_channels=int(layer.W.shape[1] * layer.groups),
+                    groups=int(layer.groups))
+    return _describe_plain(layer, prefix)
+
+
+def _describe_plain(layer, prefix):
+    """:func:`describe_layer` of one plain layer (a grouped convolution is
+    described as its groups' convolution, then completed)."""
     if isinstance(layer, L.Convolution2D):
         return {'type': 'conv2d', 'in_channels': int(layer.W.shape[1]),
                 'out_channels': int(layer.out_channels),
@@ -96,6 +108,9 @@ def describe_layer(layer, prefix):
                     'alpha': kwargs['alpha'], 'beta': kwargs['beta']}
         if layer.name == 'dropout':
             return {'type': 'dropout', 'ratio': kwargs['ratio']}
+        if layer.name == 'global_average_pool':
+            return {'type': 'global_average_pool',
+                    'output': '(N, C, 1, 1): the mean of each feature map'}
     if hasattr(layer, 'conv1') and hasattr(layer, 'bn2'):  # a residual block
         return {'type': 'res_block',
                 'in_channels': int(layer.conv1.W.shape[1]),

@@ -21,7 +21,8 @@ FAST = ['--quick', '--no-progress', '--unofficial-data', '-b', '64']
 
 SCRIPTS = ['run_b_lenet', 'run_b_alexnet', 'run_b_resnet110',
            'run_alexnet_branch_layers', 'make_figures', 'benchmark',
-           'reproduce_paper', 'make_table1', 'export_port_kit', 'compare_port']
+           'reproduce_paper', 'make_table1', 'export_port_kit', 'compare_port',
+           'run_elastic']
 
 
 @pytest.mark.parametrize('name', SCRIPTS)

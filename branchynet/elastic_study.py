@@ -1,0 +1,262 @@
+"""The elastic study: each backbone with and without elastic outputs.
+
+For each backbone (``networks/elastic_cifar10.py``), from one seed:
+
+1. **backbone**: the main network alone (trunk and final head), our stand-in
+   for the Elastic paper's ImageNet pretraining; saved as ``backbone.npz``.
+2. **without**: the backbone trained on as it is for ``heads + joint``
+   epochs: the network without elastic outputs (``without.npz``).
+3. **heads**: from the same backbone, the elastic heads alone with the
+   backbone frozen (:class:`branchynet.elastic.FrozenBackboneLoss`).
+4. **joint**: everything, every exit's loss weighted 1 (``elastic.npz``).
+
+Both arms start from the same backbone weights and train the same number of
+epochs after it, on the same split. Every phase starts a fresh Adam, as the
+paper's Keras models were compiled anew for each phase. The results hold the
+paper's Table I in its form (test error without and with elastic outputs,
+relative improvement), the error of every output against its depth,
+parameters and multiply-adds (the paper's Fig. 6), the entropy early-exit
+frontier with one threshold shared by all exits, and the exit a compute
+budget picks.
+"""
+from dataclasses import asdict, dataclass
+
+import chainer
+import numpy
+
+from branchynet import elastic, figures, sweep
+from branchynet.elastic import FrozenBackboneLoss
+from branchynet.loss import BranchyLoss
+from branchynet.serialization import load_model, save_model
+from branchynet.training import read_log, train_phase
+
+# the Elastic paper's Table I, CIFAR-10 test error (%) without -> with
+# elastic outputs, for the families of our backbones (ImageNet-pretrained,
+# 224x224 inputs)
+PAPER = {'mobilenet': {'network': 'MobileNet', 'without': 10.37,
+                       'with': 7.82},
+         'resnet': {'network': 'ResNet-50', 'without': 5.54, 'with': 6.19}}
+THRESHOLDS = (0.0001, 0.001, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0,
+              1.5, 2.0, 2.5)
+BUDGET_SHARES = (0.25, 0.5, 0.75, 1.0)  # of the main network's multiply-adds
+MODELS = {'backbone': 'backbone.npz', 'without': 'without.npz',
+          'joint': 'elastic.npz'}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Epochs of each phase, and the optimiser's settings."""
+    backbone: int = 10
+    heads: int = 3
+    joint: int = 7
+    batchsize: int = 128
+    alpha: float = 0.001
+
+
+def _adam(target, schedule):
+    optimizer = chainer.optimizers.Adam(alpha=schedule.alpha)
+    optimizer.setup(target)
+    return optimizer
+
+
+def _phase(name, target, optimizer, loss_func, data, epochs, folder,
+           device, schedule, seed, resume, progress, say, kind='joint'):
+    say('phase "{}": {} epochs'.format(name, epochs))
+    folder.make_folder(name)
+    return train_phase(target, optimizer, loss_func,
+                       (data.train_x, data.train_t),
+                       (data.test_x, data.test_t), epochs, folder.file(name),
+                       schedule.batchsize, device, seed=seed, resume=resume,
+                       progress=progress, phase=kind)
+
+
+def train_arms(make_network, data, schedule, folder, device, seed=0,
+               resume=False, progress=True, say=print):
+    """The four phases; returns ``(without, elastic_net, logs)``.
+
+    ``make_network()`` gives the elastic network; its main network is what
+    the backbone and without phases train. A phase whose model file is in
+    ``folder`` is loaded instead of trained.
+    """
+    def saved(key):
+        return folder.file(MODELS[key]) if MODELS[key] in folder else None
+
+    def save(key, net):
+        with folder.open_file(MODELS[key]) as f:
+            save_model(f, net)
+
+    numpy.random.seed(seed)
+    net = make_network()
+    net.to_device(device)
+    logs = {}
+
+    def kept(phases, key):
+        load_model(saved(key), net if key != 'without' else without)
+        for phase in phases:
+            logs[phase] = read_log(folder.file(phase))
+        say('{}: done ({} kept)'.format(' and '.join(phases), MODELS[key]))
+
+    without = None
+    if saved('backbone'):
+        kept(['backbone'], 'backbone')
+    else:
+        policy = BranchyLoss(net)
+        logs['backbone'] = _phase(
+            'backbone', policy, _adam(policy, schedule), policy.main_loss,
+            data, schedule.backbone, folder, device, schedule, seed, resume,
+            progress, say, kind='main')
+        save('backbone', net)
+    without = net.copy(mode='copy')
+    if saved('without'):
+        kept(['without'], 'without')
+    else:
+        policy = BranchyLoss(without)
+        logs['without'] = _phase(
+            'without', policy, _adam(policy, schedule), policy.main_loss,
+            data, schedule.heads + schedule.joint, folder, device, schedule,
+            seed, resume, progress, say, kind='main')
+        save('without', without)
+    if saved('joint'):
+        kept(['heads', 'joint'], 'joint')
+    else:
+        frozen = FrozenBackboneLoss(net)
+        optimizer = _adam(frozen, schedule)
+        frozen.freeze()
+        logs['heads'] = _phase('heads', frozen, optimizer, frozen, data,
+                               schedule.heads, folder, device, schedule, seed,
+                               resume, progress, say)
+        frozen.unfreeze()
+        policy = BranchyLoss(net)
+        logs['joint'] = _phase('joint', policy, _adam(policy, schedule),
+                               policy, data, schedule.joint, folder, device,
+                               schedule, seed, resume, progress, say)
+        save('joint', net)
+    return without, net, logs
+
+
+def _error(correct_share):
+    return 100.0 * (1.0 - correct_share)
+
+
+def conv_layers(link):
+    """The number of convolution layers inside ``link``."""
+    return sum(isinstance(child, chainer.links.Convolution2D)
+               for child in link.links())
+
+
+def describe_outputs(net):
+    """Per exit: the block it follows, conv layers and parameters on its
+    path (trunk up to it and its own head), and multiply-adds of the exit
+    alone and of its early-exit path (every earlier head included)."""
+    from branchynet import benchmark
+    stages, heads = benchmark.multiply_adds(net)
+    rows, convs, params = [], 0, 0
+    for n, (stage, head) in enumerate(zip(net.trunk, net.heads)):
+        convs += conv_layers(stage)
+        params += sum(p.size for p in stage.params())
+        rows.append({
+            'exit': n,
+            'conv_layers': convs,
+            'parameters': params + sum(p.size for p in head.params()),
+            'multiply_adds_alone': sum(stages[:n + 1]) + heads[n],
+            'multiply_adds_path': sum(stages[:n + 1]) + sum(heads[:n + 1])})
+    return rows
+
+
+def evaluate(key, without, net, data, logs, schedule):
+    """The backbone's results (a JSON-ready dict)."""
+    outputs = sweep.exit_outputs(net, data.test_x, data.test_t)
+    plain = sweep.exit_outputs(without, data.test_x, data.test_t)
+    alone = elastic.each_exit_alone(outputs)
+    error_without = _error(float(
+        (plain.predictions[-1] == plain.labels).mean()))
+    error_with = _error(alone[-1])
+    rows = describe_outputs(net)
+    for row, accuracy in zip(rows, alone):
+        row['error'] = _error(accuracy)
+    paths = [r['multiply_adds_path'] for r in rows]
+    alone_costs = [r['multiply_adds_alone'] for r in rows]
+    main_cost = alone_costs[-1]  # the trunk and the final head
+    frontier = []
+    for point in elastic.shared_threshold_sweep(outputs, THRESHOLDS):
+        point['multiply_adds'] = float(numpy.dot(point['exit_fractions'],
+                                                 paths))
+        frontier.append(point)
+    budgets = []
+    for share in BUDGET_SHARES:
+        budget = share * main_cost
+        try:
+            # answering at one output runs its path and its head only
+            chosen, _ = elastic.exit_for_budget(alone_costs, budget)
+        except ValueError as e:
+            budgets.append({'share': share, 'budget': budget,
+                            'exit': None, 'why': str(e)})
+            continue
+        # thresholds: 0 before the exit, infinity at it (JSON has no inf)
+        budgets.append({'share': share, 'budget': budget, 'exit': chosen,
+                        'error': rows[chosen]['error']})
+    return {
+        'backbone': key, 'network': net.title,
+        'exits': net.num_exits,
+        'error_without': error_without, 'error_with': error_with,
+        'improvement_percent': 100.0 * (error_without - error_with) /
+        error_without if error_without else None,
+        'paper': PAPER[key],
+        'outputs': rows, 'frontier': frontier, 'budgets': budgets,
+        'main_network_multiply_adds': main_cost,
+        'schedule': asdict(schedule),
+        'training': {phase: log for phase, log in logs.items()},
+    }
+
+
+def table(results):
+    """The Elastic paper's Table I in its form, ours beside the paper's."""
+    lines = ['| backbone | exits | error without (%) | error with (%) | '
+             'improvement | paper: network, without -> with (%) |',
+             '|---|---|---|---|---|---|']
+    for r in results:
+        paper = r['paper']
+        lines.append('| {} | {} | {:.2f} | {:.2f} | {:+.1f} % | {}: {:.2f} -> '
+                     '{:.2f} ({:+.1f} %) |'.format(
+                         r['network'].replace('Elastic-', ''), r['exits'],
+                         r['error_without'],
+                         r['error_with'], r['improvement_percent'],
+                         paper['network'], paper['without'], paper['with'],
+                         100 * (paper['without'] - paper['with']) /
+                         paper['without']))
+    return '\n'.join(lines) + '\n'
+
+
+def draw(result, folder):
+    """Error of every output against its multiply-adds (the paper's Fig. 6)
+    and the shared-threshold early-exit frontier, one figure."""
+    if not figures.available():
+        return []
+    figure = figures._figure(figsize=(10, 4))
+    left, right = figure.subplots(1, 2)
+    rows = result['outputs']
+    left.plot([r['multiply_adds_alone'] / 1e6 for r in rows],
+              [r['error'] for r in rows], 'o-', label='each output alone')
+    left.axhline(result['error_without'], color='tab:red', ls='--',
+                 label='backbone without elastic outputs')
+    for r in rows:
+        left.annotate('{} conv'.format(r['conv_layers']),
+                      (r['multiply_adds_alone'] / 1e6, r['error']),
+                      textcoords='offset points', xytext=(4, 4), fontsize=7)
+    left.set_xlabel('multiply-adds per sample (millions)')
+    left.set_ylabel('test error (%)')
+    left.set_title('{}: every output'.format(result['network']))
+    left.legend(fontsize=8)
+    points = result['frontier']
+    right.plot([p['multiply_adds'] / 1e6 for p in points],
+               [100 * (1 - p['accuracy']) for p in points], 's-',
+               label='entropy rule, one threshold for all exits')
+    right.plot([result['main_network_multiply_adds'] / 1e6],
+               [result['error_without']], 'D', color='tab:red',
+               label='without elastic outputs')
+    right.set_xlabel('expected multiply-adds per sample (millions)')
+    right.set_ylabel('test error (%)')
+    right.set_title('{}: early exit'.format(result['network']))
+    right.legend(fontsize=8)
+    return figures._save(figure, folder, 'elastic_{}'.format(
+        result['backbone']))
