@@ -6,7 +6,7 @@ training phases, the threshold list of the sweep — and the paper's own
 Table I figures for it. The run scripts, the Fig. 5 runner, the benchmark
 and the combined Table I all read :data:`PROTOCOLS` (or :func:`get`).
 
-Facts from SPEC.md (the reference code and the paper):
+Facts from docs/reference.md (the reference code and the paper):
 
 - B-LeNet and B-AlexNet: 50 main-network epochs, 100 joint epochs, batch 512.
 - B-ResNet-110: 100 main-network epochs, 100 joint epochs, batch 64.

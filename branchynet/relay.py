@@ -168,18 +168,19 @@ def progress_text(relay):
         lines += ['Latest test accuracy (epoch {} of the {} phase): {}.'.format(
             latest.get('epoch'), relay['phase'], ', '.join(accuracies)), '']
     ranks = (run.get('distributed') or {}).get('ranks', 1)
-    launch = 'OPENBLAS_NUM_THREADS=1 mpiexec -n {} '.format(ranks) \
+    launch = 'OPENBLAS_NUM_THREADS=1 .venv/bin/mpiexec -n {} '.format(ranks) \
         if ranks > 1 else ''
     key = run['protocol']
     lines += [
         'Continue it on {} rank(s), as it started (DATA: the dataset '
         'folder):'.format(ranks), '',
         '```bash',
-        'python experiments/relay.py restore figures/{0} /tmp/{0}'.format(
-            key),
-        '{}python experiments/run_{}.py --resume -o /tmp/{} --data-dir '
-        'DATA'.format(launch, key, key),
-        'python experiments/relay.py save /tmp/{0} figures/{0}'.format(key),
+        '.venv/bin/python experiments/relay.py restore figures/{0} /tmp/{0}'
+        .format(key),
+        '{}.venv/bin/python experiments/run_{}.py --resume -o /tmp/{} '
+        '--data-dir DATA'.format(launch, key, key),
+        '.venv/bin/python experiments/relay.py save /tmp/{0} figures/{0}'
+        .format(key),
         '```', '', 'Curves so far: `progress.png`.', '']
     return '\n'.join(lines)
 

@@ -1,6 +1,6 @@
 """B-AlexNet for CIFAR-10 (3x32x32): 3 exits, or the Fig. 5 two-exit variant.
 
-Layer lists as in the reference code (SPEC.md). The reference places the
+Layer lists as in the reference code (docs/reference.md). The reference places the
 branches after conv2 and conv3; the paper's text says after conv1 and conv2.
 We follow the code. Every weight is LeCun-normal (std ``1 / sqrt(fan_in)``),
 biases zero: what Chainer 1 drew for the reference's links, which pass no

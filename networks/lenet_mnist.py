@@ -1,6 +1,6 @@
 """B-LeNet for MNIST (1x28x28): LeNet with one early exit after the first conv.
 
-Layer list as in the reference code (SPEC.md); pooling uses Chainer's
+Layer list as in the reference code (docs/reference.md); pooling uses Chainer's
 ``cover_all=True``, which is why the flattened sizes are 720 and 640.
 Every weight is LeCun-normal (std ``1 / sqrt(fan_in)``), biases zero: what
 Chainer 1 drew for the reference's links, which pass no ``wscale``.

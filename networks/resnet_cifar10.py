@@ -1,6 +1,6 @@
 """B-ResNet-110 for CIFAR-10 (3x32x32): 3 exits, 109 conv + 1 linear on the main path.
 
-Layer list as in the reference code (SPEC.md): the branches leave after the
+Layer list as in the reference code (docs/reference.md): the branches leave after the
 stem's convolution block and after the first 18 residual blocks (the 37th
 convolution). The paper's text places exit 1 after the 2nd convolution; we
 follow the code.

@@ -1,4 +1,4 @@
-"""The three paper networks match SPEC.md's layer lists exactly."""
+"""The three paper networks match docs/reference.md's layer lists exactly."""
 import chainer
 import chainer.links as L
 import numpy
