@@ -115,13 +115,21 @@ def _stop(prog, message, prefix=''):
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """argparse's "(default: ...)" suffix, left off where there is no default.
 
-    A flag whose default is ``None`` (or ``False``, a switch) says in its own
-    help what happens without it.
+    A flag whose default is ``None``, and a switch (``--no-sync-batchnorm``
+    stores False into a setting that is True by default), says in its own
+    help what happens without it. A list or tuple default is shown as the
+    command line would give it (``a b``), a comma-separated option's as
+    ``a,b``.
     """
 
     def _get_help_string(self, action):
-        if action.default is None or action.default is False:
+        if action.default is None or isinstance(action.default, bool) or \
+                action.nargs == 0:
             return action.help
+        if isinstance(action.default, (list, tuple)):
+            separator = ' ' if action.nargs in ('+', '*') else ','
+            return '{} (default: {})'.format(action.help, separator.join(
+                str(v) for v in action.default))
         return super()._get_help_string(action)
 
 
@@ -147,11 +155,13 @@ def add_device_flags(parser):
                         help='GPU id (negative: CPU); an alias of --device')
 
 
-def build_parser(protocol):
+def build_parser(protocol, skip_timing_flag=True):
     """The argument parser of one protocol's run script, with its defaults.
 
     Args:
         protocol: a :class:`~branchynet.protocols.Protocol`.
+        skip_timing_flag: offer ``--skip-timing`` (Fig. 5 offers the
+            opposite, ``--with-timing``, instead).
 
     Returns:
         An ``argparse.ArgumentParser`` whose parsed namespace has one
@@ -244,8 +254,12 @@ def build_parser(protocol):
                    help='untimed samples run first')
     p.add_argument('--no-cpu-timing', action='store_true',
                    help='with a GPU, time on the GPU only')
-    p.add_argument('--skip-timing', action='store_true',
-                   help='no timing: accuracy and exit shares only, no Table I')
+    if skip_timing_flag:
+        p.add_argument('--skip-timing', action='store_true',
+                       help='no timing: accuracy and exit shares only, no '
+                            'Table I')
+    else:
+        p.set_defaults(skip_timing=True)
     p.add_argument('--train-size', type=positive,
                    help='use only the first N training samples (default: all)')
     p.add_argument('--test-size', type=positive,
@@ -390,7 +404,7 @@ def fig5_main(argv=None):
         The summary dictionary (the content of ``summary.json``).
     """
     base = protocols.PROTOCOLS['b_alexnet']
-    parser = build_parser(base)
+    parser = build_parser(base, skip_timing_flag=False)
     parser.description = ('Fig. 5: B-AlexNet with 0-4 conv layers in exit 1 '
                           '(and no exit 2), each with the full protocol.')
     parser.set_defaults(out=os.path.join('results', 'alexnet_branch_layers'))
@@ -410,6 +424,6 @@ def fig5_main(argv=None):
         configs = [_resolved(parser, common.replace(
             protocol=protocols.fig5_variant(convs).key,
             out=os.path.join(common.out, pipeline.FIG5_FOLDER.format(convs)),
-            skip_timing=common.skip_timing or not extras['with_timing']),
+            skip_timing=not extras['with_timing']),
             explicit | {'out', 'skip_timing'}) for convs in extras['convs']]
         return pipeline.run_fig5(configs, common.out)

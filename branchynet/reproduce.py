@@ -236,7 +236,8 @@ def estimate(plan, device, say=print):
         if part in NETWORK_PARTS or part == 'fig5':
             key = NETWORK_PARTS.get(part, 'b_alexnet')
             if key not in measured:
-                say('estimating {}: timing a few training steps'.format(key))
+                say('estimating {}: timing a few training steps (this takes '
+                    'a minute or more on a CPU)'.format(key))
                 measured[key] = network_estimate(plan, key, device,
                                                  steps=1 if plan.smoke else 3)
             guess = dict(measured[key])
@@ -253,8 +254,10 @@ def estimate(plan, device, say=print):
                                                guess['epoch_s']['joint']))
             estimates[part] = guess
         elif part == 'check':
-            estimates[part] = {'minutes': 2.0,
-                               'how': 'about 2 minutes on an H100'}
+            estimates[part] = {'minutes': None,
+                               'how': 'not estimated (the GPU tests, a quick '
+                                      'run and one timed B-ResNet-110 '
+                                      'epoch; never measured yet)'}
         else:
             estimates[part] = {'minutes': None,
                                'how': 'not estimated (minutes on a GPU, '
@@ -268,13 +271,29 @@ def _quiet(*_):
     """``say`` of the further ranks of an MPI launch."""
 
 
+def duration_text(minutes):
+    """``minutes`` as a person reads a duration: ``'48 min'``,
+    ``'5.3 h'``, ``'341 days'``."""
+    if minutes < 90:
+        return '{:.0f} min'.format(minutes)
+    if minutes < 48 * 60:
+        return '{:.1f} h'.format(minutes / 60)
+    return '{:.0f} days'.format(minutes / (24 * 60))
+
+
 def estimate_text(estimates):
-    """The estimates as a short table."""
+    """The estimates as a short table, with the total of those estimated."""
     lines = ['part        estimate    how']
     for part, e in estimates.items():
-        minutes = '-' if e['minutes'] is None else '{:.1f} min'.format(
-            e['minutes'])
-        lines.append('{:<11} {:<11} {}'.format(part, minutes, e['how']))
+        shown = '-' if e['minutes'] is None else duration_text(e['minutes'])
+        lines.append('{:<11} {:<11} {}'.format(part, shown, e['how']))
+    known = [e['minutes'] for e in estimates.values()
+             if e['minutes'] is not None]
+    if known:
+        lines.append('{:<11} {:<11} {}'.format(
+            'total', duration_text(sum(known)), 'of the parts estimated'
+            + (', the others not included' if len(known) < len(estimates)
+               else '')))
     return '\n'.join(lines)
 
 

@@ -23,7 +23,8 @@ def main(argv=None):
                                                             'benchmarks'),
                         help='folder for the JSON and Markdown')
     parser.add_argument('--networks', nargs='+', choices=benchmark.NETWORKS,
-                        default=list(benchmark.NETWORKS))
+                        default=list(benchmark.NETWORKS),
+                        help='networks to measure')
     parser.add_argument('--profile', choices=sorted(benchmark.PROFILES),
                         help='sizes: quick (default on CPU) or full (default '
                              'on a GPU: the paper\'s batch sizes)')

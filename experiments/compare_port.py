@@ -338,7 +338,8 @@ def main(argv=None):
         description=__doc__.split('\n\n')[0],
         formatter_class=cli.HelpFormatter)
     parser.add_argument('--networks', nargs='+', default=list(protocols.PROTOCOLS),
-                        choices=list(protocols.PROTOCOLS))
+                        choices=list(protocols.PROTOCOLS),
+                        help='networks to compare')
     parser.add_argument('--kit', help='an existing kit folder (one network); '
                                       'default: export seeded kits to a '
                                       'temporary folder')

@@ -124,3 +124,15 @@ def test_estimate_only_runs_nothing(tmp_path):
     assert done.returncode == 0, done.stderr
     assert 'lenet ' in done.stdout and 'min' in done.stdout
     assert not (tmp_path / 'est' / 'b_lenet').exists()
+
+
+def test_estimates_read_as_durations_with_a_total():
+    from branchynet import reproduce
+    assert [reproduce.duration_text(m) for m in (0.4, 89, 90, 2879, 491094)] \
+        == ['0 min', '89 min', '1.5 h', '48.0 h', '341 days']
+    text = reproduce.estimate_text({
+        'lenet': {'minutes': 100.0, 'how': 'a'},
+        'check': {'minutes': None, 'how': 'b'},
+        'alexnet': {'minutes': 20.0, 'how': 'c'}})
+    assert text.splitlines()[-1].split()[:3] == ['total', '2.0', 'h']
+    assert 'the others not included' in text
