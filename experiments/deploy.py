@@ -14,14 +14,13 @@ contract: branchynet/deploy.py and PORTING.md.
 """
 import itertools
 import os
-import sys
 import tempfile
 
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
 import numpy
 from branchynet import (benchmark, cli, datasets, deploy, deploy_check,
-                        environment, pipeline, port_kit, protocols, reading,
-                        report, timing)
+                        environment, pipeline, port_compare, port_kit,
+                        protocols, reading, report, timing)
 from branchynet.errors import UserError
 from branchynet.ownership import OutputFolder
 from branchynet.serialization import load_model
@@ -83,11 +82,9 @@ def port_functions(key, net, thresholds, scratch):
     except ImportError:
         return [], None
     torch.set_num_threads(1)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import compare_port
     kit = os.path.join(scratch, key)
     port_kit.export(key, kit)
-    port = compare_port.load_port()
+    port = port_compare.load_port()
     manifest, weights, _ = port_kit.read(kit)
     torch_net = port.BranchyNetPort(manifest, port_kit.weights(net))
     torch_net.eval()

@@ -195,8 +195,8 @@ def port():
 
 @pytest.fixture(scope='module')
 def compare(port):
-    return load_script(os.path.join('experiments', 'compare_port.py'),
-                       'compare_port')
+    from branchynet import port_compare
+    return port_compare
 
 
 @pytest.mark.parametrize('key', list(protocols.PROTOCOLS))
