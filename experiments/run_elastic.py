@@ -102,20 +102,21 @@ def run(args):
     schedule = elastic_study.Schedule(
         args.epochs_backbone, args.epochs_heads, args.epochs_joint,
         args.batchsize)
-    data = datasets.load_cifar10(
-        args.data_dir, test_batch=args.test_batch,
-        preprocessing=args.preprocessing, train_size=args.train_size,
-        test_size=args.test_size, cache_dir=args.cache_dir,
-        official=not args.unofficial_data)
-    print('[elastic] train {} ({} images), test {} ({} images); epochs: '
-          'backbone {}, heads {}, joint {}'.format(
-              data.info['train'], len(data.train_t), data.info['test'],
-              len(data.test_t), schedule.backbone, schedule.heads,
-              schedule.joint), flush=True)
     results = []
+    # the output folder is checked before the data are loaded
     with OutputFolder.open(args.out, 'elastic-study') as top:
         if not args.resume:
             top.check_replaceable(('study.json', 'table.md'))
+        data = datasets.load_cifar10(
+            args.data_dir, test_batch=args.test_batch,
+            preprocessing=args.preprocessing, train_size=args.train_size,
+            test_size=args.test_size, cache_dir=args.cache_dir,
+            official=not args.unofficial_data)
+        print('[elastic] train {} ({} images), test {} ({} images); epochs: '
+              'backbone {}, heads {}, joint {}'.format(
+                  data.info['train'], len(data.train_t), data.info['test'],
+                  len(data.test_t), schedule.backbone, schedule.heads,
+                  schedule.joint), flush=True)
         for key in args.backbones:
             sizes = {'width': args.width} if key == 'mobilenet' else \
                 {'n': args.resnet_n}

@@ -221,3 +221,25 @@ def test_the_study_runs_end_to_end_and_resumes(tmp_path):
     assert again['backbones'][0]['error_with'] == mobilenet['error_with']
     # nothing trained again: the logs are read back
     assert again['backbones'][0]['training'] == mobilenet['training']
+
+
+def test_a_folder_it_may_not_write_is_refused_before_any_data_is_read(
+        tmp_path):
+    """Another program's run folder: one line, before the data are read
+    (the data folder here does not even exist), and nothing touched."""
+    import os
+    import sys
+    from branchynet.ownership import OutputFolder
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(root, 'experiments'))
+    import run_elastic
+    taken = tmp_path / 'a_run'
+    with OutputFolder.open(str(taken), 'run', foreign_ok=False) as folder:
+        folder.write_text('results.json', '{}')
+    before = sorted(os.listdir(taken))
+    with pytest.raises(SystemExit, match='holds run output of this program, '
+                                         'not elastic-study'):
+        run_elastic.main(['--smoke', '--data-dir', str(tmp_path / 'none'),
+                          '--out', str(taken)])
+    assert sorted(os.listdir(taken)) == before
+    assert (taken / 'results.json').read_text() == '{}'
