@@ -40,7 +40,7 @@ def _exit1(num_convs):
     for _ in range(num_convs - 1):
         layers += _conv3x3(32, 32)
     return layers + [max_pool(3, 2),
-                     _linear(512, NUM_CLASSES)]
+                     _linear(32 * 4 * 4, NUM_CLASSES)]
 
 
 def get_network(branch1_convs=None):
@@ -65,7 +65,7 @@ def get_network(branch1_convs=None):
         raise ValueError('branch1_convs must be None or an int in 0..{}, got '
                          '{!r}'.format(MAX_BRANCH1_CONVS, branch1_convs))
     exit2 = [Branch([relu, max_pool(3, 2), lrn()] + _conv3x3(96, 32) + [
-        max_pool(3, 2), _linear(128, NUM_CLASSES)])]
+        max_pool(3, 2), _linear(32 * 2 * 2, NUM_CLASSES)])]
     layers = [
         _conv(3, 32, 5, 2),
         relu, max_pool(3, 2), lrn(),
@@ -78,7 +78,7 @@ def get_network(branch1_convs=None):
         _conv(96, 96, 3, 1), relu,
         _conv(96, 64, 3, 1), relu,
         max_pool(3, 2),
-        _linear(1024, 256), relu, dropout(0.5),
+        _linear(64 * 4 * 4, 256), relu, dropout(0.5),
         _linear(256, 128), relu, dropout(0.5),
         Branch([_linear(128, NUM_CLASSES)]),
     ]

@@ -28,14 +28,14 @@ def get_network():
             max_pool(2, 2), relu,
             Convolution2D(5, 10, 3, pad=1, initialW=lecun),
             max_pool(2, 2), relu,
-            L.Linear(640, NUM_CLASSES, initialW=lecun),
+            L.Linear(10 * 8 * 8, NUM_CLASSES, initialW=lecun),  # 10 maps, 8x8
         ]),
         max_pool(2, 2), relu,
         Convolution2D(5, 10, 5, pad=3, initialW=lecun),
         max_pool(2, 2), relu,
         Convolution2D(10, 20, 5, pad=3, initialW=lecun),
         max_pool(2, 2), relu,
-        L.Linear(720, 84, initialW=lecun),
+        L.Linear(20 * 6 * 6, 84, initialW=lecun),  # 20 maps, 6x6
         Branch([L.Linear(84, NUM_CLASSES, initialW=lecun)]),
     ]
     return BranchyNet(layers, INPUT_SHAPE, name='B-LeNet')

@@ -87,13 +87,14 @@ def get_network():
             Convolution2D(16, 64, 5, pad=2, initialW=lecun), relu, lrn(),
             Convolution2D(64, 32, 3, pad=1, initialW=lecun), relu,
             Convolution2D(32, 32, 3, pad=1, initialW=lecun), relu,
-            L.Linear(28800, NUM_CLASSES, initialW=lecun),
+            L.Linear(32 * 30 * 30, NUM_CLASSES, initialW=lecun),
         ]),
         *_stage(16, 16, 1),
-        Branch([ResBlock(16, 16), L.Linear(14400, NUM_CLASSES, initialW=lecun)]),
+        Branch([ResBlock(16, 16),
+                L.Linear(16 * 30 * 30, NUM_CLASSES, initialW=lecun)]),
         *_stage(16, 32, 2),
         *_stage(32, 64, 2),
         average_pool(6, 1),  # 8x8 -> 3x3
-        Branch([L.Linear(576, NUM_CLASSES, initialW=lecun)]),
+        Branch([L.Linear(64 * 3 * 3, NUM_CLASSES, initialW=lecun)]),
     ]
     return BranchyNet(layers, INPUT_SHAPE, name='B-ResNet-110')
