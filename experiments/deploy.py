@@ -4,7 +4,8 @@
     OPENBLAS_NUM_THREADS=1 python experiments/deploy.py measure --run figures/b_lenet --data-dir ../shared/data --out results/deploy
 
 export writes a run's early-exit model (thresholds a runtime input) and its
-main path into the run folder. measure exports every network (a run's
+main path into the run folder. measure exports every network (to a scratch
+folder, or into --out with --keep-models) (a run's
 models, or seeded initial weights with thresholds that give the paper's
 exit shares), checks the deployed labels and exits against Chainer's
 predict at every threshold of the sweep, and times the deployed early exit
@@ -116,9 +117,15 @@ def measure_network(key, args, run_dir, folder, scratch, say):
     paths = {}
     for kind, write in (('early_exit', deploy.export),
                         ('main_path', deploy.export_main_path)):
-        with folder.open_file(model_file(key, kind)) as f:
-            write(net, f, x[:2])
-        paths[kind] = folder.file(model_file(key, kind))
+        # the models measured are scratch files unless --keep-models
+        if args.keep_models:
+            with folder.open_file(model_file(key, kind)) as f:
+                write(net, f, x[:2])
+            paths[kind] = folder.file(model_file(key, kind))
+        else:
+            paths[kind] = os.path.join(scratch, model_file(key, kind))
+            with open(paths[kind], 'wb') as f:
+                write(net, f, x[:2])
     early = deploy.EarlyExitSession(paths['early_exit'])
     main = deploy.EarlyExitSession(paths['main_path'])
     protocol = protocols.get(key)
@@ -299,7 +306,11 @@ def main(argv=None):
                       help='batch size of the batched comparison')
     many.add_argument('--out', '-o', default=os.path.join('results',
                                                           'deploy'),
-                      help='folder for the models and deploy.json/.md')
+                      help='folder for deploy.json/.md (and the models, '
+                           'with --keep-models)')
+    many.add_argument('--keep-models', action='store_true',
+                      help='keep the measured ONNX models in --out (the '
+                           'export command writes a run\'s models beside it)')
     args = parser.parse_args(argv)
     with cli.one_line_errors(parser.prog):
         return export(args) if args.command == 'export' else measure(args)

@@ -170,6 +170,9 @@ def test_measure_reports_the_deployed_rows_of_table1(tmp_path):
         100 * (labels == data.test_t).mean())
     assert test['exit_shares'] == pytest.approx(
         numpy.bincount(exits, minlength=2) / 40)
+    # the measured models were scratch files: only the report is written
+    assert sorted(os.listdir(tmp_path / 'out')) == [
+        '.branchynet-outputs.json', 'deploy.json', 'deploy.md']
     rows = table1.write([str(tmp_path / 'out')], str(tmp_path / 'table'))
     deployed = [r for r in rows if 'deployed' in r['Row']]
     assert [r['Row'].split(' (')[0] for r in deployed] == [
