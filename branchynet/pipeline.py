@@ -177,6 +177,28 @@ class FolderState:
         return '{} ({})'.format(what, state)
 
 
+def check_output_once(config, cluster):
+    """:func:`check_output` on rank 0, its verdict on every rank.
+
+    Rank 0 alone looks at the folder: a rank that looked after rank 0 had
+    opened it would find rank 0's record there and refuse the run (a race
+    seen in CI, which then hung the other rank). Returns the folder state on
+    rank 0, ``None`` elsewhere; a refusal is raised on every rank.
+    """
+    state, refusal = None, None
+    if cluster.is_root:
+        try:
+            state = check_output(config)
+        except (UserError, OSError) as e:
+            refusal = e
+    message = cluster.agree(None if refusal is None else str(refusal))
+    if refusal is not None:
+        raise refusal
+    if message is not None:
+        raise UserError(message)
+    return state
+
+
 def check_output(config):
     """Refuse, before anything is loaded or written, an output folder the run
     may not use; nothing a user made is ever replaced or removed.
@@ -706,7 +728,7 @@ def run(config):
         device.use()
         if cluster.distributed:
             cluster.local_batchsize(config.batchsize)  # refused on every rank
-        state = check_output(config)
+        state = check_output_once(config, cluster)
         check_ranks(config, cluster)
         if config.models:
             for name in MODEL_FILES.values():  # readable, and this network's

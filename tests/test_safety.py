@@ -587,3 +587,30 @@ def test_every_recorded_value_comes_back_unchanged(tmp_path):
         folder.write_json('run.json', config.to_dict())
     from branchynet import pipeline
     assert pipeline.stored_config(str(tmp_path / 'run')) == config
+
+
+def test_only_rank_0_looks_at_the_output_folder_and_every_rank_hears_it(
+        tmp_path, monkeypatch):
+    """Defect seen in CI: rank 1 checked --out after rank 0 had opened it,
+    found rank 0's record, refused the run and left rank 0 waiting."""
+    from branchynet import pipeline
+    from branchynet.config import RunConfig
+    from branchynet.errors import UserError
+
+    class Rank:
+        def __init__(self, root, told=None):
+            self.is_root, self.told = root, told
+
+        def agree(self, value):
+            return value if self.is_root else self.told
+
+    looked = []
+    monkeypatch.setattr(pipeline, 'check_output',
+                        lambda config: looked.append(config.out) or 'state')
+    config = RunConfig.for_protocol('b_lenet', out=str(tmp_path / 'run'))
+    assert pipeline.check_output_once(config, Rank(root=False)) is None
+    assert looked == []  # rank 1 never looks
+    assert pipeline.check_output_once(config, Rank(root=True)) == 'state'
+    assert looked == [config.out]
+    with pytest.raises(UserError, match='holds another run'):
+        pipeline.check_output_once(config, Rank(False, 'holds another run'))
