@@ -17,7 +17,8 @@ setup(
         # onnx and onnxruntime: the port kit's ONNX export and its parity tests
         'test': ['pytest>=8', 'scipy>=1.12', 'onnx>=1.14', 'onnxruntime>=1.16'],
         # the PyTorch port (experiments/ports); on a CPU-only machine install
-        # the CPU build first (pip install torch==2.13.0 where it is offered)
+        # the CPU build first: pip install torch==2.13.0+cpu --index-url
+        # https://download.pytorch.org/whl/cpu
         'port': ['torch>=2.0', 'onnx>=1.14', 'onnxruntime>=1.16'],
         # distributed training (ChainerMN over MPI): MPI from ordinary wheels
         'mpi': ['mpi4py>=4', 'mpich>=4'],

@@ -56,8 +56,9 @@ def main(argv=None):
     try:
         import torch
     except ImportError:
-        parser.error('PyTorch is not installed (pip install torch==2.13.0 '
-                     'for the CPU build, or pip install -e ".[port]")')
+        parser.error('PyTorch is not installed (the CPU build: pip install '
+                     'torch==2.13.0+cpu --index-url '
+                     'https://download.pytorch.org/whl/cpu)')
     if args.kit and len(args.networks) != 1:
         parser.error('--kit applies to one network: give --networks too')
     with cli.one_line_errors(parser.prog), \

@@ -188,7 +188,7 @@ def test_adam_update_is_chainers():
 @pytest.fixture(scope='module')
 def port():
     pytest.importorskip('torch', reason='PyTorch is not installed: pip '
-                                        'install torch==2.13.0 (CPU build)')
+                                        'install torch==2.13.0+cpu (CPU build)')
     return load_script(os.path.join('experiments', 'ports',
                                     'pytorch_branchynet.py'), 'pytorch_port')
 
