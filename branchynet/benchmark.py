@@ -192,9 +192,15 @@ def ideal_speedup(stages, heads, exit_shares):
         A float (1 means no gain).
     """
     main = sum(stages) + heads[-1]
-    paths = [sum(stages[:n + 1]) + sum(heads[:n + 1])
-             for n in range(len(stages))]
-    return main / float(numpy.dot(exit_shares, paths))
+    return main / float(numpy.dot(exit_shares, path_costs(stages, heads)))
+
+
+def path_costs(stages, heads):
+    """The cost of answering at each exit with the exit rule: the trunk up
+    to it and every head up to it (each earlier head runs to decide that
+    the sample goes on)."""
+    return [sum(stages[:n + 1]) + sum(heads[:n + 1])
+            for n in range(len(stages))]
 
 
 def thresholds_for_shares(entropies, shares):

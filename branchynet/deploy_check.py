@@ -77,7 +77,7 @@ def parity(net, session, x, threshold_vectors):
     """
     outputs = sweep.exit_outputs(net, x, numpy.zeros(len(x), numpy.int32))
     with chainer.using_config('train', False), chainer.no_backprop_mode():
-        chunks = [_exit_logits(net, x[i:i + 1000])
+        chunks = [net(x[i:i + 1000])
                   for i in range(0, len(x), 1000)]
     gaps = [_top_gap(numpy.concatenate([c[n].array for c in chunks]))
             for n in range(net.num_exits)]
@@ -132,15 +132,6 @@ def test_accuracy(early_exit, main_path, x, t, thresholds, chunk=1000):
             'main_path_accuracy': float(100 * (main == t).mean()),
             'exit_shares': [float(s) for s in numpy.bincount(
                 exits, minlength=early_exit.num_exits) / len(x)]}
-
-
-def _exit_logits(net, x):
-    h = net.check_input(x)
-    ys = []
-    for stage, head in zip(net.trunk, net.heads):
-        h = stage(h)
-        ys.append(head(h))
-    return ys
 
 
 def _top_gap(z):

@@ -208,13 +208,9 @@ def exit_for_budget(path_costs, budget):
 
 def path_multiply_adds(net):
     """Per-sample multiply-adds of answering at each exit with the exit
-    rule: the trunk up to it and every head up to it (each earlier head runs
-    to decide that the sample goes on), as :func:`branchynet.benchmark.ideal_speedup`
-    counts a path."""
+    rule (:func:`branchynet.benchmark.path_costs`)."""
     from branchynet import benchmark
-    stages, heads = benchmark.multiply_adds(net)
-    return [sum(stages[:n + 1]) + sum(heads[:n + 1])
-            for n in range(net.num_exits)]
+    return benchmark.path_costs(*benchmark.multiply_adds(net))
 
 
 def shared_threshold_sweep(outputs, threshold_list):

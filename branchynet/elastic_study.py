@@ -59,78 +59,63 @@ def _adam(target, schedule):
     return optimizer
 
 
-def _phase(name, target, optimizer, loss_func, data, epochs, folder,
-           device, schedule, seed, resume, progress, say, kind='joint'):
-    say('phase "{}": {} epochs'.format(name, epochs))
-    folder.make_folder(name)
-    return train_phase(target, optimizer, loss_func,
-                       (data.train_x, data.train_t),
-                       (data.test_x, data.test_t), epochs, folder.file(name),
-                       schedule.batchsize, device, seed=seed, resume=resume,
-                       progress=progress, phase=kind)
-
-
 def train_arms(make_network, data, schedule, folder, device, seed=0,
                resume=False, progress=True, say=print):
     """The four phases; returns ``(without, elastic_net, logs)``.
 
     ``make_network()`` gives the elastic network; its main network is what
     the backbone and without phases train. A phase whose model file is in
-    ``folder`` is loaded instead of trained.
+    ``folder`` is loaded (with its logs) instead of trained.
     """
-    def saved(key):
-        return folder.file(MODELS[key]) if MODELS[key] in folder else None
+    logs = {}
 
-    def save(key, net):
+    def phase(name, target, optimizer, loss_func, epochs, kind='joint'):
+        say('phase "{}": {} epochs'.format(name, epochs))
+        folder.make_folder(name)
+        logs[name] = train_phase(
+            target, optimizer, loss_func, (data.train_x, data.train_t),
+            (data.test_x, data.test_t), epochs, folder.file(name),
+            schedule.batchsize, device, seed=seed, resume=resume,
+            progress=progress, phase=kind)
+
+    def main_network(name, net, epochs):
+        policy = BranchyLoss(net)
+        phase(name, policy, _adam(policy, schedule), policy.main_loss, epochs,
+              kind='main')
+
+    def heads_then_joint(net):
+        frozen = FrozenBackboneLoss(net)
+        optimizer = _adam(frozen, schedule)
+        frozen.freeze()
+        phase('heads', frozen, optimizer, frozen, schedule.heads)
+        frozen.unfreeze()
+        policy = BranchyLoss(net)
+        phase('joint', policy, _adam(policy, schedule), policy,
+              schedule.joint)
+
+    def load_or_train(key, phases, net, train):
+        if MODELS[key] in folder:
+            load_model(folder.file(MODELS[key]), net)
+            for name in phases:
+                logs[name] = read_log(folder.file(name))
+            say('{}: done ({} kept)'.format(' and '.join(phases),
+                                            MODELS[key]))
+            return
+        train()
         with folder.open_file(MODELS[key]) as f:
             save_model(f, net)
 
     numpy.random.seed(seed)
     net = make_network()
     net.to_device(device)
-    logs = {}
-
-    def kept(phases, key):
-        load_model(saved(key), net if key != 'without' else without)
-        for phase in phases:
-            logs[phase] = read_log(folder.file(phase))
-        say('{}: done ({} kept)'.format(' and '.join(phases), MODELS[key]))
-
-    without = None
-    if saved('backbone'):
-        kept(['backbone'], 'backbone')
-    else:
-        policy = BranchyLoss(net)
-        logs['backbone'] = _phase(
-            'backbone', policy, _adam(policy, schedule), policy.main_loss,
-            data, schedule.backbone, folder, device, schedule, seed, resume,
-            progress, say, kind='main')
-        save('backbone', net)
+    load_or_train('backbone', ['backbone'], net,
+                  lambda: main_network('backbone', net, schedule.backbone))
     without = net.copy(mode='copy')
-    if saved('without'):
-        kept(['without'], 'without')
-    else:
-        policy = BranchyLoss(without)
-        logs['without'] = _phase(
-            'without', policy, _adam(policy, schedule), policy.main_loss,
-            data, schedule.heads + schedule.joint, folder, device, schedule,
-            seed, resume, progress, say, kind='main')
-        save('without', without)
-    if saved('joint'):
-        kept(['heads', 'joint'], 'joint')
-    else:
-        frozen = FrozenBackboneLoss(net)
-        optimizer = _adam(frozen, schedule)
-        frozen.freeze()
-        logs['heads'] = _phase('heads', frozen, optimizer, frozen, data,
-                               schedule.heads, folder, device, schedule, seed,
-                               resume, progress, say)
-        frozen.unfreeze()
-        policy = BranchyLoss(net)
-        logs['joint'] = _phase('joint', policy, _adam(policy, schedule),
-                               policy, data, schedule.joint, folder, device,
-                               schedule, seed, resume, progress, say)
-        save('joint', net)
+    load_or_train('without', ['without'], without,
+                  lambda: main_network('without', without,
+                                       schedule.heads + schedule.joint))
+    load_or_train('joint', ['heads', 'joint'], net,
+                  lambda: heads_then_joint(net))
     return without, net, logs
 
 
@@ -150,6 +135,7 @@ def describe_outputs(net):
     alone and of its early-exit path (every earlier head included)."""
     from branchynet import benchmark
     stages, heads = benchmark.multiply_adds(net)
+    paths = benchmark.path_costs(stages, heads)
     rows, convs, params = [], 0, 0
     for n, (stage, head) in enumerate(zip(net.trunk, net.heads)):
         convs += conv_layers(stage)
@@ -159,7 +145,7 @@ def describe_outputs(net):
             'conv_layers': convs,
             'parameters': params + sum(p.size for p in head.params()),
             'multiply_adds_alone': sum(stages[:n + 1]) + heads[n],
-            'multiply_adds_path': sum(stages[:n + 1]) + sum(heads[:n + 1])})
+            'multiply_adds_path': paths[n]})
     return rows
 
 

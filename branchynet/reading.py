@@ -233,16 +233,23 @@ DEPLOYMENT = {'kind': Equal(DEPLOYMENT_KIND), 'environment': ENVIRONMENT,
 
 def read_deployment(path):
     """A ``deploy.json`` of ``experiments/deploy.py measure``, checked."""
-    deployment = files.read_json(path)
-    check(deployment, dict, path)
-    if deployment.get('kind') != DEPLOYMENT_KIND:
-        raise FileProblem('{}: not a deployment report (kind {!r}, expected '
-                          '{!r})'.format(path, deployment.get('kind'),
-                                         DEPLOYMENT_KIND))
-    check(deployment, DEPLOYMENT, path)
+    deployment = _read_kind(path, DEPLOYMENT_KIND, DEPLOYMENT,
+                            'a deployment report')
     for key in deployment['networks']:
         _check_protocol(key, path, 'networks')
     return deployment
+
+
+def _read_kind(path, kind, spec, what):
+    """The JSON file ``path``, refused unless its kind is ``kind`` (saying
+    it is not ``what``), checked against ``spec``."""
+    data = files.read_json(path)
+    check(data, dict, path)
+    if data.get('kind') != kind:
+        raise FileProblem('{}: not {} (kind {!r}, expected {!r})'.format(
+            path, what, data.get('kind'), kind))
+    check(data, spec, path)
+    return data
 
 
 def read_results(path):
@@ -304,13 +311,7 @@ def _check_consistent(results, path):
 
 def read_summary(path):
     """A Fig. 5 ``summary.json``, checked."""
-    summary = files.read_json(path)
-    check(summary, dict, path)
-    if summary.get('kind') != SUMMARY_KIND:
-        raise FileProblem('{}: not a Fig. 5 summary (kind {!r}, expected '
-                          '{!r})'.format(path, summary.get('kind'),
-                                         SUMMARY_KIND))
-    check(summary, SUMMARY, path)
+    summary = _read_kind(path, SUMMARY_KIND, SUMMARY, 'a Fig. 5 summary')
     _check_protocol(summary['config']['protocol'], path, 'config/protocol')
     return summary
 

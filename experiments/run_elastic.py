@@ -19,8 +19,8 @@ from branchynet import cli, datasets, elastic_study, environment
 from branchynet.ownership import OutputFolder
 from networks import elastic_cifar10
 
-SMOKE = {'train_size': 256, 'backbone': 1, 'heads': 1,
-         'joint': 1, 'batchsize': 64}
+SMOKE = {'train_size': 256, 'epochs_backbone': 1, 'epochs_heads': 1,
+         'epochs_joint': 1, 'batchsize': 64}
 
 
 def parse(argv=None):
@@ -82,9 +82,7 @@ def parse(argv=None):
     args = parser.parse_args(argv)
     if args.smoke:
         for name, value in SMOKE.items():
-            target = name if name in ('train_size', 'batchsize') \
-                else 'epochs_' + name
-            setattr(args, target, value)
+            setattr(args, name, value)
     if args.out is None:
         args.out = 'results/quick/elastic' if args.smoke else 'results/elastic'
     if not 0 < args.width <= 4:
