@@ -66,5 +66,43 @@ def _pool_backward(gy, offset, kh, kw, sy, sx, ph, pw, gx):
                         gx[a, b, r, q] += gy[a, b, i, j]
 
 
+def _depthwise_forward(xp, W, sy, sx, y):
+    """``y`` (zeros on entry) += the depthwise convolution of the padded
+    input ``xp``; the innermost loop runs along a row, so it vectorises."""
+    n, c, oh, ow = y.shape
+    kh, kw = W.shape[2:]
+    for a in range(n):
+        for b in range(c):
+            for di in range(kh):
+                for dj in range(kw):
+                    w = W[b, 0, di, dj]
+                    for i in range(oh):
+                        for j in range(ow):
+                            y[a, b, i, j] += xp[a, b, i * sy + di,
+                                                j * sx + dj] * w
+
+
+def _depthwise_backward(xp, W, gy, sy, sx, gW, gxp):
+    """The weight gradient into ``gW`` (float64 zeros on entry: sums over
+    the batch) and the padded input gradient into ``gxp`` (zeros on
+    entry)."""
+    n, c, oh, ow = gy.shape
+    kh, kw = W.shape[2:]
+    for a in range(n):
+        for b in range(c):
+            for di in range(kh):
+                for dj in range(kw):
+                    w = W[b, 0, di, dj]
+                    total = 0.0
+                    for i in range(oh):
+                        for j in range(ow):
+                            g = gy[a, b, i, j]
+                            total += g * xp[a, b, i * sy + di, j * sx + dj]
+                            gxp[a, b, i * sy + di, j * sx + dj] += g * w
+                    gW[b, 0, di, dj] += total
+
+
 pool_forward = _jit(_pool_forward)
 pool_backward = _jit(_pool_backward)
+depthwise_forward = _jit(_depthwise_forward)
+depthwise_backward = _jit(_depthwise_backward)

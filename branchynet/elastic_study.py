@@ -46,9 +46,9 @@ MODELS = {'backbone': 'backbone.npz', 'without': 'without.npz',
 @dataclass(frozen=True)
 class Schedule:
     """Epochs of each phase, and the optimiser's settings."""
-    backbone: int = 10
-    heads: int = 3
-    joint: int = 7
+    backbone: int = 8
+    heads: int = 2
+    joint: int = 6
     batchsize: int = 128
     alpha: float = 0.001
 

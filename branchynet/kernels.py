@@ -16,6 +16,8 @@ Here, on NumPy arrays:
   a memory budget, built again beyond it); the input gradient is summed
   back window
   offset by window offset (``kh * kw`` strided additions);
+- **depthwise convolution** (``groups`` = channels, MobileNet's): one
+  compiled sweep per pass instead of a column matrix per channel;
 - **max pooling**: the maximum is taken window offset by window offset
   over strided views of the input (``kh * kw`` comparisons of output-sized
   arrays), recording the offset of the first maximum, which is the element
@@ -236,6 +238,135 @@ class ConvolutionGrad(function_node.FunctionNode):
                                   'branchynet_kernels="stock"')
 
 
+def _windows(xp, i, j, sy, sx, oh, ow):
+    """The input seen at kernel offset ``(i, j)`` by every output position:
+    a strided view of the padded input, shaped like the output."""
+    return xp[:, :, i:i + sy * (oh - 1) + 1:sy, j:j + sx * (ow - 1) + 1:sx]
+
+
+class DepthwiseConvolution2D(function_node.FunctionNode):
+    """Depthwise 2-D convolution on NumPy arrays: each channel convolved with
+    its own ``kh x kw`` filter, ``F.convolution_2d`` with ``groups`` equal
+    to the channels and ``W`` of shape ``(C, 1, kh, kw)`` (MobileNet's).
+
+    Chainer's CPU path lays out the columns of every group and multiplies
+    ``C`` tiny matrices. Here the forward pass and the backward pass (both
+    gradients at once) are each one compiled sweep over the padded input
+    (``branchynet/_jit.py``); without Numba, ``kh * kw`` multiply-adds of
+    output-sized arrays over strided views of it. Measured on the seven
+    depthwise layers of :mod:`networks.elastic_cifar10`'s MobileNet (width
+    0.5, batch 128, forward and backward, this CPU, 1 thread): 0.70 s with
+    Chainer's grouped convolution, 0.33 s with the NumPy loops, 0.13 s
+    compiled.
+    """
+
+    def __init__(self, stride=1, pad=0):
+        self.sy, self.sx = _pair(stride)
+        self.ph, self.pw = _pair(pad)
+
+    def check_type_forward(self, in_types):
+        type_check._argname(in_types, ('x', 'W', 'b')[:len(in_types)])
+        x_type, w_type = in_types[:2]
+        type_check.expect(x_type.dtype.kind == 'f', x_type.ndim == 4,
+                          w_type.ndim == 4, w_type.shape[1] == 1,
+                          x_type.shape[1] == w_type.shape[0])
+
+    def output_size(self, x_shape, w_shape):
+        return (conv.get_conv_outsize(x_shape[2], w_shape[2], self.sy,
+                                      self.ph),
+                conv.get_conv_outsize(x_shape[3], w_shape[3], self.sx,
+                                      self.pw))
+
+    def forward(self, inputs):
+        x, W = inputs[:2]
+        b = inputs[2] if len(inputs) == 3 else None
+        c, _, kh, kw = W.shape
+        oh, ow = self.output_size(x.shape, W.shape)
+        xp = _padded(x, self.ph, self.pw)
+        y = numpy.zeros((x.shape[0], c, oh, ow), dtype=x.dtype)
+        if USE_JIT:
+            _jit.depthwise_forward(numpy.ascontiguousarray(xp), W, self.sy,
+                                   self.sx, y)
+        else:
+            self._forward_numpy(xp, W, y)
+        if b is not None:
+            y += b.reshape(c, 1, 1)
+        self.retain_inputs((0, 1))
+        return y,
+
+    def _forward_numpy(self, xp, W, y):
+        c, _, kh, kw = W.shape
+        oh, ow = y.shape[2:]
+        term = numpy.empty_like(y)
+        for i in range(kh):
+            for j in range(kw):
+                numpy.multiply(_windows(xp, i, j, self.sy, self.sx, oh, ow),
+                               W[:, 0, i, j].reshape(c, 1, 1), out=term)
+                y += term
+
+    def backward(self, indexes, grad_outputs):
+        x, W = self.get_retained_inputs()
+        gy, = grad_outputs
+        grads = DepthwiseConvolutionGrad(self, indexes).apply((x, W, gy))
+        return tuple(grads[indexes.index(i)] if i in indexes else None
+                     for i in range(len(self.inputs)))
+
+
+class DepthwiseConvolutionGrad(function_node.FunctionNode):
+    """Gradients of :class:`DepthwiseConvolution2D` with respect to the
+    inputs ``indexes`` asks for (0: x, 1: W, 2: b), in that order."""
+
+    def __init__(self, conv_node, indexes):
+        self.node = conv_node
+        self.indexes = tuple(indexes)
+
+    def forward(self, inputs):
+        x, W, gy = inputs
+        node = self.node
+        c, _, kh, kw = W.shape
+        n, _, h, w = x.shape
+        oh, ow = gy.shape[2:]
+        sy, sx, ph, pw = node.sy, node.sx, node.ph, node.pw
+        grads = {}
+        if 2 in self.indexes:
+            grads[2] = gy.sum(axis=(0, 2, 3))
+        if USE_JIT:  # both gradients in one pass
+            gW = numpy.zeros(W.shape, dtype=numpy.float64)
+            gxp = numpy.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=gy.dtype)
+            _jit.depthwise_backward(
+                numpy.ascontiguousarray(_padded(x, ph, pw)), W,
+                numpy.ascontiguousarray(gy), sy, sx, gW, gxp)
+            grads[1] = gW.astype(W.dtype)
+            grads[0] = numpy.ascontiguousarray(gxp[:, :, ph:ph + h,
+                                                   pw:pw + w])
+            return tuple(grads[i] for i in self.indexes)
+        if 1 in self.indexes:
+            xp = _padded(x, ph, pw)
+            gW = numpy.empty(W.shape, dtype=W.dtype)
+            for i in range(kh):
+                for j in range(kw):
+                    gW[:, 0, i, j] = numpy.einsum(
+                        'nchw,nchw->c', _windows(xp, i, j, sy, sx, oh, ow),
+                        gy)
+            grads[1] = gW
+        if 0 in self.indexes:
+            gxp = numpy.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=gy.dtype)
+            term = numpy.empty_like(gy)
+            for i in range(kh):
+                for j in range(kw):
+                    numpy.multiply(gy, W[:, 0, i, j].reshape(c, 1, 1),
+                                   out=term)
+                    _windows(gxp, i, j, sy, sx, oh, ow)[...] += term
+            grads[0] = numpy.ascontiguousarray(gxp[:, :, ph:ph + h,
+                                                   pw:pw + w])
+        return tuple(grads[i] for i in self.indexes)
+
+    def backward(self, indexes, grad_outputs):
+        raise NotImplementedError('double backpropagation through the fast '
+                                  'CPU depthwise convolution; use '
+                                  'branchynet_kernels="stock"')
+
+
 class MaxPooling2D(function_node.FunctionNode):
     """2-D max pooling on NumPy arrays, as ``F.max_pooling_2d``."""
 
@@ -329,6 +460,15 @@ def convolution_2d(x, W, b=None, stride=1, pad=0):
         return F.convolution_2d(x, W, b, stride, pad)
     inputs = (x, W) if b is None else (x, W, b)
     return Convolution2D(stride, pad).apply(inputs)[0]
+
+
+def depthwise_convolution_2d(x, W, b=None, stride=1, pad=0):
+    """``F.convolution_2d(x, W, b, stride, pad, groups=C)`` for ``W`` of
+    shape ``(C, 1, kh, kw)``, fast on NumPy arrays."""
+    if not use_fast(x, W, b):
+        return F.convolution_2d(x, W, b, stride, pad, groups=W.shape[0])
+    inputs = (x, W) if b is None else (x, W, b)
+    return DepthwiseConvolution2D(stride, pad).apply(inputs)[0]
 
 
 def max_pooling_2d(x, ksize, stride=None, pad=0, cover_all=True):

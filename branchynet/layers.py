@@ -44,10 +44,15 @@ class Convolution2D(L.Convolution2D):
     CPU."""
 
     def forward(self, x):
-        if self.W.array is None or self.dilate != (1, 1) or self.groups != 1:
+        if self.W.array is None or self.dilate != (1, 1):
             return super().forward(x)
-        return kernels.convolution_2d(x, self.W, self.b, self.stride,
-                                      self.pad)
+        if self.groups == 1:
+            return kernels.convolution_2d(x, self.W, self.b, self.stride,
+                                          self.pad)
+        if self.groups == self.W.shape[0] and self.W.shape[1] == 1:
+            return kernels.depthwise_convolution_2d(x, self.W, self.b,
+                                                    self.stride, self.pad)
+        return super().forward(x)
 
 
 def average_pool(ksize, stride):
@@ -57,7 +62,9 @@ def average_pool(ksize, stride):
 
 
 def _global_average(x):
-    return F.average_pooling_2d(x, x.shape[2:])
+    # a mean, not F.average_pooling_2d: Chainer pools on the CPU through
+    # im2col, a copy of the input
+    return F.mean(x, axis=(2, 3), keepdims=True)
 
 
 # Average over each feature map, (N, C, H, W) -> (N, C, 1, 1): the Elastic

@@ -41,9 +41,8 @@ class ConvBN(chainer.Chain):
                  groups=1):
         super().__init__()
         with self.init_scope():
-            conv = Convolution2D if groups == 1 else L.Convolution2D
-            self.conv = conv(in_channels, out_channels, ksize, stride, pad,
-                             nobias=True, groups=groups)
+            self.conv = Convolution2D(in_channels, out_channels, ksize,
+                                      stride, pad, nobias=True, groups=groups)
             self.bn = L.BatchNormalization(out_channels)
 
     def forward(self, x):

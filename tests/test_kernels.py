@@ -115,6 +115,61 @@ def test_convolution_matches_chainer(case, loops):
         assert relative(got, expected) <= GRADIENT
 
 
+def depthwise_shapes():
+    """The depthwise layer calls of the elastic MobileNet (batch 2)."""
+    from networks import elastic_cifar10
+    hook = Shapes()
+    net = elastic_cifar10.get_network('mobilenet')
+    with hook, chainer.using_config('branchynet_kernels', 'stock'), \
+            chainer.using_config('train', False):
+        net(numpy.zeros((2,) + net.input_shape, numpy.float32))
+    return sorted((c[1:] for c in hook.seen
+                   if c[0] == 'conv' and c[2][1] == 1 and c[2][0] > 1),
+                  key=repr)
+
+
+ODD_DEPTHWISE = [  # x shape, W shape, stride, pad, bias
+    ((1, 3, 7, 5), (3, 1, 3, 2), (2, 1), (1, 0), True),
+    ((3, 2, 9, 9), (2, 1, 4, 4), (3, 3), (2, 2), False),
+    ((2, 5, 6, 6), (5, 1, 1, 1), (1, 1), (0, 0), True),
+]
+
+
+@pytest.mark.parametrize('case', depthwise_shapes() + ODD_DEPTHWISE,
+                         ids=repr)
+def test_depthwise_convolution_matches_chainers_grouped_one(case, loops):
+    x_shape, w_shape, stride, pad, bias = case
+    x, W, b = conv_case(x_shape, w_shape, stride, pad, bias)
+    groups = w_shape[0]
+
+    def grouped(x, W, b, stride, pad):
+        return F.convolution_2d(x, W, b, stride, pad, groups=groups)
+    y0, g0 = run_conv(grouped, x, W, b, stride, pad)
+    y1, g1 = run_conv(kernels.depthwise_convolution_2d, x, W, b, stride, pad)
+    assert y1.shape == y0.shape and y1.flags.c_contiguous
+    assert relative(y1, y0) <= FORWARD
+    for got, expected in zip(g1, g0):
+        assert got.shape == expected.shape and got.dtype == expected.dtype
+        assert relative(got, expected) <= GRADIENT
+
+
+def test_the_depthwise_layers_run_the_fast_kernel():
+    """The elastic MobileNet's seven depthwise convolutions run the fast
+    kernel; with stock kernels, Chainer's grouped one."""
+    from networks import elastic_cifar10
+    net = elastic_cifar10.get_network('mobilenet')
+    x = numpy.zeros((2,) + net.input_shape, numpy.float32)
+    counts = {}
+    for kind in kernels.KERNELS:
+        hook = chainer.function_hooks.TimerHook()
+        with hook, chainer.using_config('branchynet_kernels', kind):
+            net(x)
+        counts[kind] = sum(label == 'DepthwiseConvolution2D'
+                           for label, _ in hook.call_history)
+    assert counts == {'fast': 7, 'stock': 0}
+    assert len(depthwise_shapes()) == 7
+
+
 def run_pool(function, x, ksize, stride, pad, cover_all):
     v = chainer.Variable(x)
     y = function(v, ksize, stride, pad, cover_all)
