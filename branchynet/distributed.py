@@ -190,7 +190,13 @@ class Cluster:
         if not self.distributed:
             return snapshot
         from chainermn.extensions import multi_node_snapshot
-        return multi_node_snapshot(self.comm, snapshot, [])
+        wrapped = multi_node_snapshot(self.comm, snapshot, [])
+        # ChainerMN's wrapper has the default priority, LogReport's: it ran
+        # first and saved a log without the epoch just ended, which a
+        # resumed run then logged again without its evaluation. The
+        # snapshot's own priority makes it run after every other extension.
+        wrapped.priority = snapshot.priority
+        return wrapped
 
     def aggregated(self, keys):
         """Extensions averaging the training observations ``keys`` across ranks."""

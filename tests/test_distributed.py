@@ -185,6 +185,11 @@ def test_a_killed_distributed_run_resumes_and_finishes(data, tmp_path):
     results = json.loads((out / 'results.json').read_text())
     assert [e['epoch'] for e in results['training']['main']] == [1, 2, 3, 4]
     assert [e['epoch'] for e in results['training']['joint']] == [1, 2]
+    # the epoch resumed from keeps its evaluation: the snapshot is taken
+    # after the log has its entry (it was once taken before, and the resumed
+    # run logged that epoch again without its validation keys)
+    assert all('validation/main/accuracy' in e
+               for e in results['training']['main'])
 
 
 @pytest.mark.parametrize('flags, message', [
