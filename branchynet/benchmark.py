@@ -46,7 +46,7 @@ import chainer.links as L
 import numpy
 from chainer.backends import cuda
 
-from branchynet import environment, loss, protocols, sweep, timing
+from branchynet import environment, loss, protocols, sweep, synthetic, timing
 from branchynet.exit_rule import EntropyThresholds, assign_exits
 from branchynet.ownership import OutputFolder
 from branchynet.reference import ReferenceTrainer, reference_predict
@@ -134,14 +134,6 @@ def peak_memory_mb(build_and_run, device):
         build_and_run()
         timing.synchronize(device)
     return hook.peak / 2 ** 20
-
-
-def random_batch(net, size, seed):
-    """``(x, t)``: ``size`` uniform samples of the net's shape, random labels."""
-    rng = numpy.random.RandomState(seed)
-    x = rng.rand(size, *net.input_shape).astype(numpy.float32)
-    t = rng.randint(0, 10, size).astype(numpy.int32)
-    return x, t
 
 
 class MultiplyAddCounter(chainer.LinkHook):
@@ -309,7 +301,7 @@ def bench_training(protocol, batchsize, device, steps, warmup, seed=0):
     """Training-step time of both designs, their peak memory and agreement."""
     numpy.random.seed(seed)
     initial = protocol.network()
-    x, t = random_batch(initial, batchsize, seed)
+    x, t = synthetic.random_batch(initial.input_shape, batchsize, seed)
     x, t = device.send(x), device.send(t)
 
     def build():
@@ -472,7 +464,8 @@ def run_network(key, profile, device, say):
     numpy.random.seed(1)
     net = protocol.network()
     net.to_device(device)
-    x, t = random_batch(net, profile['test_size'], seed=2)
+    x, t = synthetic.random_batch(net.input_shape,
+                                  profile['test_size'], seed=2)
     say('{}: threshold sweep on {} samples'.format(key, len(x)))
     result['sweep'] = bench_sweep(net, x, t, protocol.threshold_list,
                                   profile['reference_sweep_samples'][key])
@@ -620,7 +613,8 @@ def step_seconds(key, device, batchsize, steps=3):
     policy = loss.BranchyLoss(net)
     optimizer = chainer.optimizers.Adam()
     optimizer.setup(policy)
-    x, t = (device.send(a) for a in random_batch(net, batchsize, seed=0))
+    x, t = (device.send(a) for a in synthetic.random_batch(
+        net.input_shape, batchsize, seed=0))
     seconds = {}
     for phase, func in (('main', policy.main_loss), ('joint', policy)):
         optimizer.update(func, x, t)  # first use outside the clock

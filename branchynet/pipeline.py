@@ -395,7 +395,7 @@ def seed_generators(device, seed):
 
 
 def train(protocol, config, data, device, say, folder,
-          cluster=distributed.SINGLE):
+          cluster=distributed.SINGLE, extra_extensions=()):
     """Both training phases; saves and returns both models.
 
     One Adam optimizer serves both phases, set up on the loss link
@@ -404,7 +404,7 @@ def train(protocol, config, data, device, say, folder,
     new per-branch optimizers. In a distributed run (``cluster``) every
     rank trains, rank 0 alone saves into ``folder`` (the run's
     :class:`~branchynet.ownership.OutputFolder`; ``None`` on other ranks,
-    which return ``None``).
+    which return ``None``). ``extra_extensions`` join both phases' trainers.
     """
     seed_generators(device, config.seed)
     net = cluster.network(protocol.network())  # the same weights everywhere
@@ -446,7 +446,8 @@ def train(protocol, config, data, device, say, folder,
             policy, optimizer, loss_func, (data.train_x, data.train_t),
             (data.test_x, data.test_t), epochs, phase_out, config.batchsize,
             device, seed=config.seed, resume=config.resume,
-            progress=not config.no_progress, phase=phase, cluster=cluster)
+            progress=not config.no_progress, phase=phase, cluster=cluster,
+            extra_extensions=extra_extensions)
         if cluster.is_root:
             with folder.open_file(MODEL_FILES[phase]) as f:
                 save_model(f, net)
@@ -704,11 +705,13 @@ def time_on_device(models, device, evaluation, outputs, samples, config, say):
 
 # --- the run ------------------------------------------------------------------
 
-def run(config):
+def run(config, extra_extensions=()):
     """Train (or resume, or load), evaluate, write result files and figures.
 
     Args:
         config: a checked :class:`~branchynet.config.RunConfig`.
+        extra_extensions: further trainer extensions for both training phases
+            (the GPU check interrupts a run with one).
 
     Returns:
         The results dictionary, as written to ``results.json``.
@@ -744,7 +747,7 @@ def run(config):
         check_training_set(config, data, cluster)
         with chainer.using_config('branchynet_kernels', config.kernels):
             return _run_steps(protocol, config, data, device, say, cluster,
-                              folder)
+                              folder, extra_extensions)
     except BaseException:
         # a run that failed before it had trained anything leaves nothing
         if folder is not None and not holds_work(config.out):
@@ -796,7 +799,8 @@ def check_ranks(config, cluster):
                                              cluster.size))
 
 
-def _run_steps(protocol, config, data, device, say, cluster, folder):
+def _run_steps(protocol, config, data, device, say, cluster, folder,
+               extra_extensions):
     if config.models:
         # read before earlier results go: --models may name --out itself,
         # and a run folder may hold its logs only in its results.json
@@ -806,7 +810,8 @@ def _run_steps(protocol, config, data, device, say, cluster, folder):
         history = record_config(folder, config, cluster)
         report.remove_results(folder)
     if not config.models:
-        models = train(protocol, config, data, device, say, folder, cluster)
+        models = train(protocol, config, data, device, say, folder, cluster,
+                       extra_extensions)
     if not cluster.is_root:
         return None  # evaluation, timing and files are rank 0's
     results = {

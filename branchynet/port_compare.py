@@ -21,7 +21,7 @@ import os
 import chainer
 import numpy
 
-from branchynet import port_kit, protocols, timing
+from branchynet import port_kit, protocols, synthetic, timing
 from branchynet.exit_rule import EntropyThresholds
 from branchynet.loss import BranchyLoss
 
@@ -38,12 +38,6 @@ def load_port():
     return module
 
 
-def relative_error(got, expected):
-    expected = numpy.asarray(expected, numpy.float64)
-    return float(numpy.abs(numpy.asarray(got, numpy.float64) - expected).max()
-                 / (numpy.abs(expected).max() or 1.0))
-
-
 def parity(kit):
     """The port's and ONNX Runtime's outputs against reference.npz."""
     import torch
@@ -53,7 +47,7 @@ def parity(kit):
     with torch.no_grad():
         logits = [y.numpy() for y in net(x)]
     result = {'pytorch_logits_error': [
-        relative_error(y, reference['logits_{}'.format(k + 1)])
+        port_kit.relative_error(y, reference['logits_{}'.format(k + 1)])
         for k, y in enumerate(logits)]}
     decisions = {}
     for name, thresholds in manifest['threshold_sets'].items():
@@ -69,7 +63,7 @@ def parity(kit):
         os.path.join(kit, 'model.onnx'), providers=['CPUExecutionProvider'])
     outputs = session.run(None, {'x': reference['x']})
     result['onnx_logits_error'] = [
-        relative_error(y, reference['logits_{}'.format(k + 1)])
+        port_kit.relative_error(y, reference['logits_{}'.format(k + 1)])
         for k, y in enumerate(outputs)]
     return result
 
@@ -104,8 +98,7 @@ def lockstep(kit, steps=50, batch=64, seed=1, data=None, data_name='given'):
     rng = numpy.random.RandomState(seed)
     source = data_name if data is not None else 'seeded uniform noise'
     if data is None:
-        data = (rng.rand(4096, *net.input_shape).astype(numpy.float32),
-                rng.randint(0, 10, 4096).astype(numpy.int32))
+        data = synthetic.random_batch(net.input_shape, 4096, rng)
     losses = []
     with chainer.using_config('train', True):
         for _ in range(steps):
@@ -127,7 +120,7 @@ def lockstep(kit, steps=50, batch=64, seed=1, data=None, data_name='given'):
         for theirs, ours in mapping.items() if ours in params and
         not ours.endswith(('avg_mean', 'avg_var', '/N'))])
     worst_param = float(differences.max())
-    worst_stat = max([relative_error(state[theirs], params[ours])
+    worst_stat = max([port_kit.relative_error(state[theirs], params[ours])
                       for theirs, ours in mapping.items()
                       if ours.endswith(('avg_mean', 'avg_var'))] or [0.0])
     return {'steps': steps, 'batch': batch,
@@ -230,8 +223,7 @@ def speed(kit, train_batch, repeats=5, latency_samples=50):
          on('fast', lambda s: net.predict_sample(s, rule)),
          lambda s: torch_net.predict_sample(torch.from_numpy(s), thresholds)],
         samples, cpu, repeats, warmup=5)
-    x = rng.rand(train_batch, *net.input_shape).astype(numpy.float32)
-    t = rng.randint(0, 10, train_batch).astype(numpy.int32)
+    x, t = synthetic.random_batch(net.input_shape, train_batch, rng)
     policy = BranchyLoss(net)
     adam = chainer.optimizers.Adam()
     adam.setup(policy)

@@ -35,7 +35,7 @@ import numpy
 from chainer import serializers
 
 from branchynet import (_compat, datasets, entropy, environment, files,
-                        protocols, reading, sweep)
+                        protocols, reading, sweep, synthetic)
 from branchynet.errors import FileProblem
 from branchynet.layers import FunctionLayer
 from branchynet.ownership import OutputFolder
@@ -52,6 +52,15 @@ ADAM = {'name': 'Adam (Chainer 7)', 'alpha': 0.001, 'beta1': 0.9,
 
 
 # --- the network, framework-neutral ---------------------------------------------
+
+def relative_error(got, expected):
+    """``max |got - expected| / max |expected|`` in float64 (divided by 1
+    when ``expected`` is all zeros): how PORTING.md judges a port, and how
+    this project compares any two computations of one array."""
+    expected = numpy.asarray(expected, numpy.float64)
+    return float(numpy.abs(numpy.asarray(got, numpy.float64) - expected).max()
+                 / (numpy.abs(expected).max() or 1.0))
+
 
 def _path(prefix, name):
     return '{}/{}'.format(prefix, name).lstrip('/')
@@ -215,10 +224,8 @@ def reference_batch(protocol, data_dir, size, seed, test_batch=None):
     """``(x, t, source)``: real test images if ``data_dir``, else seeded noise."""
     net_shape = protocol.network().input_shape
     if data_dir is None:
-        rng = numpy.random.RandomState(seed)
-        x = rng.rand(size, *net_shape).astype(numpy.float32)
-        return x, rng.randint(0, 10, size).astype(numpy.int32), \
-            'uniform noise in [0, 1), seed {}'.format(seed)
+        return synthetic.random_batch(net_shape, size, seed) + (
+            'uniform noise in [0, 1), seed {}'.format(seed),)
     if protocol.dataset == 'mnist':
         data = datasets.load_mnist(data_dir, test_size=size)
     else:

@@ -74,14 +74,13 @@ def write_cifar10(folder, per_batch=60, test=True, python=False, seed=0):
     return folder
 
 
-def arrays(count, shape, seed=0):
-    """``(x, t)``: ``count`` float32 images in [0, 1] of ``shape`` and labels.
-
-    Drawn like the files' images (a pattern per class plus noise), in
-    memory: for training checks that need learnable data without files.
-    """
-    rng = numpy.random.RandomState(seed)
-    labels = rng.randint(0, 10, count)
-    x = _images(rng, labels, tuple(shape)).astype(numpy.float32) / 255
-    return x, labels.astype(numpy.int32)
-
+def random_batch(shape, size, seed, classes=10):
+    """``(x, t)``: ``size`` float32 samples of ``shape``, uniform in [0, 1),
+    and int32 labels below ``classes`` (both datasets here have 10), drawn
+    in that order from ``seed`` (an int, or a ``RandomState`` to draw on
+    from): the stand-in batch of timing, parity and port checks that need
+    no real data."""
+    rng = seed if isinstance(seed, numpy.random.RandomState) else \
+        numpy.random.RandomState(seed)
+    x = rng.rand(size, *shape).astype(numpy.float32)
+    return x, rng.randint(0, classes, size).astype(numpy.int32)

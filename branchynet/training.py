@@ -98,7 +98,8 @@ def read_log(out):
 
 def train_phase(target, optimizer, loss_func, train, test, epochs, out,
                 batchsize, device, seed, resume=False, progress=True,
-                phase='joint', eval_batchsize=1000, cluster=SINGLE):
+                phase='joint', eval_batchsize=1000, cluster=SINGLE,
+                extra_extensions=()):
     """Train for ``epochs`` epochs: one phase of the protocol.
 
     Args:
@@ -123,6 +124,7 @@ def train_phase(target, optimizer, loss_func, train, test, epochs, out,
             (:class:`branchynet.distributed.Cluster`): ``batchsize`` is then
             the global batch, each rank trains on its shard and rank 0
             alone logs and saves snapshots.
+        extra_extensions: further trainer extensions (each with its own trigger).
 
     Returns:
         The log: a list of per-epoch dicts from ``LogReport`` (``None`` on
@@ -183,6 +185,8 @@ def train_phase(target, optimizer, loss_func, train, test, epochs, out,
         trainer.extend(extensions.PrintReport(['epoch'] + keys +
                                               ['elapsed_time']))
         trainer.extend(extensions.ProgressBar(update_interval=10))
+    for extension in extra_extensions:
+        trainer.extend(extension)
     try:
         trainer.run()
     finally:

@@ -14,6 +14,7 @@ import numpy
 import pytest
 
 from branchynet import kernels, protocols
+from branchynet.port_kit import relative_error as relative
 from branchynet.loss import BranchyLoss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,11 +29,6 @@ def loops(request, monkeypatch):
         pytest.skip('Numba is not installed')
     monkeypatch.setattr(kernels, 'USE_JIT', request.param == 'numba')
     return request.param
-
-
-def relative(got, expected):
-    return float(numpy.abs(got - expected).max() /
-                 max(numpy.abs(expected).max(), 1e-30))
 
 
 class Shapes(chainer.FunctionHook):

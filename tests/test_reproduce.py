@@ -35,6 +35,9 @@ def test_every_part_writes_its_results(smoke):
         assert (out / path).is_file(), path
     check = json.loads((out / 'check' / 'check.json').read_text())
     assert check['ok'], check
+    # the resume check did interrupt its run, and resumed it bit for bit
+    assert check['trainer_resume']['interrupted']
+    assert check['trainer_resume']['bit_identical']
     # the estimate comes first, from timed training steps
     assert stdout.index('part        estimate') < stdout.index('lenet: running')
     assert 'epochs at' in stdout
