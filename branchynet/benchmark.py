@@ -289,7 +289,7 @@ def one_step_each(net, reference, x, t, seed=0, alpha=0.001):
     optimizer.setup(net)
     net.device.xp.random.seed(seed)
     net.cleargrads()
-    net.joint_loss(x, t).backward()
+    loss.BranchyLoss(net)(x, t).backward()
     gradients = {n: p.grad.copy() for n, p in net.namedparams()}
     optimizer.update()
     net.device.xp.random.seed(seed)
@@ -316,8 +316,10 @@ def bench_training(protocol, batchsize, device, steps, warmup, seed=0):
     agreement = one_step_each(net, reference, x, t, seed)
     net, reference, optimizer = build()
 
+    policy = loss.BranchyLoss(net)
+
     def ours():
-        optimizer.update(net.joint_loss, x, t)
+        optimizer.update(policy, x, t)
 
     def theirs():
         reference.step(x, t)
@@ -327,7 +329,7 @@ def bench_training(protocol, batchsize, device, steps, warmup, seed=0):
     def ours_alone():
         n, _, o = build()
         for _ in range(2):
-            o.update(n.joint_loss, x, t)
+            o.update(loss.BranchyLoss(n), x, t)
 
     def theirs_alone():
         _, r, _ = build()

@@ -97,7 +97,7 @@ def network_parity(key, device, size=None):
         for net, xs, ts in ((cpu, x, t), (gpu, device.send(x),
                                           device.send(t))):
             net.cleargrads()
-            net.joint_loss(xs, ts).backward()
+            loss.BranchyLoss(net)(xs, ts).backward()
     result['gradient_error'] = max(
         relative_error(dict(gpu.namedparams())[name].grad, p.grad)
         for name, p in cpu.namedparams())

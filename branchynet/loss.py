@@ -14,7 +14,7 @@ Trainer)::
     optimizer.update(loss.main_loss, x, t)    # main network alone
 
 :func:`joint_loss` and :func:`main_loss` are the same computations as plain
-functions; ``BranchyNet.joint_loss``/``main_loss`` call them.
+functions.
 """
 import math
 

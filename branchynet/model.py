@@ -205,25 +205,6 @@ class BranchyNet(chainer.Chain):
             h = stage(h)
         return self.heads[-1](h)
 
-    def main_loss(self, x, t):
-        """Softmax cross-entropy of the main network (the baseline phase).
-
-        A shortcut for :func:`branchynet.loss.main_loss`; reports ``loss``
-        and ``accuracy`` under this network.
-        """
-        return loss.main_loss(self, x, t, observer=self)
-
-    def joint_loss(self, x, t):
-        """``sum_n w_n * softmax_cross_entropy(exit_n(x), t)``, reported per exit.
-
-        A shortcut for :func:`branchynet.loss.joint_loss` with this
-        network's :attr:`branch_weights`, every sample training every exit;
-        reports ``loss``, ``exit<k>/loss`` and ``exit<k>/accuracy`` under
-        this network. :class:`branchynet.loss.BranchyLoss` has the other
-        policies.
-        """
-        return loss.joint_loss(self, x, t, self.branch_weights, observer=self)
-
     def predict(self, x, thresholds=None, exit_fractions=None):
         """Early-exit inference on a batch.
 

@@ -5,6 +5,7 @@ import pytest
 
 from branchynet import EntropyThresholds, assign_exits, benchmark
 from branchynet.benchmark import one_step_each
+from branchynet.loss import BranchyLoss
 from branchynet.reference import ReferenceTrainer, reference_predict
 from conftest import make_tiny_net, mixing_thresholds, tiny_batch
 from networks import lenet_mnist
@@ -43,7 +44,7 @@ def test_reference_gradients_equal_the_shared_trunk_gradients():
     reference = ReferenceTrainer(net)
     reference.accumulate_gradients(x, t)
     net.cleargrads()
-    net.joint_loss(x, t).backward()
+    BranchyLoss(net)(x, t).backward()
     for k, stage in enumerate(reference.trunk()):
         for name, p in stage.namedparams():
             numpy.testing.assert_allclose(

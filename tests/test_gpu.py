@@ -7,6 +7,7 @@ import chainer
 import numpy
 
 from branchynet import load_model, save_model
+from branchynet.loss import BranchyLoss
 from conftest import grads, make_tiny_net, mixing_thresholds, tiny_batch
 from networks import alex_cifar10
 
@@ -21,7 +22,7 @@ def test_forward_and_joint_gradient_match_cpu(cupy):
     x, t = tiny_batch()
     for net, xs, ts in ((cpu, x, t), (gpu, cupy.asarray(x), cupy.asarray(t))):
         net.cleargrads()
-        net.joint_loss(xs, ts).backward()
+        BranchyLoss(net)(xs, ts).backward()
     expected = grads(cpu)
     for name, g in grads(gpu).items():
         numpy.testing.assert_allclose(cupy.asnumpy(g), expected[name],
@@ -49,7 +50,7 @@ def test_predict_on_gpu_equals_cpu_for_numpy_and_cupy_input(cupy):
 def test_save_on_gpu_load_on_cpu_and_back(cupy, tmp_path):
     net = on_gpu(make_tiny_net())
     x, t = tiny_batch()
-    net.joint_loss(cupy.asarray(x), cupy.asarray(t))  # moves BN statistics
+    BranchyLoss(net)(cupy.asarray(x), cupy.asarray(t))  # moves BN statistics
     path = str(tmp_path / 'gpu.npz')
     save_model(path, net)
     cpu = load_model(path, make_tiny_net(seed=3))

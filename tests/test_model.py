@@ -8,6 +8,7 @@ import pytest
 
 from branchynet import Branch, BranchyNet, assign_exits
 from branchynet.exit_rule import EntropyThresholds, LowestEntropyFractions
+from branchynet.loss import BranchyLoss
 from conftest import (exit_entropies, grads, make_tiny_net, mixing_thresholds,
                       tiny_batch)
 from branchynet.reference import ReferenceTrainer
@@ -68,7 +69,7 @@ def test_joint_gradient_is_weighted_sum_of_exit_gradients(weights):
             expected[name] = expected.get(name, 0) + w[n] * g
     net.cleargrads()
     numpy.random.seed(7)
-    net.joint_loss(x, t).backward()
+    BranchyLoss(net)(x, t).backward()
     got = grads(net)
     assert set(got) == set(expected) == {n for n, _ in net.namedparams()}
     for name in expected:
@@ -85,7 +86,7 @@ def test_joint_gradient_equals_reference_copy_and_add_scheme():
     reference.accumulate_gradients(x, t)
     net.cleargrads()
     numpy.random.seed(7)
-    net.joint_loss(x, t).backward()
+    BranchyLoss(net)(x, t).backward()
     got = grads(net)
     parts = [('trunk', reference.trunk()), ('heads', reference.heads())]
     for prefix, links in parts:
@@ -100,7 +101,7 @@ def test_main_loss_trains_trunk_and_final_exit_only():
     net = make_tiny_net()
     x, t = tiny_batch()
     net.cleargrads()
-    net.main_loss(x, t).backward()
+    BranchyLoss(net).main_loss(x, t).backward()
     assert all(p.grad is not None for p in net.trunk.params())
     assert all(p.grad is not None for p in net.heads[2].params())
     assert all(p.grad is None for h in net.heads[:2] for p in h.params())
@@ -109,11 +110,12 @@ def test_main_loss_trains_trunk_and_final_exit_only():
 def test_joint_loss_reports_per_exit():
     net = make_tiny_net()
     x, t = tiny_batch()
+    policy = BranchyLoss(net)
     reporter = chainer.Reporter()
-    reporter.add_observer('main', net)
+    reporter.add_observer('main', policy)
     observation = {}
     with reporter.scope(observation):
-        loss = net.joint_loss(x, t)
+        loss = policy(x, t)
     keys = set(observation)
     assert {'main/loss', 'main/exit1/loss', 'main/exit3/accuracy'} <= keys
     parts = sum(float(observation['main/exit{}/loss'.format(k)].array)

@@ -6,6 +6,7 @@ import pytest
 from chainer import optimizers, serializers
 
 from branchynet import load_model, save_model
+from branchynet.loss import BranchyLoss
 from conftest import make_tiny_net, tiny_batch
 from networks import alex_cifar10, lenet_mnist
 
@@ -17,7 +18,7 @@ def trained_tiny_net(steps=3):
     optimizer.setup(net)
     for step in range(steps):
         x, t = tiny_batch(seed=step)
-        optimizer.update(net.joint_loss, x, t)
+        optimizer.update(BranchyLoss(net), x, t)
     return net
 
 

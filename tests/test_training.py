@@ -3,6 +3,7 @@ import chainer
 import numpy
 import pytest
 
+from branchynet.loss import BranchyLoss
 from branchynet.training import fresh_optimizer_state
 from conftest import make_tiny_net, tiny_batch
 
@@ -14,14 +15,14 @@ def test_exit_heads_start_joint_training_with_fresh_adam_state():
     optimizer.setup(net)
     main_steps = 3
     for _ in range(main_steps):
-        optimizer.update(net.main_loss, x, t)
+        optimizer.update(BranchyLoss(net).main_loss, x, t)
     head = net.heads[0].l1.W
     # Chainer 7 counts steps even for a parameter that had no gradient
     assert head.update_rule.t == main_steps
 
     fresh_optimizer_state(net.heads[:-1])
     net.cleargrads()
-    net.joint_loss(x, t).backward()
+    BranchyLoss(net)(x, t).backward()
     grad = head.grad.copy()
     before = head.array.copy()
     optimizer.update()
