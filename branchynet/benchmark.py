@@ -46,8 +46,8 @@ import chainer.links as L
 import numpy
 from chainer.backends import cuda
 
-from branchynet import environment, loss, protocols, sweep, synthetic, timing
-from branchynet.exit_rule import EntropyThresholds, assign_exits
+from branchynet import (environment, exit_rule, loss, protocols, sweep,
+                        synthetic, timing)
 from branchynet.ownership import OutputFolder
 from branchynet.reference import ReferenceTrainer, reference_predict
 
@@ -193,37 +193,6 @@ def path_costs(stages, heads):
     the sample goes on)."""
     return [sum(stages[:n + 1]) + sum(heads[:n + 1])
             for n in range(len(stages))]
-
-
-def thresholds_for_shares(entropies, shares):
-    """Thresholds under which the given shares of all samples leave each exit.
-
-    Each threshold lies halfway between the last entropy taken and the
-    next, so that batch-1 runs (whose entropies may differ from the batched
-    ones in the last bits) route the samples the same way.
-
-    Args:
-        entropies: ``(N, B)`` entropies of every sample at every exit.
-        shares: the wanted share of all ``B`` samples per exit.
-
-    Returns:
-        One threshold per non-final exit (a list of floats).
-    """
-    num_exits, size = entropies.shape
-    thresholds = [0.0] * (num_exits - 1)
-    for n, share in enumerate(shares[:-1]):
-        # the samples still there under the thresholds chosen so far
-        exits = assign_exits(entropies[:-1],
-                             EntropyThresholds(thresholds, num_exits))
-        e = numpy.sort(entropies[n, exits >= n].astype(numpy.float64))
-        count = min(int(round(share * size)), len(e))
-        if count == 0:
-            thresholds[n] = 0.0
-        elif count == len(e):
-            thresholds[n] = float(e[-1]) * 2 + 1
-        else:
-            thresholds[n] = float(e[count - 1] + e[count]) / 2
-    return thresholds
 
 
 # --- 1. training step --------------------------------------------------------
@@ -474,13 +443,13 @@ def run_network(key, profile, device, say):
     samples = timing.as_samples(x[:profile['latency_samples']])
     entropies = sweep.exit_outputs(net, x[:len(samples)], t[:len(samples)]) \
         .entropies
-    thresholds = thresholds_for_shares(entropies, shares)
+    thresholds = exit_rule.thresholds_for_shares(entropies, shares)
     say('{}: batch-1 latency on {} samples'.format(key, len(samples)))
     result['latency'] = bench_latency(net, samples, thresholds,
                                       profile['repeats'], profile['warmup'])
     batch = x[:profile['batched_size']]
     batch_entropies = sweep.exit_outputs(net, batch, t[:len(batch)]).entropies
-    batch_thresholds = thresholds_for_shares(batch_entropies, shares)
+    batch_thresholds = exit_rule.thresholds_for_shares(batch_entropies, shares)
     say('{}: batched early exit at batch {}'.format(key, len(batch)))
     result['batched'] = bench_batched(net, batch, batch_thresholds,
                                       profile['batched_repeats'])

@@ -206,4 +206,4 @@ def _stock(function, *args):
 def shares_thresholds(net, x, shares):
     """Thresholds that send the given shares of ``x`` out at each exit."""
     outputs = sweep.exit_outputs(net, x, numpy.zeros(len(x), numpy.int32))
-    return benchmark.thresholds_for_shares(outputs.entropies, shares)
+    return exit_rule.thresholds_for_shares(outputs.entropies, shares)

@@ -195,3 +195,54 @@ def assign_exits(entropies, rule):
         exits[remaining[take]] = n
         remaining = remaining[~take]
     return exits
+
+
+def thresholds_for_shares(entropies, shares):
+    """Thresholds under which the given shares of all samples leave each exit.
+
+    Each threshold lies halfway between the last entropy taken and the
+    next, so that batch-1 runs (whose entropies may differ from the batched
+    ones in the last bits) route the samples the same way.
+
+    Args:
+        entropies: ``(N, B)`` entropies of every sample at every exit.
+        shares: the wanted share of all ``B`` samples per exit.
+
+    Returns:
+        One threshold per non-final exit (a list of floats).
+    """
+    num_exits, size = entropies.shape
+    thresholds = [0.0] * (num_exits - 1)
+    for n, share in enumerate(shares[:-1]):
+        # the samples still there under the thresholds chosen so far
+        exits = assign_exits(entropies[:-1],
+                             EntropyThresholds(thresholds, num_exits))
+        e = numpy.sort(entropies[n, exits >= n].astype(numpy.float64))
+        count = min(int(round(share * size)), len(e))
+        if count == 0:
+            thresholds[n] = 0.0
+        elif count == len(e):
+            thresholds[n] = float(e[-1]) * 2 + 1
+        else:
+            thresholds[n] = float(e[count - 1] + e[count]) / 2
+    return thresholds
+
+
+def thresholds_at_widest_gaps(entropies):
+    """Per non-final exit, the midpoint of the widest gap between neighbouring
+    entropies in the middle half of its samples.
+
+    Such thresholds send some samples out and keep others, far from any
+    sample's entropy, so that rounding between code paths or devices cannot
+    move a sample across them (the GPU check's and the tests' choice).
+
+    Args:
+        entropies: per non-final exit, the entropies of all samples.
+    """
+    thresholds = []
+    for e in entropies:
+        e = numpy.sort(numpy.asarray(cuda.to_cpu(e), numpy.float64))
+        lo, hi = len(e) // 4, max(len(e) // 4 + 1, 3 * len(e) // 4)
+        i = lo + int(numpy.argmax(numpy.diff(e[lo:hi + 1])))
+        thresholds.append(float(e[i] + e[i + 1]) / 2)
+    return thresholds

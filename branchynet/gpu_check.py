@@ -37,8 +37,8 @@ import chainer.functions as F
 import numpy
 from chainer.backends import cuda
 
-from branchynet import (benchmark, entropy, environment, loss, pipeline,
-                        port_kit, protocols, synthetic)
+from branchynet import (benchmark, entropy, environment, exit_rule, loss,
+                        pipeline, port_kit, protocols, synthetic)
 from branchynet.config import QUICK, RunConfig
 from branchynet.ownership import OutputFolder
 from branchynet.serialization import load_model, save_model
@@ -61,21 +61,6 @@ def _pair(key, device, seed=0):
     gpu = cpu.copy(mode='copy')
     gpu.to_device(device)
     return cpu, gpu
-
-
-def splitting_thresholds(entropies):
-    """Per non-final exit, the midpoint of the widest gap near the median.
-
-    Thresholds there send some samples out and keep others, far from any
-    sample's entropy, so rounding between devices cannot move a sample.
-    """
-    thresholds = []
-    for e in entropies:
-        e = numpy.sort(numpy.asarray(e, numpy.float64))
-        lo, hi = len(e) // 4, max(len(e) // 4 + 1, 3 * len(e) // 4)
-        i = lo + int(numpy.argmax(numpy.diff(e[lo:hi + 1])))
-        thresholds.append(float(e[i] + e[i + 1]) / 2)
-    return thresholds
 
 
 def network_parity(key, device, size=None):
@@ -102,7 +87,7 @@ def network_parity(key, device, size=None):
         relative_error(dict(gpu.namedparams())[name].grad, p.grad)
         for name, p in cpu.namedparams())
     entropies = [cuda.to_cpu(entropy(F.softmax(y).array)) for y in ys_cpu[:-1]]
-    thresholds = splitting_thresholds(entropies)
+    thresholds = exit_rule.thresholds_at_widest_gaps(entropies)
     expected = cpu.predict(x, thresholds=thresholds)
     got = gpu.predict(x, thresholds=thresholds)
     samples = [gpu.predict_sample(x[i:i + 1], thresholds)

@@ -253,7 +253,7 @@ def exit_arrays(net, x, threshold_sets):
     return arrays
 
 
-def splitting_thresholds(net, x):
+def lower_third_thresholds(net, x):
     """Thresholds at the lower third of each exit's entropies: every exit is used."""
     outputs = sweep.exit_outputs(net, x, numpy.zeros(len(x), numpy.int32))
     thresholds, remaining = [], numpy.ones(len(x), bool)
@@ -335,7 +335,7 @@ def _write_kit(folder, key, net, x, t, source, model_path, seed, knee):
     with folder.open_file('weights.npz') as f:
         numpy.savez(f, **weights(net))
     sets = {'paper': list(protocol.paper.thresholds),
-            'split': splitting_thresholds(net, x)}
+            'split': lower_third_thresholds(net, x)}
     if knee is not None:
         sets['knee'] = knee
     with folder.open_file('reference.npz') as f:

@@ -6,7 +6,7 @@ import chainer.links as L
 import numpy
 import pytest
 
-from branchynet import Branch, BranchyNet, entropy
+from branchynet import Branch, BranchyNet, entropy, exit_rule
 from branchynet.layers import dropout, max_pool, relu
 
 TINY_SHAPE = (1, 6, 6)
@@ -60,13 +60,7 @@ def mixing_thresholds(net, x):
     the middle half, so that rounding differences between code paths or
     devices cannot move a sample across it.
     """
-    thresholds = []
-    for e in exit_entropies(net, x):
-        e = numpy.sort(e)
-        lo, hi = len(e) // 4, 3 * len(e) // 4
-        i = lo + int(numpy.argmax(numpy.diff(e[lo:hi + 1])))
-        thresholds.append(float(e[i] + e[i + 1]) / 2)
-    return thresholds
+    return exit_rule.thresholds_at_widest_gaps(exit_entropies(net, x))
 
 
 def grads(net):

@@ -3,7 +3,7 @@
 import numpy
 import pytest
 
-from branchynet import EntropyThresholds, assign_exits, benchmark
+from branchynet import EntropyThresholds, assign_exits, benchmark, exit_rule
 from branchynet.benchmark import one_step_each
 from branchynet.loss import BranchyLoss
 from branchynet.reference import ReferenceTrainer, reference_predict
@@ -84,7 +84,7 @@ def test_latency_benchmark_predictions_agree():
 def test_thresholds_for_shares_give_those_shares():
     rng = numpy.random.RandomState(0)
     entropies = rng.rand(3, 200).astype(numpy.float32)
-    thresholds = benchmark.thresholds_for_shares(entropies, [0.6, 0.25, 0.15])
+    thresholds = exit_rule.thresholds_for_shares(entropies, [0.6, 0.25, 0.15])
     exits = assign_exits(entropies[:-1], EntropyThresholds(thresholds, 3))
     assert numpy.bincount(exits).tolist() == [120, 50, 30]
 

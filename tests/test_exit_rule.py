@@ -4,7 +4,7 @@ import numpy
 import pytest
 
 from branchynet import EntropyThresholds, LowestEntropyFractions, assign_exits
-from branchynet.exit_rule import make_rule
+from branchynet.exit_rule import make_rule, thresholds_at_widest_gaps
 
 ENTROPIES = numpy.array([[0.1, 0.5, 0.01, 0.9, 0.3],     # exit 0
                          [0.2, 0.05, 0.7, 0.04, 0.6]])   # exit 1
@@ -70,3 +70,13 @@ def test_bad_fractions_and_rule_choice():
         make_rule(3)
     with pytest.raises(TypeError, match='exactly one'):
         make_rule(3, [0.1, 0.1], [0.5, 0.5])
+
+
+def test_widest_gap_thresholds_split_in_the_middle_half_only():
+    """Eight entropies: the widest gap overall (1.0 -> 5.0) lies outside
+    the middle half, so the threshold falls in the widest gap inside it
+    (0.3 -> 0.7): the samples split 4 / 4, far from both neighbours."""
+    e = [0.0, 0.1, 0.2, 0.3, 0.7, 0.8, 0.9, 5.0]
+    shuffled = numpy.array(e)[[5, 0, 7, 2, 4, 1, 6, 3]]
+    assert thresholds_at_widest_gaps([shuffled, [1.0, 1.0, 3.0, 3.0]]) == \
+        [pytest.approx(0.5), pytest.approx(2.0)]
