@@ -13,7 +13,6 @@ configuration: :func:`merge_stored` applies what the command line changed
 and refuses what may not change.
 """
 import dataclasses
-import functools
 import math
 import numbers
 import os
@@ -205,10 +204,9 @@ def parse_device(spec):
     return '@cupy:{}'.format(device_id)
 
 
-@functools.lru_cache(maxsize=None)
 def num_exits(protocol_key):
-    """Number of exits of a protocol's network (built once, then cached)."""
-    return protocols.get(protocol_key).network().num_exits
+    """Number of exits of a protocol's network."""
+    return protocols.get(protocol_key).num_exits
 
 
 def _flag(name):

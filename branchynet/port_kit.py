@@ -222,7 +222,7 @@ def export_onnx(net, x, target):
 
 def reference_batch(protocol, data_dir, size, seed, test_batch=None):
     """``(x, t, source)``: real test images if ``data_dir``, else seeded noise."""
-    net_shape = protocol.network().input_shape
+    net_shape = protocol.input_shape
     if data_dir is None:
         return synthetic.random_batch(net_shape, size, seed) + (
             'uniform noise in [0, 1), seed {}'.format(seed),)

@@ -63,6 +63,8 @@ class Protocol:
         dataset: ``'mnist'`` or ``'cifar10'``.
         baseline_name: Table I name of the main network, e.g. ``'AlexNet'``.
         threshold_list: values combined over the non-final exits in the sweep.
+        title, input_shape, num_exits: the network's, known without
+            building it (a test checks them against the built network).
         batchsize: training batch size.
         epoch_main, epoch_joint: epochs of the two training phases.
         paper: the paper's Table I figures, or ``None`` (Fig. 5 variants).
@@ -72,6 +74,9 @@ class Protocol:
     dataset: str
     baseline_name: str
     threshold_list: tuple
+    title: str
+    input_shape: tuple
+    num_exits: int
     batchsize: int = 512
     epoch_main: int = 50
     epoch_joint: int = 100
@@ -82,6 +87,7 @@ PROTOCOLS = {
     'b_lenet': Protocol(
         key='b_lenet', network=lenet_mnist.get_network, dataset='mnist',
         baseline_name='LeNet', threshold_list=LENET_THRESHOLDS,
+        title='B-LeNet', input_shape=(1, 28, 28), num_exits=2,
         paper=PaperResult(99.20, 99.25, {'cpu': 3.37, 'gpu': 1.58},
                           {'cpu': 0.62, 'gpu': 0.34}, {'cpu': 5.4, 'gpu': 4.7},
                           (0.025,),
@@ -89,6 +95,7 @@ PROTOCOLS = {
     'b_alexnet': Protocol(
         key='b_alexnet', network=alex_cifar10.get_network, dataset='cifar10',
         baseline_name='AlexNet', threshold_list=ALEXNET_THRESHOLDS,
+        title='B-AlexNet', input_shape=(3, 32, 32), num_exits=3,
         paper=PaperResult(78.38, 79.19, {'cpu': 9.56, 'gpu': 3.15},
                           {'cpu': 6.32, 'gpu': 1.30}, {'cpu': 1.5, 'gpu': 2.4},
                           (0.0001, 0.05),
@@ -96,7 +103,8 @@ PROTOCOLS = {
     'b_resnet110': Protocol(
         key='b_resnet110', network=resnet_cifar10.get_network,
         dataset='cifar10', baseline_name='ResNet-110',
-        threshold_list=LENET_THRESHOLDS, batchsize=64, epoch_main=100,
+        threshold_list=LENET_THRESHOLDS, title='B-ResNet-110',
+        input_shape=(3, 32, 32), num_exits=3, batchsize=64, epoch_main=100,
         paper=PaperResult(80.70, 79.17, {'cpu': 137.20, 'gpu': 70.9},
                           {'cpu': 73.5, 'gpu': 37.2}, {'cpu': 1.9, 'gpu': 1.9},
                           (0.3, 0.2),
@@ -119,7 +127,7 @@ def fig5_variant(convs):
         PROTOCOLS['b_alexnet'], key='b_alexnet_exit1_{}conv'.format(convs),
         network=functools.partial(alex_cifar10.get_network,
                                   branch1_convs=convs),
-        paper=None)
+        title='B-AlexNet-exit1-{}conv'.format(convs), num_exits=2, paper=None)
 
 
 def get(key):

@@ -73,7 +73,7 @@ def _machine(results, device):
 def paper_rows(protocol):
     """The paper's Table I rows of one protocol (CPU and GPU)."""
     paper, rows = protocol.paper, []
-    name = protocol.network().title
+    name = protocol.title
     for device in ('cpu', 'gpu'):
         common = {'Network': name, 'Run': 'paper', 'Device': device.upper(),
                   'Source': 'paper', 'Schedule': 'paper', 'Split': 'paper',
@@ -142,7 +142,7 @@ def deployed_rows(deployment, run):
         if test is None:  # seeded weights: timed, but no Table I accuracy
             continue
         protocol = protocols.get(key)
-        title = protocol.network().title
+        title = protocol.title
         ms = deployed['timing']['batch1_ms']
         common = {'Network': title, 'Run': run, 'Device': 'CPU',
                   'Source': 'ours', 'Schedule': deployed.get('schedule', '-'),

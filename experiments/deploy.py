@@ -60,7 +60,7 @@ def test_images(key, config, data_dir, size, seed=0, official=True):
     (labels ``None``)."""
     protocol = protocols.get(key)
     if data_dir is None:
-        shape = protocol.network().input_shape
+        shape = protocol.input_shape
         x = numpy.random.RandomState(seed).rand(size, *shape)
         return x.astype(numpy.float32), None, \
             'uniform noise, seed {}'.format(seed)

@@ -4,6 +4,7 @@ import chainer.links as L
 import numpy
 import pytest
 
+from branchynet import protocols
 from branchynet.layers import FunctionLayer
 from networks import alex_cifar10, lenet_mnist, resnet_cifar10
 from networks.resnet_cifar10 import ResBlock
@@ -226,3 +227,14 @@ def test_batchnorm_starts_at_identity():
         numpy.testing.assert_array_equal(bn.gamma.array, 1)
         numpy.testing.assert_array_equal(bn.beta.array, 0)
         assert bn.eps == 2e-5 and bn.decay == 0.9
+
+
+@pytest.mark.parametrize('key', sorted(protocols.PROTOCOLS) + [
+    'b_alexnet_exit1_{}conv'.format(k) for k in protocols.FIG5_CONVS])
+def test_a_protocol_knows_its_networks_constants(key):
+    """Title, input shape and exits are read from the registry without
+    building a network; they must be the built network's."""
+    protocol = protocols.get(key)
+    net = protocol.network()
+    assert (protocol.title, protocol.input_shape, protocol.num_exits) == (
+        net.title, net.input_shape, net.num_exits)
