@@ -275,7 +275,7 @@ def load_mnist(data_dir=None, train_size=None, test_size=None,
     else:
         train_x, train_t = _mnist_part(data_dir, 'train', official)
         test_x, test_t = _mnist_part(data_dir, 'test', official)
-        source = os.path.abspath(data_dir)
+        source = data_dir  # as given: no machine's absolute path
     train_x, train_t = _first(train_x, train_t, train_size)
     test_x, test_t = _first(test_x, test_t, test_size)
     train_x, train_t, valid_x, valid_t, validation = _carve_validation(
@@ -466,7 +466,7 @@ def load_cifar10(data_dir=None, test_batch=None, preprocessing='zca',
         raw_train_x = numpy.concatenate([p[0] for p in parts[:-1]])
         train_t = numpy.concatenate([p[1] for p in parts[:-1]])
         raw_test_x, test_t, _ = parts[-1]
-        info['source'], checksums = os.path.abspath(data_dir), [
+        info['source'], checksums = data_dir, [
             p[2] for p in parts]
     raw_train_x, train_t = _first(raw_train_x, train_t, train_size)
     raw_test_x, test_t = _first(raw_test_x, test_t, test_size)

@@ -359,3 +359,16 @@ def test_cifar10_validation_is_preprocessed_with_the_training_fit(tmp_path,
                                   seed=2, official=False)
     numpy.testing.assert_array_equal(again.valid_x, data.valid_x)
     numpy.testing.assert_array_equal(again.test_x, data.test_x)
+
+
+def test_results_name_the_data_folder_as_given(tmp_path, monkeypatch):
+    """A relative --data-dir stays relative in the results: committed result
+    files carry no developer machine's absolute paths."""
+    monkeypatch.chdir(tmp_path)
+    write_mnist('mnist', train=20, test=10)
+    write_cifar10('cifar', per_batch=10)
+    assert datasets.load_mnist('mnist', official=False).info['source'] == \
+        'mnist'
+    cifar = datasets.load_cifar10('cifar', preprocessing='scale',
+                                  cache_dir='cache', official=False)
+    assert cifar.info['source'] == 'cifar'
