@@ -169,6 +169,7 @@ def build_parser(protocol, skip_timing_flag=True):
         ``protocol``.
     """
     positive = positive_int
+    d = config_module.RunConfig.defaults(protocol)
     p = ArgumentParser(
         description='Train and evaluate {} as in the BranchyNet paper; the '
                     'defaults reproduce the reference protocol.'.format(
@@ -185,10 +186,10 @@ def build_parser(protocol, skip_timing_flag=True):
                         '(baseline.npz, branchynet.npz) of this run folder on '
                         'this device, writing into --out')
     p.add_argument('--batchsize', '-b', type=positive,
-                   default=protocol.batchsize, help='training batch size')
-    p.add_argument('--epoch-main', type=count, default=protocol.epoch_main,
+                   default=d['batchsize'], help='training batch size')
+    p.add_argument('--epoch-main', type=count, default=d['epoch_main'],
                    help='epochs of the main-network phase')
-    p.add_argument('--epoch-joint', type=count, default=protocol.epoch_joint,
+    p.add_argument('--epoch-joint', type=count, default=d['epoch_joint'],
                    help='epochs of the joint phase')
     p.add_argument('--data-dir',
                    help='folder with the dataset files (default: ${}, else '
@@ -203,19 +204,20 @@ def build_parser(protocol, skip_timing_flag=True):
                        help='test on this batch; a training batch (e.g. '
                             'data_batch_5) is then held out of training. '
                             'Default: the official test_batch')
-        p.add_argument('--preprocessing', default='zca',
+        p.add_argument('--preprocessing', default=d['preprocessing'],
                        choices=sorted(datasets.PREPROCESSINGS),
                        help='zca: the reference\'s ZCA + per-image min-max; '
                             'scale: pixels / 255')
         p.add_argument('--cache-dir',
                        help='cache for preprocessed arrays (default: ${} or '
                             '~/.cache/branchynet)'.format(datasets.CACHE_DIR_ENV))
-    p.add_argument('--seed', type=count, default=0,
+    p.add_argument('--seed', type=count, default=d['seed'],
                    help='seeds initialisation, shuffling, dropout and the '
                         'validation split')
     p.add_argument('--alpha', type=_number(float, 0, low_open=True),
-                   default=0.001, help='Adam step size')
-    p.add_argument('--adam-beta1', type=_number(float, 0), default=0.9,
+                   default=d['alpha'], help='Adam step size')
+    p.add_argument('--adam-beta1', type=_number(float, 0),
+                   default=d['adam_beta1'],
                    help='Adam beta1; the reference code uses 0.9, the paper '
                         'says 0.99')
     p.add_argument('--branch-weights', type=_number(float, 0), nargs='+',
@@ -223,20 +225,22 @@ def build_parser(protocol, skip_timing_flag=True):
                         'the paper reports 1.0 for exit 1 and 0.3 for the last '
                         'as better)')
     p.add_argument('--percent-train-keeps', type=_number(float, 0, True),
-                   default=1.0,
+                   default=d['percent_train_keeps'],
                    help='share of the samples reaching a non-final exit that '
                         'go on to train deeper exits (the most uncertain)')
     p.add_argument('--thresholds', type=_number(float, 0), nargs='+',
                    help='also evaluate and time this threshold vector')
     p.add_argument('--threshold-list', type=_number(float, 0), nargs='+',
-                   default=list(protocol.threshold_list),
+                   default=list(d['threshold_list']),
                    help='values combined over the non-final exits in the '
                         'sweep')
-    p.add_argument('--knee-tolerance', type=_number(float, 0), default=0.1,
+    p.add_argument('--knee-tolerance', type=_number(float, 0),
+                   default=d['knee_tolerance'],
                    help='knee: the fastest frontier point within this many '
                         'accuracy points of the baseline (of the best point if '
                         'that is lower)')
-    p.add_argument('--select', nargs='+', default=['knee'], metavar='RULE',
+    p.add_argument('--select', nargs='+', default=list(d['select']),
+                   metavar='RULE',
                    help='threshold selection rules, each a Table I row: knee, '
                         'accuracy-drop:POINTS (fastest within POINTS of the '
                         'baseline), latency:MS (most accurate at or below MS '
@@ -245,12 +249,15 @@ def build_parser(protocol, skip_timing_flag=True):
                         '--validation-size they choose on the validation set '
                         'and are compared with the test-set choice (oracle). '
                         'The knee is always reported')
-    p.add_argument('--timing-samples', type=count, default=1000,
+    p.add_argument('--timing-samples', type=count,
+                   default=d['timing_samples'],
                    help='test samples timed at batch size 1; 0 = all')
-    p.add_argument('--timing-repeats', type=positive, default=3,
+    p.add_argument('--timing-repeats', type=positive,
+                   default=d['timing_repeats'],
                    help='timed passes over those samples (at most {})'.format(
                        config_module.MAX_TIMING_REPEATS))
-    p.add_argument('--timing-warmup', type=count, default=20,
+    p.add_argument('--timing-warmup', type=count,
+                   default=d['timing_warmup'],
                    help='untimed samples run first')
     p.add_argument('--no-cpu-timing', action='store_true',
                    help='with a GPU, time on the GPU only')
@@ -264,7 +271,8 @@ def build_parser(protocol, skip_timing_flag=True):
                    help='use only the first N training samples (default: all)')
     p.add_argument('--test-size', type=positive,
                    help='use only the first N test samples (default: all)')
-    p.add_argument('--validation-size', type=count, default=0,
+    p.add_argument('--validation-size', type=count,
+                   default=d['validation_size'],
                    help='hold out N training samples (class-stratified, '
                         'seeded by --seed) as a validation set; 0 keeps the '
                         'paper\'s protocol')
@@ -279,7 +287,8 @@ def build_parser(protocol, skip_timing_flag=True):
                    help='data-parallel training over MPI (mpiexec -n N ...) '
                         'with this ChainerMN communicator; under mpiexec the '
                         'default is pure_nccl on a GPU, naive on the CPU')
-    p.add_argument('--kernels', choices=kernels.KERNELS, default='fast',
+    p.add_argument('--kernels', choices=kernels.KERNELS,
+                   default=d['kernels'],
                    help='fast: convolution and max pooling without Chainer\'s '
                         'copies on the CPU (same results to float rounding); '
                         'stock: Chainer\'s own functions. May change when '

@@ -135,13 +135,22 @@ class RunConfig:
         _validate(self)
 
     @classmethod
+    def defaults(cls, protocol):
+        """Every field's default for ``protocol`` (a
+        :class:`~branchynet.protocols.Protocol`): the one source of the run
+        options' defaults, the command line's included."""
+        values = {f.name: f.default for f in dataclasses.fields(cls)
+                  if f.default is not dataclasses.MISSING}
+        values.update(batchsize=protocol.batchsize,
+                      epoch_main=protocol.epoch_main,
+                      epoch_joint=protocol.epoch_joint,
+                      threshold_list=protocol.threshold_list)
+        return values
+
+    @classmethod
     def for_protocol(cls, key, **values):
         """A configuration with the protocol's defaults, then ``values``."""
-        protocol = protocols.get(key)
-        defaults = dict(batchsize=protocol.batchsize,
-                        epoch_main=protocol.epoch_main,
-                        epoch_joint=protocol.epoch_joint,
-                        threshold_list=protocol.threshold_list)
+        defaults = cls.defaults(protocols.get(key))
         defaults.update(values)
         return cls(protocol=key, **defaults)
 

@@ -255,3 +255,21 @@ def test_a_machine_without_matplotlib_still_writes_results(data, tmp_path,
     assert (out / 'results.json').is_file() and (out / 'table1.md').is_file()
     assert not (out / 'figures').exists()
     assert 'make_figures.py' in capsys.readouterr().out
+
+
+def test_the_command_line_defaults_are_the_configurations():
+    """One source of truth: every flag of a run script that names a
+    RunConfig field defaults to that field's default for the protocol."""
+    from branchynet import cli, protocols
+    from branchynet.config import RunConfig
+    for key in protocols.PROTOCOLS:
+        protocol = protocols.get(key)
+        parser = cli.build_parser(protocol)
+        defaults = RunConfig.defaults(protocol)
+        parsed = vars(parser.parse_args([]))
+        shared = set(parsed) & set(defaults)
+        assert len(shared) >= 25
+        for name in shared - {'out'}:
+            value = parsed[name]
+            assert (tuple(value) if isinstance(value, list) else value) == \
+                defaults[name], name
