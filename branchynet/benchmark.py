@@ -48,6 +48,7 @@ from chainer.backends import cuda
 
 from branchynet import (environment, exit_rule, loss, protocols, sweep,
                         synthetic, timing)
+from branchynet import markdown as md
 from branchynet.ownership import OutputFolder
 from branchynet.reference import ReferenceTrainer, reference_predict
 
@@ -458,9 +459,7 @@ def run_network(key, profile, device, say):
 
 def _table_head(title, columns):
     """Markdown lines opening a section with a table, one row per network."""
-    columns = ['network'] + columns
-    return ['', '## ' + title, '', '| ' + ' | '.join(columns) + ' |',
-            '|' + '---|' * len(columns)]
+    return ['', '## ' + title, ''] + md.table(['network'] + columns)
 
 
 def markdown(results):
@@ -484,45 +483,49 @@ def markdown(results):
         tr = r['training']
         peak = '-' if tr['ours_peak_mb'] is None else '{:.0f} / {:.0f}'.format(
             tr['ours_peak_mb'], tr['reference_peak_mb'])
-        lines.append('| {} | {} | {} | {} | {:.2f}x | {} | {} |'.format(
+        lines.append(md.row([
             key, tr['batchsize'], span(tr['ours_ms']), span(tr['reference_ms']),
-            tr['reference_ms']['median_ms'] / tr['ours_ms']['median_ms'], peak,
-            'yes' if tr['agreement']['same_update'] else 'NO'))
+            '{:.2f}x'.format(tr['reference_ms']['median_ms'] /
+                             tr['ours_ms']['median_ms']), peak,
+            'yes' if tr['agreement']['same_update'] else 'NO']))
     lines += _table_head('Threshold sweep, full grid (seconds)', [
         'combinations', 'test samples', 'ours',
         'reference protocol (extrapolated from N samples)', 'speed-up',
         'identical'])
     for key, r in results['networks'].items():
         s = r['sweep']
-        lines.append('| {} | {} | {} | {:.3g} | {:.4g} (N = {}) | {:.0f}x | {} |'
-                     .format(key, s['combinations'], s['test_samples'],
-                             s['ours_s'], s['reference_s_extrapolated'],
-                             s['reference_measured_on_samples'], s['speedup'],
-                             'yes' if s['identical_on_measured_subset'] else 'NO'))
+        lines.append(md.row([
+            key, s['combinations'], s['test_samples'],
+            '{:.3g}'.format(s['ours_s']),
+            '{:.4g} (N = {})'.format(s['reference_s_extrapolated'],
+                                     s['reference_measured_on_samples']),
+            '{:.0f}x'.format(s['speedup']),
+            'yes' if s['identical_on_measured_subset'] else 'NO']))
     lines += _table_head('Batch-1 latency (ms per sample; median [min-max])', [
         'exit shares (%)', 'baseline', 'ours (early exit)',
         'reference algorithm', 'speed-up vs reference', 'same predictions'])
     for key, r in results['networks'].items():
         lat = r['latency']
-        lines.append('| {} | {} | {} | {} | {} | {:.2f}x | {} |'.format(
+        lines.append(md.row([
             key, ', '.join('{:.1f}'.format(100 * f) for f in lat['exit_shares']),
             span(lat['baseline_ms']), span(lat['ours_ms']),
             span(lat['reference_ms']),
-            lat['reference_ms']['median_ms'] / lat['ours_ms']['median_ms'],
-            'yes' if lat['same_predictions'] else 'NO'))
+            '{:.2f}x'.format(lat['reference_ms']['median_ms'] /
+                             lat['ours_ms']['median_ms']),
+            'yes' if lat['same_predictions'] else 'NO']))
     lines += _table_head('Batched early exit (batch 256)', [
         'exit shares (%)', 'full network (samples/s)',
         'early exit (samples/s)', 'measured speed-up', 'ideal (multiply-adds)',
         'fraction of ideal'])
     for key, r in results['networks'].items():
         b = r['batched']
-        lines.append('| {} | {} | {:.0f} | {:.0f} | {:.2f}x | {:.2f}x | {:.2f} |'
-                     .format(key, ', '.join('{:.1f}'.format(100 * f)
-                                            for f in b['exit_shares']),
-                             b['full_samples_per_s'],
-                             b['early_exit_samples_per_s'],
-                             b['measured_speedup'], b['ideal_speedup'],
-                             b['fraction_of_ideal']))
+        lines.append(md.row([
+            key, ', '.join('{:.1f}'.format(100 * f) for f in b['exit_shares']),
+            '{:.0f}'.format(b['full_samples_per_s']),
+            '{:.0f}'.format(b['early_exit_samples_per_s']),
+            '{:.2f}x'.format(b['measured_speedup']),
+            '{:.2f}x'.format(b['ideal_speedup']),
+            '{:.2f}'.format(b['fraction_of_ideal'])]))
     lines += ['', 'Random weights and inputs; knee thresholds set to give the '
               'paper\'s Table I exit shares. The reference protocol\'s sweep '
               'time is measured on N samples for every combination and scaled '

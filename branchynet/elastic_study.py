@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import chainer
 import numpy
 
-from branchynet import elastic, figures, sweep
+from branchynet import elastic, figures, markdown, sweep
 from branchynet.elastic import FrozenBackboneLoss
 from branchynet.loss import BranchyLoss
 from branchynet.serialization import load_model, save_model
@@ -197,20 +197,20 @@ def evaluate(key, without, net, data, logs, schedule):
 
 def table(results):
     """The Elastic paper's Table I in its form, ours beside the paper's."""
-    lines = ['| backbone | exits | error without (%) | error with (%) | '
-             'improvement | paper: network, without -> with (%) |',
-             '|---|---|---|---|---|---|']
+    rows = []
     for r in results:
         paper = r['paper']
-        lines.append('| {} | {} | {:.2f} | {:.2f} | {:+.1f} % | {}: {:.2f} -> '
-                     '{:.2f} ({:+.1f} %) |'.format(
-                         r['network'].replace('Elastic-', ''), r['exits'],
-                         r['error_without'],
-                         r['error_with'], r['improvement_percent'],
-                         paper['network'], paper['without'], paper['with'],
-                         100 * (paper['without'] - paper['with']) /
-                         paper['without']))
-    return '\n'.join(lines) + '\n'
+        rows.append([
+            r['network'].replace('Elastic-', ''), r['exits'],
+            '{:.2f}'.format(r['error_without']),
+            '{:.2f}'.format(r['error_with']),
+            '{:+.1f} %'.format(r['improvement_percent']),
+            '{}: {:.2f} -> {:.2f} ({:+.1f} %)'.format(
+                paper['network'], paper['without'], paper['with'],
+                100 * (paper['without'] - paper['with']) / paper['without'])])
+    return '\n'.join(markdown.table(
+        ['backbone', 'exits', 'error without (%)', 'error with (%)',
+         'improvement', 'paper: network, without -> with (%)'], rows)) + '\n'
 
 
 def draw(result, folder):

@@ -39,6 +39,7 @@ from chainer.backends import cuda
 
 from branchynet import (benchmark, entropy, environment, exit_rule, loss,
                         pipeline, port_kit, protocols, synthetic)
+from branchynet import markdown as md
 from branchynet.config import QUICK, RunConfig
 from branchynet.ownership import OutputFolder
 from branchynet.serialization import load_model, save_model
@@ -326,16 +327,17 @@ def markdown(results):
     else:
         lines.append('Device: the CPU; every comparison below is exact by '
                      'construction (code path check only).')
-    lines += ['', '| check | result | seconds |', '|---|---|---|']
+    lines += [''] + md.table(['check', 'result', 'seconds'])
     for name, value in results.items():
         if not isinstance(value, dict) or 'ok' not in value or \
                 name == 'versions':
             continue
         detail = {k: v for k, v in value.items()
                   if k not in ('ok', 'seconds') and not isinstance(v, dict)}
-        lines.append('| {} | {} {} | {:.1f} |'.format(
-            name, 'ok' if value['ok'] else 'FAIL',
-            ', '.join('{}={}'.format(k, '{:.3g}'.format(v)
-                                     if isinstance(v, float) else v)
-                      for k, v in detail.items()), value['seconds']))
+        lines.append(md.row([
+            name, '{} {}'.format('ok' if value['ok'] else 'FAIL', ', '.join(
+                '{}={}'.format(k, '{:.3g}'.format(v)
+                               if isinstance(v, float) else v)
+                for k, v in detail.items())),
+            '{:.1f}'.format(value['seconds'])]))
     return '\n'.join(lines) + '\n'

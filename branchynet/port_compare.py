@@ -21,6 +21,7 @@ import os
 import chainer
 import numpy
 
+from branchynet import markdown as md
 from branchynet import port_kit, protocols, synthetic, timing
 from branchynet.exit_rule import EntropyThresholds
 from branchynet.loss import BranchyLoss
@@ -254,36 +255,38 @@ def markdown(results):
         'PyTorch {}, Chainer {}, {} threads; {}.'.format(
             results['torch'], results['environment']['chainer'],
             results['torch_threads'], results['environment']['date_utc']),
-        '', '## Parity (max error relative to the largest logit)', '',
-        '| network | PyTorch, per exit | ONNX Runtime, per exit | '
-        'PyTorch exit decisions equal |', '|---|---|---|---|']
+        '', '## Parity (max error relative to the largest logit)', '']
+    lines += md.table(['network', 'PyTorch, per exit', 'ONNX Runtime, per exit',
+                       'PyTorch exit decisions equal'])
     for key, r in results['networks'].items():
         p = r['parity']
-        lines.append('| {} | {} | {} | {} |'.format(
+        lines.append(md.row([
             key, ', '.join('{:.1e}'.format(e)
                            for e in p['pytorch_logits_error']),
             ', '.join('{:.1e}'.format(e) for e in p['onnx_logits_error']),
             ', '.join('{}: {}'.format(k, 'yes' if v else 'NO')
-                      for k, v in p['pytorch_decisions_equal'].items())))
+                      for k, v in p['pytorch_decisions_equal'].items())]))
     lines += ['', '## Lockstep training (joint steps, same weights and batches)',
-              '', '| network | data | steps x batch | loss difference '
-              '(relative): first step, max | max parameter difference (in '
-              'units of alpha) | parameters more than alpha/10 apart | '
-              'BatchNorm statistics (relative) |', '|---|---|---|---|---|---|---|']
+              ''] + md.table([
+                  'network', 'data', 'steps x batch', 'loss difference '
+                  '(relative): first step, max', 'max parameter difference '
+                  '(in units of alpha)', 'parameters more than alpha/10 apart',
+                  'BatchNorm statistics (relative)'])
     for key, r in results['networks'].items():
         s = r.get('lockstep')
         if s:
             first = abs(s['losses'][0][0] - s['losses'][0][1]) / abs(
                 s['losses'][0][0])
-            lines.append('| {} | {} | {} x {} | {:.1e}, {:.1e} | {:.2e} ({:.2g}) '
-                         '| {:.2g} % of {} | {:.1e} |'.format(
-                             key, s['data'], s['steps'], s['batch'], first,
-                             s['max_loss_relative_difference'],
-                             s['max_parameter_difference'],
-                             s['in_units_of_alpha'],
-                             100 * s['share_beyond_tenth_of_alpha'],
-                             s['parameter_elements'],
-                             s['max_batchnorm_statistic_relative_difference']))
+            lines.append(md.row([
+                key, s['data'], '{} x {}'.format(s['steps'], s['batch']),
+                '{:.1e}, {:.1e}'.format(first,
+                                        s['max_loss_relative_difference']),
+                '{:.2e} ({:.2g})'.format(s['max_parameter_difference'],
+                                         s['in_units_of_alpha']),
+                '{:.2g} % of {}'.format(100 * s['share_beyond_tenth_of_alpha'],
+                                        s['parameter_elements']),
+                '{:.1e}'.format(
+                    s['max_batchnorm_statistic_relative_difference'])]))
     lines += ['', 'Adam moves every parameter element by about alpha per step '
               'whatever the size of its gradient. Where a gradient is zero in '
               'exact arithmetic or nearly so (a max-pooling tie between equal '
@@ -295,23 +298,24 @@ def markdown(results):
     lines += ['', '## Speed on this CPU (median ms, timed in turns)', '',
               'Chainer stock: its own functions (`--kernels stock`); fast: '
               'convolution and max pooling of branchynet/kernels.py '
-              '(`--kernels fast`, the default).', '',
-              '| network | batch-1 early exit: Chainer stock | fast | '
-              'PyTorch | joint training step (batch): Chainer stock | fast | '
-              'PyTorch | stock / fast | fast / PyTorch |',
-              '|---|---|---|---|---|---|---|---|---|']
+              '(`--kernels fast`, the default).', ''] + md.table([
+                  'network', 'batch-1 early exit: Chainer stock', 'fast',
+                  'PyTorch', 'joint training step (batch): Chainer stock',
+                  'fast', 'PyTorch', 'stock / fast', 'fast / PyTorch'])
     for key, r in results['networks'].items():
         v = r['speed']
         lat = {k: m['median_ms'] for k, m in v['latency_ms'].items()}
         step = {k: m['median_ms'] for k, m in v['train_step_ms'].items()}
         fast = step.get('chainer_fast', step['chainer'])
-        lines.append(
-            '| {} | {:.3g} | {} | {:.3g} | {:.4g} ({}) | {} | {:.4g} | {} | '
-            '{:.1f}x |'.format(
-                key, lat['chainer'], '{:.3g}'.format(lat['chainer_fast'])
-                if 'chainer_fast' in lat else '-', lat['pytorch'],
-                step['chainer'], v['train_batch'],
-                '{:.4g}'.format(fast) if 'chainer_fast' in step else '-',
-                step['pytorch'], '{:.2f}x'.format(step['chainer'] / fast)
-                if 'chainer_fast' in step else '-', fast / step['pytorch']))
+        lines.append(md.row([
+            key, '{:.3g}'.format(lat['chainer']),
+            '{:.3g}'.format(lat['chainer_fast'])
+            if 'chainer_fast' in lat else '-',
+            '{:.3g}'.format(lat['pytorch']),
+            '{:.4g} ({})'.format(step['chainer'], v['train_batch']),
+            '{:.4g}'.format(fast) if 'chainer_fast' in step else '-',
+            '{:.4g}'.format(step['pytorch']),
+            '{:.2f}x'.format(step['chainer'] / fast)
+            if 'chainer_fast' in step else '-',
+            '{:.1f}x'.format(fast / step['pytorch'])]))
     return '\n'.join(lines) + '\n'

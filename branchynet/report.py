@@ -8,7 +8,7 @@ import io
 import math
 import os
 
-from branchynet import protocols
+from branchynet import markdown, protocols
 from branchynet.ownership import OutputFolder
 
 # The reference's baseline figure: the main path after joint training.
@@ -250,10 +250,8 @@ def describe_run(results):
 def table1_markdown(results):
     """Table I of one run as Markdown, with its caption and any warning."""
     rows = table1_rows(results)
-    lines = ['| ' + ' | '.join(TABLE1_COLUMNS) + ' |',
-             '|' + '---|' * len(TABLE1_COLUMNS)]
-    lines += ['| ' + ' | '.join(row[c] for c in TABLE1_COLUMNS) + ' |'
-              for row in rows]
+    lines = markdown.table(TABLE1_COLUMNS, [[row[c] for c in TABLE1_COLUMNS]
+                                            for row in rows])
     note = divergence_note(results)
     return ('{} (Table I format)\n\n{}\n\n{}\n{}'.format(
         results['network'], '\n'.join(lines), describe_run(results),

@@ -15,6 +15,7 @@ import os
 
 from branchynet import protocols, reading, report
 from branchynet.errors import FileProblem
+from branchynet.markdown import table as markdown_table
 from branchynet.ownership import OutputFolder
 
 COLUMNS = ['Network', 'Run', 'Device', 'Source', 'Row', 'Acc. (%)', 'Time (ms)',
@@ -217,9 +218,8 @@ def markdown(rows):
              'trained on a shorter schedule than the reference protocol.']
     for network in dict.fromkeys(r['Network'] for r in rows):
         these = [r for r in rows if r['Network'] == network]
-        lines += ['', '## ' + network, '',
-                  '| ' + ' | '.join(shown) + ' |', '|' + '---|' * len(shown)]
-        lines += ['| ' + ' | '.join(r[c] for c in shown) + ' |' for r in these]
+        lines += ['', '## ' + network, '']
+        lines += markdown_table(shown, [[r[c] for c in shown] for r in these])
         splits = {r['Run']: r['Split'] for r in these if r['Source'] == 'ours'}
         if splits:
             lines += [''] + ['- Split of `{}`: {}.'.format(run, text)

@@ -22,6 +22,7 @@ import numpy
 from branchynet import (benchmark, cli, datasets, deploy, deploy_check,
                         environment, pipeline, port_compare, port_kit,
                         protocols, reading, report, timing)
+from branchynet import markdown as md
 from branchynet.errors import UserError
 from branchynet.ownership import OutputFolder
 from branchynet.serialization import load_model
@@ -182,64 +183,66 @@ def markdown(results):
         'One thread each (ONNX Runtime intra-op 1, PyTorch 1, '
         'OPENBLAS_NUM_THREADS={} for Chainer); ms per sample, medians, '
         'timed in turns; {}.'.format(results['openblas_threads'],
-                                     results['environment']['date_utc']), '',
-        '| network | weights | deployed early exit | deployed main path | '
-        'deployed gain | ideal gain (multiply-adds) | share of ideal | Chainer '
-        'predict_sample | Chainer stock predict_sample | Chainer main | '
-        'PyTorch early exit | PyTorch main | over Chainer | exit shares (%) |',
-        '|' + '---|' * 14]
+                                     results['environment']['date_utc']), '']
+    lines += md.table([
+        'network', 'weights', 'deployed early exit', 'deployed main path',
+        'deployed gain', 'ideal gain (multiply-adds)', 'share of ideal',
+        'Chainer predict_sample', 'Chainer stock predict_sample',
+        'Chainer main', 'PyTorch early exit', 'PyTorch main', 'over Chainer',
+        'exit shares (%)'])
     for key, r in results['networks'].items():
         t = r['timing']
         ms = {k: v['median_ms'] for k, v in t['batch1_ms'].items()}
-        lines.append('| {} | {} | {:.3g} | {:.3g} | {:.2f}x | {:.2f}x | {:.2f} '
-                     '| {:.3g} | {} | {:.3g} | {} | {} | {:.1f}x | {} |'.format(
-                         key, r['weights'].split(':')[0],
-                         ms['deployed_early_exit'], ms['deployed_main_path'],
-                         t['deployed_gain'], t['ideal_gain'],
-                         t['share_of_ideal'], ms['chainer_predict_sample'],
-                         _ms(ms.get('chainer_stock_predict_sample')),
-                         ms['chainer_main_path'],
-                         _ms(ms.get('pytorch_predict_sample')),
-                         _ms(ms.get('pytorch_main_path')),
-                         t['over_chainer_predict_sample'],
-                         ', '.join('{:.1f}'.format(100 * s)
-                                   for s in t['exit_shares'])))
-    lines += ['', '| network | batched ({}): early exit | main path | gain |'
-              .format('per sample'), '|---|---|---|---|']
+        lines.append(md.row([
+            key, r['weights'].split(':')[0],
+            _ms(ms['deployed_early_exit']), _ms(ms['deployed_main_path']),
+            '{:.2f}x'.format(t['deployed_gain']),
+            '{:.2f}x'.format(t['ideal_gain']),
+            '{:.2f}'.format(t['share_of_ideal']),
+            _ms(ms['chainer_predict_sample']),
+            _ms(ms.get('chainer_stock_predict_sample')),
+            _ms(ms['chainer_main_path']),
+            _ms(ms.get('pytorch_predict_sample')),
+            _ms(ms.get('pytorch_main_path')),
+            '{:.1f}x'.format(t['over_chainer_predict_sample']),
+            ', '.join('{:.1f}'.format(100 * s) for s in t['exit_shares'])]))
+    lines += [''] + md.table(['network', 'batched (per sample): early exit',
+                              'main path', 'gain'])
     for key, r in results['networks'].items():
         b = r['timing'].get('batched')
         if b:
-            lines.append('| {} (batch {}) | {:.3g} | {:.3g} | {:.2f}x |'.format(
-                key, b['batch'], b['early_exit_ms_per_sample'],
-                b['main_path_ms_per_sample'], b['main_path_ms_per_sample'] /
-                b['early_exit_ms_per_sample']))
+            lines.append(md.row([
+                '{} (batch {})'.format(key, b['batch']),
+                _ms(b['early_exit_ms_per_sample']),
+                _ms(b['main_path_ms_per_sample']),
+                '{:.2f}x'.format(b['main_path_ms_per_sample'] /
+                                 b['early_exit_ms_per_sample'])]))
     tested = {k: r for k, r in results['networks'].items() if 'test' in r}
     if tested:
-        lines += ['', '## Trained models on their test set', '',
-                  '| network | test images | thresholds | deployed early exit '
-                  'accuracy (%) | deployed main path accuracy (%) | exit '
-                  'shares (%) | training schedule |', '|---|---|---|---|---|---|---|']
+        lines += ['', '## Trained models on their test set', ''] + md.table([
+            'network', 'test images', 'thresholds',
+            'deployed early exit accuracy (%)',
+            'deployed main path accuracy (%)', 'exit shares (%)',
+            'training schedule'])
         for key, r in tested.items():
             test = r['test']
-            lines.append('| {} | {} ({}) | {} | {:.2f} | {:.2f} | {} | {} |'
-                         .format(key, test['samples'], r['images'],
-                                 ', '.join('{:g}'.format(v)
-                                           for v in test['thresholds']),
-                                 test['early_exit_accuracy'],
-                                 test['main_path_accuracy'],
-                                 ', '.join('{:.2f}'.format(100 * f)
-                                           for f in test['exit_shares']),
-                                 r['schedule']))
-    lines += ['', '## Parity with Chainer\'s predict', '',
-              '| network | images | threshold vectors | label differences | '
-              'exit differences | within float32 rounding | unexplained |',
-              '|---|---|---|---|---|---|---|']
+            lines.append(md.row([
+                key, '{} ({})'.format(test['samples'], r['images']),
+                ', '.join('{:g}'.format(v) for v in test['thresholds']),
+                '{:.2f}'.format(test['early_exit_accuracy']),
+                '{:.2f}'.format(test['main_path_accuracy']),
+                ', '.join('{:.2f}'.format(100 * f)
+                          for f in test['exit_shares']),
+                r['schedule']]))
+    lines += ['', '## Parity with Chainer\'s predict', ''] + md.table([
+        'network', 'images', 'threshold vectors', 'label differences',
+        'exit differences', 'within float32 rounding', 'unexplained'])
     for key, r in results['networks'].items():
         p = r['parity']
-        lines.append('| {} | {} ({}) | {} | {} | {} | {} | {} |'.format(
-            key, p['samples'], r['images'], p['vectors'],
+        lines.append(md.row([
+            key, '{} ({})'.format(p['samples'], r['images']), p['vectors'],
             p['label_differences'], p['exit_differences'],
-            p['within_rounding'], p['unexplained']))
+            p['within_rounding'], p['unexplained']]))
     return '\n'.join(lines) + '\n'
 
 

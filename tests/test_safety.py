@@ -567,6 +567,36 @@ def test_every_committed_output_is_recorded_unchanged():
         os.path.join(ROOT, 'figures'))['files']
 
 
+def test_committed_reports_redraw_byte_identically_from_their_json(tmp_path):
+    """The Markdown of the committed benchmark, port comparison and Table I
+    comes back byte for byte from the JSON beside it: report code can be
+    reorganised without changing a committed number or its layout."""
+    import json
+    from branchynet import benchmark, port_compare, report, table1
+    figures = os.path.join(ROOT, 'figures')
+
+    def load(path):
+        with open(os.path.join(figures, path)) as f:
+            return json.load(f)
+
+    def committed(path):
+        with open(os.path.join(figures, path)) as f:
+            return f.read()
+    drawn = {'benchmarks/benchmark_cpu.md': benchmark.markdown(
+        load('benchmarks/benchmark_cpu.json')),
+        'port/compare_port.md': port_compare.markdown(
+            load('port/compare_port.json'))}
+    for run in ('b_lenet', 'b_lenet_validation'):
+        drawn[run + '/table1.md'] = report.table1_markdown(
+            load(run + '/results.json'))
+    table1.write([os.path.join(figures, name) for name in (
+        'b_lenet', 'b_lenet_validation', 'deploy')], str(tmp_path))
+    for name in ('table1.md', 'table1.csv'):
+        drawn[name] = (tmp_path / name).read_text()
+    for path, text in drawn.items():
+        assert text == committed(path), path
+
+
 def test_every_recorded_value_comes_back_unchanged(tmp_path):
     """A run that can be started can be resumed: each configuration field,
     set away from its default, survives run.json."""
