@@ -166,7 +166,7 @@ class Cluster:
         import chainermn
         return chainermn.create_multi_node_optimizer(optimizer, self.comm)
 
-    def synchronise(self, optimizer):
+    def broadcast_weights(self, optimizer):
         """Give every rank rank 0's parameters now, once ``optimizer`` is set up.
 
         ChainerMN's multi-node optimizer otherwise spends its first update

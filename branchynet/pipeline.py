@@ -417,7 +417,7 @@ def train(protocol, config, data, device, say, folder,
     optimizer = cluster.optimizer(chainer.optimizers.Adam(
         alpha=config.alpha, beta1=config.adam_beta1))
     optimizer.setup(policy)
-    cluster.synchronise(optimizer)
+    cluster.broadcast_weights(optimizer)
     logs, models = {}, {}
     # A joint phase that has begun needs nothing of the main phase but its
     # model and log (the joint snapshot holds the whole state): a relay

@@ -55,7 +55,7 @@ def build(kind, cluster=distributed.SINGLE):
     policy = BranchyLoss(net)
     optimizer = cluster.optimizer(chainer.optimizers.Adam())
     optimizer.setup(policy)
-    cluster.synchronise(optimizer)
+    cluster.broadcast_weights(optimizer)
     return net, policy, optimizer
 
 
