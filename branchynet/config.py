@@ -161,16 +161,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values):
-        """The inverse of :meth:`to_dict`; also reads older results files.
-
-        Results written before this class existed name the device ``gpu``
-        (an int) and lack the newer fields, which then take their defaults.
-        """
-        values = dict(values)
-        if 'gpu' in values:
-            gpu = values.pop('gpu')
-            values.setdefault('device', '@cupy:{}'.format(gpu) if gpu >= 0
-                              else '@numpy')
+        """The inverse of :meth:`to_dict`. A field that a run's file lacks
+        (it was added later: the relay's run began before some) takes its
+        default; a key that is not a field is ignored."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 

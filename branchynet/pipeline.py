@@ -631,8 +631,7 @@ def select_thresholds(evaluation, predicted, path_ms, config):
                 valid_points[chosen['index']],
                 predicted_ms=valid_times[chosen['index']])
         selections.append(chosen)
-        name = 'knee' if rule == 'knee' else rule
-        for key, label in (('index', name), ('oracle_index', name + ' oracle')):
+        for key, label in (('index', rule), ('oracle_index', rule + ' oracle')):
             index = chosen.get(key)
             if index is not None and not (key == 'oracle_index' and
                                           chosen['selected_on'] == 'test'):
