@@ -244,5 +244,8 @@ def draw(result, folder):
     right.set_ylabel('test error (%)')
     right.set_title('{}: early exit'.format(result['network']))
     right.legend(fontsize=8)
+    figure.suptitle('SHORTENED schedule (epochs: backbone {backbone}, heads '
+                    '{heads}, joint {joint}; batch {batchsize})'.format(
+                        **result['schedule']), fontsize=10, y=1.03)
     return figures._save(figure, folder, 'elastic_{}'.format(
         result['backbone']))

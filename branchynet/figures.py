@@ -58,10 +58,16 @@ def _save(figure, folder, stem):
 
 def title(results, text):
     """``text``, with the run's caveat (:func:`branchynet.report.caveat`)
-    in front when it has one: a quick run's figure must not pass for the
-    full run's."""
+    in front when it has one, over a line naming the run (its output
+    folder) and its schedule: a quick run's figure must not pass for the
+    full run's, nor one run's for another's."""
     warning = report.caveat(results)
-    return '[{}] {}'.format(warning, text) if warning else text
+    head = '[{}] {}'.format(warning, text) if warning else text
+    out = os.path.normpath(results['config']['out'])
+    if results.get('kind') == reading.SUMMARY_KIND:
+        out = os.path.dirname(out)  # Fig. 5: the folder of its variants
+    run = os.path.basename(out)
+    return '{}\n{}: {}'.format(head, run, report.schedule(results))
 
 
 def fig3(results, device):
@@ -86,30 +92,41 @@ def fig3(results, device):
     knee = timing['knee']
     selections = timing.get('selections') or []
     on_validation = any(c['selected_on'] == 'validation' for c in selections)
+    # markers beyond the knee's (other rules, oracles): the legend goes
+    # beside the axes
+    many = any(c['rule'] != 'knee' or c['selected_on'] == 'validation'
+               for c in selections)
+    if many:
+        figure.set_size_inches(8.5, 3.6)
     ax.plot(timing['predicted_ms'][knee['index']], 100 * knee['accuracy'],
             '*', color='tab:red', markersize=14, label='knee{} T = {}'.format(
                 ' (chosen on validation)' if on_validation else '',
                 ', '.join('{:g}'.format(t) for t in knee['thresholds'])))
     ax.plot(knee['measured']['median_ms'], 100 * knee['accuracy'], 'x',
             color='tab:red', markersize=8, label='knee, measured end to end')
-    _mark_selections(ax, timing, selections)
+    _mark_selections(ax, timing, selections, {knee['index']: 1})
     ax.plot(timing['baseline']['median_ms'],
             100 * results['baseline']['accuracy'], 'D', color='black',
             markersize=7, label=results['baseline_name'])
     ax.set_xlabel('Runtime (ms per sample, batch 1)')
     ax.set_ylabel('Classification accuracy (%)')
     ax.set_title(title(results, '{} ({})'.format(results['network'],
-                                                 device.upper())))
+                                                 device.upper())), fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc='best')
+    if many:
+        ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.02, 0.5))
+    else:
+        ax.legend(fontsize=8, loc='best')
     return figure
 
 
-def _mark_selections(ax, timing, selections):
+def _mark_selections(ax, timing, selections, drawn):
     """Each selection rule's point on the test sweep: chosen (filled), oracle (hollow).
 
     The knee chosen on the test set is the star already drawn; its oracle
-    (and every other rule) gets a marker of its own colour.
+    (and every other rule) gets a marker of its own colour. ``drawn``
+    counts the markers already at each sweep point: a later one there is
+    drawn hollow and larger, a ring around them, so that none hides another.
     """
     colours = iter(SELECTION_COLOURS)
     for chosen in selections:
@@ -126,9 +143,13 @@ def _mark_selections(ax, timing, selections):
             continue
         colour = next(colours)
         for point, marker, fill, label in marks:
-            ax.plot(timing['predicted_ms'][point['index']],
-                    100 * point['accuracy'], marker, color=colour,
-                    fillstyle=fill, markersize=9, markeredgewidth=1.5,
+            index = point['index']
+            under = drawn.get(index, 0)
+            drawn[index] = under + 1
+            ax.plot(timing['predicted_ms'][index], 100 * point['accuracy'],
+                    marker, color=colour,
+                    fillstyle='none' if under else fill,
+                    markersize=9 + 6 * under, markeredgewidth=1.5,
                     label=label)
 
 
@@ -150,7 +171,7 @@ def fig4(results):
                     linestyle='--')
     entropy_ax.set_ylabel('Max entropy of exited samples', color='tab:orange')
     ax.set_title(title(results, '{}: exit 1 threshold varied'.format(
-        results['network'])))
+        results['network'])), fontsize=9)
     ax.grid(alpha=0.3)
     return figure
 
@@ -210,7 +231,7 @@ def curves(main, joint, heading, num_exits=None):
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    figure.suptitle(heading)
+    figure.suptitle(heading, fontsize=10, y=1.03)  # above the axes
     return figure
 
 
@@ -239,7 +260,7 @@ def fig5(summary):
     ax.set_xticks([v['branch1_convs'] for v in variants])
     ax.set_xlabel('Conv layers in exit 1')
     ax.set_ylabel('Test accuracy (%)')
-    ax.set_title(title(summary, 'B-AlexNet: exit 1 depth'))
+    ax.set_title(title(summary, 'B-AlexNet: exit 1 depth'), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return figure

@@ -207,7 +207,10 @@ def test_quick_and_smoke_runs_go_apart_from_real_runs():
 def test_a_quick_run_says_so_in_its_figures_and_table(finished):
     results = reading.read_results(os.path.join(finished, 'results.json'))
     from branchynet import figures, table1
-    assert figures.title(results, 'x') == '[QUICK RUN, UNOFFICIAL DATA] x'
+    head, run = figures.title(results, 'x').split('\n')
+    assert head == '[QUICK RUN, UNOFFICIAL DATA] x'
+    # the run's folder and schedule: one run's figure is not another's
+    assert run.startswith(os.path.basename(finished) + ': SHORTENED: ')
     rows = table1.our_rows(results, 'run')
     assert all(r['Schedule'].startswith('SHORTENED') for r in rows)
     assert all('NOT the official dataset' in r['Split'] for r in rows)
