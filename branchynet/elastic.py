@@ -21,14 +21,12 @@ entropy: the deepest exit whose whole path costs no more than the budget
 (multiply-adds, or measured milliseconds), expressed as a threshold vector
 of the ordinary exit rule.
 """
-import math
-
 import chainer
 import chainer.functions as F
 import chainer.links as L
 import numpy
 
-from branchynet import layers
+from branchynet import layers, timing
 from branchynet.model import Branch, BranchyNet
 
 # backbone: the main network alone (our stand-in for ImageNet pretraining);
@@ -200,10 +198,34 @@ def exit_for_budget(path_costs, budget):
         raise ValueError('no exit fits a budget of {:g}: the cheapest costs '
                          '{:g}'.format(budget, min(costs)))
     chosen = max(within)
-    thresholds = [0.0] * (len(costs) - 1)
-    if chosen < len(costs) - 1:
-        thresholds[chosen] = math.inf
-    return chosen, thresholds
+    return chosen, timing.forced_thresholds(len(costs), chosen)
+
+
+def time_each_output(net, samples, repeats=3, warmup=10):
+    """Measured cost of answering at each output alone, for
+    :func:`exit_for_budget`: the trunk up to it and its head, batch 1, test
+    mode, each output timed in turns with the others
+    (:func:`branchynet.timing.time_in_turns`).
+
+    Args:
+        samples: ``(1, ...)`` host arrays (:func:`branchynet.timing.as_samples`).
+
+    Returns:
+        One timing summary per exit (``median_ms`` and the rest).
+    """
+    def alone(n):
+        stages, head = net.trunk[:n + 1], net.heads[n]
+
+        def answer(x):
+            with chainer.using_config('train', False), \
+                    chainer.no_backprop_mode():
+                h = net.device.send(x)
+                for stage in stages:
+                    h = stage(h)
+                return int(head(h).array[0].argmax())
+        return answer
+    return timing.time_in_turns([alone(n) for n in range(net.num_exits)],
+                                samples, net.device, repeats, warmup)
 
 
 def path_multiply_adds(net):

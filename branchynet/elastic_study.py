@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import chainer
 import numpy
 
-from branchynet import elastic, figures, markdown, sweep
+from branchynet import elastic, figures, markdown, sweep, timing
 from branchynet.elastic import FrozenBackboneLoss
 from branchynet.loss import BranchyLoss
 from branchynet.serialization import load_model, save_model
@@ -149,8 +149,27 @@ def describe_outputs(net):
     return rows
 
 
-def evaluate(key, without, net, data, logs, schedule):
-    """The backbone's results (a JSON-ready dict)."""
+def budget_choices(costs, unit):
+    """The exit :func:`branchynet.elastic.exit_for_budget` picks for each
+    of :data:`BUDGET_SHARES` of the main network's cost (``costs[-1]``)."""
+    choices = []
+    for share in BUDGET_SHARES:
+        budget = share * costs[-1]
+        try:
+            chosen, _ = elastic.exit_for_budget(costs, budget)
+        except ValueError as e:
+            choices.append({'share': share, 'budget': budget, 'unit': unit,
+                            'exit': None, 'why': str(e)})
+            continue
+        choices.append({'share': share, 'budget': budget, 'unit': unit,
+                        'exit': chosen})
+    return choices
+
+
+def evaluate(key, without, net, data, logs, schedule, timing_samples=0):
+    """The backbone's results (a JSON-ready dict); with ``timing_samples``,
+    each output alone is also timed at batch 1 on that many test images
+    and the budgets are chosen in measured ms as well."""
     outputs = sweep.exit_outputs(net, data.test_x, data.test_t)
     plain = sweep.exit_outputs(without, data.test_x, data.test_t)
     alone = elastic.each_exit_alone(outputs)
@@ -168,19 +187,17 @@ def evaluate(key, without, net, data, logs, schedule):
         point['multiply_adds'] = float(numpy.dot(point['exit_fractions'],
                                                  paths))
         frontier.append(point)
-    budgets = []
-    for share in BUDGET_SHARES:
-        budget = share * main_cost
-        try:
-            # answering at one output runs its path and its head only
-            chosen, _ = elastic.exit_for_budget(alone_costs, budget)
-        except ValueError as e:
-            budgets.append({'share': share, 'budget': budget,
-                            'exit': None, 'why': str(e)})
-            continue
-        # thresholds: 0 before the exit, infinity at it (JSON has no inf)
-        budgets.append({'share': share, 'budget': budget, 'exit': chosen,
-                        'error': rows[chosen]['error']})
+    # answering at one output runs its path and its head only
+    budgets = budget_choices(alone_costs, 'multiply-adds')
+    if timing_samples:
+        measured = elastic.time_each_output(
+            net, timing.as_samples(data.test_x[:timing_samples]))
+        for row, summary in zip(rows, measured):
+            row['ms_alone'] = summary['median_ms']
+        budgets += budget_choices([r['ms_alone'] for r in rows], 'ms')
+    for choice in budgets:
+        if choice['exit'] is not None:
+            choice['error'] = rows[choice['exit']]['error']
     return {
         'backbone': key, 'network': net.title,
         'exits': net.num_exits,
@@ -190,6 +207,7 @@ def evaluate(key, without, net, data, logs, schedule):
         'paper': PAPER[key],
         'outputs': rows, 'frontier': frontier, 'budgets': budgets,
         'main_network_multiply_adds': main_cost,
+        'timing_samples': timing_samples,
         'schedule': asdict(schedule),
         'training': {phase: log for phase, log in logs.items()},
     }

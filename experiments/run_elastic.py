@@ -20,7 +20,7 @@ from branchynet.ownership import OutputFolder
 from networks import elastic_cifar10
 
 SMOKE = {'train_size': 256, 'epochs_backbone': 1, 'epochs_heads': 1,
-         'epochs_joint': 1, 'batchsize': 64}
+         'epochs_joint': 1, 'batchsize': 64, 'timing_samples': 8}
 
 
 def parse(argv=None):
@@ -52,6 +52,9 @@ def parse(argv=None):
     parser.add_argument('--batchsize', '-b', type=cli.positive_int,
                         default=elastic_study.Schedule.batchsize,
                         help='training batch size')
+    parser.add_argument('--timing-samples', type=cli.count, default=300,
+                        help='test images on which each output alone is '
+                             'timed at batch 1, for budgets in ms; 0: none')
     parser.add_argument('--width', type=float, default=0.5,
                         help='MobileNet width multiplier')
     parser.add_argument('--resnet-n', type=cli.positive_int, default=3,
@@ -132,8 +135,9 @@ def run(args):
                     progress=not args.no_progress,
                     say=lambda text: print('[elastic] {}: {}'.format(
                         key, text), flush=True))
-                result = elastic_study.evaluate(key, without, net, data,
-                                                logs, schedule)
+                result = elastic_study.evaluate(
+                    key, without, net, data, logs, schedule,
+                    timing_samples=args.timing_samples)
                 result['sizes'] = sizes
                 elastic_study.draw(result, folder)
             results.append(result)

@@ -208,11 +208,18 @@ def test_the_study_runs_end_to_end_and_resumes(tmp_path):
         assert rows[-1]['error'] == result['error_with']
         assert set(result['training']) == {'backbone', 'without', 'heads',
                                            'joint'}
-        chosen = [b['exit'] for b in result['budgets']
-                  if b['exit'] is not None]
-        assert chosen == sorted(chosen)
-        # the whole main network's cost affords the final exit
-        assert result['budgets'][-1]['exit'] == result['exits'] - 1
+        for unit in ('multiply-adds', 'ms'):  # a larger budget, deeper
+            chosen = [b['exit'] for b in result['budgets']
+                      if b['exit'] is not None and b['unit'] == unit]
+            assert chosen == sorted(chosen)
+        # the whole main network's cost affords the final exit, in
+        # multiply-adds and in measured ms
+        assert {b['unit'] for b in result['budgets']} == {'multiply-adds',
+                                                          'ms'}
+        for unit in ('multiply-adds', 'ms'):
+            assert [b for b in result['budgets'] if b['unit'] == unit][-1][
+                'exit'] == result['exits'] - 1
+        assert all(r['ms_alone'] > 0 for r in rows)
     written = json.loads((tmp_path / 'study' / 'study.json').read_text())
     assert written['schedule_label'] == 'SHORTENED'
     assert '| MobileNet | 8 |' in (tmp_path / 'study' / 'table.md').read_text()
