@@ -111,7 +111,7 @@ class LowestEntropyFractions:
         return 'LowestEntropyFractions({})'.format(list(self.values))
 
 
-RULES = (EntropyThresholds, LowestEntropyFractions)
+EXIT_RULES = (EntropyThresholds, LowestEntropyFractions)
 
 
 def make_rule(num_exits, thresholds=None, exit_fractions=None):
@@ -132,7 +132,7 @@ def make_rule(num_exits, thresholds=None, exit_fractions=None):
         raise TypeError('give exactly one of thresholds= or exit_fractions=')
     given, kind = ((thresholds, EntropyThresholds) if thresholds is not None
                    else (exit_fractions, LowestEntropyFractions))
-    if isinstance(given, RULES):
+    if isinstance(given, EXIT_RULES):
         if not isinstance(given, kind):
             raise TypeError('expected {} values or a {}, got {!r}'.format(
                 'thresholds=' if kind is EntropyThresholds else

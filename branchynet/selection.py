@@ -26,7 +26,7 @@ import dataclasses
 
 from branchynet import sweep
 
-RULES = ('knee', 'accuracy-drop', 'latency', 'exit-share')
+SELECTION_RULES = ('knee', 'accuracy-drop', 'latency', 'exit-share')
 
 
 class NoFeasiblePoint(ValueError):
@@ -38,7 +38,7 @@ class Rule:
     """A selection rule and its parameter.
 
     Attributes:
-        kind: one of :data:`RULES`.
+        kind: one of :data:`SELECTION_RULES`.
         value: ``None`` for ``knee``; points (``accuracy-drop``), ms
             (``latency``) or a share in [0, 1] (``exit-share``).
     """
@@ -54,7 +54,7 @@ class Rule:
                 out of range.
         """
         kind, colon, value = str(text).partition(':')
-        if kind not in RULES:
+        if kind not in SELECTION_RULES:
             raise ValueError('unknown selection rule {!r}: use knee, '
                              'accuracy-drop:POINTS, latency:MS or '
                              'exit-share:FRACTION'.format(text))
