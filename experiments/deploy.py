@@ -5,275 +5,33 @@
 
 export writes a run's early-exit model (thresholds a runtime input) and its
 main path into the run folder. measure exports every network (to a scratch
-folder, or into --out with --keep-models) (a run's
-models, or seeded initial weights with thresholds that give the paper's
-exit shares), checks the deployed labels and exits against Chainer's
-predict at every threshold of the sweep, and times the deployed early exit
-against the deployed main path, Chainer and the PyTorch port (if
-installed), batch 1 and batched, one thread each, in turns. The model's
-contract: branchynet/deploy.py and PORTING.md.
+folder, or into --out with --keep-models), checks the deployed labels and
+exits against Chainer's predict at every threshold of the sweep and times
+them: branchynet/deploy_report.py. The model's contract:
+branchynet/deploy.py and PORTING.md.
 """
-import itertools
 import os
-import tempfile
 
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
-import numpy
-from branchynet import (benchmark, cli, datasets, deploy, deploy_check,
-                        environment, pipeline, port_compare, port_kit,
-                        protocols, reading, report, timing)
-from branchynet import markdown as md
-from branchynet.errors import UserError
+from branchynet import benchmark, cli, deploy, deploy_report, pipeline
 from branchynet.ownership import OutputFolder
-from branchynet.serialization import load_model
-
-PAPER_SHARES = {'b_lenet': [0.943, 0.057], 'b_alexnet': [0.656, 0.252, 0.092],
-                'b_resnet110': [0.415, 0.138, 0.447]}
-REPORT = ('deploy.json', 'deploy.md')
-
-
-def model_file(key, kind):
-    return '{}_{}.onnx'.format(key, kind)
-
-
-def trained(run_dir):
-    """The protocol key and jointly trained network of a run folder."""
-    stored = pipeline.stored_config(run_dir)
-    if stored is None:
-        raise UserError('{} holds no run (no run.json)'.format(run_dir))
-    net = load_model(os.path.join(run_dir, pipeline.MODEL_FILES['joint']),
-                     protocols.get(stored.protocol).network())
-    return stored, net
 
 
 def export(args):
-    stored, net = trained(args.run)
+    stored, net = deploy_report.trained(args.run)
     with OutputFolder.open(args.run, pipeline.RUN_KIND) as folder:
         for kind, write in (('early_exit', deploy.export),
                             ('main_path', deploy.export_main_path)):
-            with folder.open_file(model_file(stored.protocol, kind)) as f:
+            name = deploy_report.model_file(stored.protocol, kind)
+            with folder.open_file(name) as f:
                 write(net, f)
-            print(folder.file(model_file(stored.protocol, kind)))
-
-
-def test_images(key, config, data_dir, size, seed=0, official=True):
-    """``(images, labels, source)``: the run's test set, or seeded noise
-    (labels ``None``)."""
-    protocol = protocols.get(key)
-    if data_dir is None:
-        shape = protocol.input_shape
-        x = numpy.random.RandomState(seed).rand(size, *shape)
-        return x.astype(numpy.float32), None, \
-            'uniform noise, seed {}'.format(seed)
-    if protocol.dataset == 'mnist':
-        data = datasets.load_mnist(data_dir, train_size=1, test_size=size,
-                                   official=official)
-    else:
-        data = datasets.load_cifar10(
-            data_dir, test_batch=config.test_batch if config else
-            'data_batch_5', test_size=size,
-            cache_dir=config.cache_dir if config else None,
-            official=official)
-    return data.test_x, data.test_t, data.info['test']
-
-
-def port_functions(key, net, thresholds, scratch):
-    """The PyTorch port's early exit and main path, or none without PyTorch."""
-    try:
-        import torch
-    except ImportError:
-        return [], None
-    torch.set_num_threads(1)
-    kit = os.path.join(scratch, key)
-    port_kit.export(key, kit)
-    port = port_compare.load_port()
-    manifest, weights, _ = port_kit.read(kit)
-    torch_net = port.BranchyNetPort(manifest, port_kit.weights(net))
-    torch_net.eval()
-
-    @torch.no_grad()
-    def main_path(sample):
-        h = torch.from_numpy(sample)
-        for stage in torch_net.trunk:
-            h = stage(h)
-        return int(torch_net.heads[-1](h)[0].argmax())
-    return [('pytorch_predict_sample', lambda s: torch_net.predict_sample(
-        torch.from_numpy(s), thresholds)),
-        ('pytorch_main_path', main_path)], torch.__version__
-
-
-def measure_network(key, args, run_dir, folder, scratch, say):
-    stored, net = trained(run_dir) if run_dir else (None, None)
-    if net is None:
-        net = deploy_check.seeded_network(key)
-    data_dir = args.data_dir if run_dir else None
-    x, t, source = test_images(key, stored, data_dir,
-                               args.test_size if run_dir else args.noise_size,
-                               official=not args.unofficial_data)
-    weights = 'trained: ' + run_dir if run_dir else \
-        'initial, numpy.random.seed(0)' + (
-            ', BatchNorm calibrated on noise'
-            if deploy_check.has_batchnorm(net) else '')
-    say('{}: exporting ({})'.format(key, weights))
-    paths = {}
-    for kind, write in (('early_exit', deploy.export),
-                        ('main_path', deploy.export_main_path)):
-        # the models measured are scratch files unless --keep-models
-        if args.keep_models:
-            with folder.open_file(model_file(key, kind)) as f:
-                write(net, f, x[:2])
-            paths[kind] = folder.file(model_file(key, kind))
-        else:
-            paths[kind] = os.path.join(scratch, model_file(key, kind))
-            with open(paths[kind], 'wb') as f:
-                write(net, f, x[:2])
-    early = deploy.EarlyExitSession(paths['early_exit'])
-    main = deploy.EarlyExitSession(paths['main_path'])
-    protocol = protocols.get(key)
-    vectors = [list(v) for v in itertools.product(
-        protocol.threshold_list, repeat=net.num_exits - 1)]
-    say('{}: parity on {} images at {} threshold vectors'.format(
-        key, len(x), len(vectors)))
-    checked = deploy_check.parity(net, early, x, vectors)
-    if run_dir:
-        thresholds = list(protocol.paper.thresholds)
-        chosen = 'the paper\'s thresholds'
-    else:
-        thresholds = deploy_check.shares_thresholds(
-            net, x[:args.timing_samples], PAPER_SHARES[key])
-        chosen = 'thresholds giving the paper\'s exit shares on these images'
-    samples = timing.as_samples(x[:args.timing_samples])
-    extra, torch_version = port_functions(key, net, thresholds, scratch)
-    say('{}: timing {} samples, {} repeats'.format(key, len(samples),
-                                                   args.repeats))
-    timed = deploy_check.time_deployed(
-        net, early, main, samples, thresholds, args.repeats, extra=extra,
-        batch=x[:args.batch])
-    result = {'weights': weights, 'images': source,
-            'thresholds_chosen': chosen, 'parity': summarize(checked),
-              'parity_detail': checked, 'timing': timed,
-              'torch': torch_version}
-    if t is not None:
-        result['test'] = deploy_check.test_accuracy(early, main, x, t,
-                                                    thresholds)
-        result['schedule'] = run_schedule(run_dir)
-    return result
-
-
-def run_schedule(run_dir):
-    """The training schedule of a run, as Table I states it."""
-    results = os.path.join(run_dir, 'results.json')
-    if not os.path.isfile(results):
-        return 'unknown (no results.json in {})'.format(run_dir)
-    return report.schedule(reading.read_results(results))
-
-
-def summarize(checked):
-    return {'vectors': len(checked), 'samples': checked[0]['samples'],
-            'label_differences': sum(c['label_differences'] for c in checked),
-            'exit_differences': sum(c['exit_differences'] for c in checked),
-            'within_rounding': sum(len(c['within_rounding']) for c in checked),
-            'unexplained': sum(len(c['unexplained']) for c in checked)}
-
-
-def markdown(results):
-    import onnxruntime
-    lines = ['# Early exit deployed: ONNX Runtime {} on {}'.format(
-        onnxruntime.__version__, results['environment']['cpu']), '',
-        'One thread each (ONNX Runtime intra-op 1, PyTorch 1, '
-        'OPENBLAS_NUM_THREADS={} for Chainer); ms per sample, medians, '
-        'timed in turns; {}.'.format(results['openblas_threads'],
-                                     results['environment']['date_utc']), '']
-    lines += md.table([
-        'network', 'weights', 'deployed early exit', 'deployed main path',
-        'deployed gain', 'ideal gain (multiply-adds)', 'share of ideal',
-        'Chainer predict_sample', 'Chainer stock predict_sample',
-        'Chainer main', 'PyTorch early exit', 'PyTorch main', 'over Chainer',
-        'exit shares (%)'])
-    for key, r in results['networks'].items():
-        t = r['timing']
-        ms = {k: v['median_ms'] for k, v in t['batch1_ms'].items()}
-        lines.append(md.row([
-            key, r['weights'].split(':')[0],
-            _ms(ms['deployed_early_exit']), _ms(ms['deployed_main_path']),
-            '{:.2f}x'.format(t['deployed_gain']),
-            '{:.2f}x'.format(t['ideal_gain']),
-            '{:.2f}'.format(t['share_of_ideal']),
-            _ms(ms['chainer_predict_sample']),
-            _ms(ms.get('chainer_stock_predict_sample')),
-            _ms(ms['chainer_main_path']),
-            _ms(ms.get('pytorch_predict_sample')),
-            _ms(ms.get('pytorch_main_path')),
-            '{:.1f}x'.format(t['over_chainer_predict_sample']),
-            ', '.join('{:.1f}'.format(100 * s) for s in t['exit_shares'])]))
-    lines += [''] + md.table(['network', 'batched (per sample): early exit',
-                              'main path', 'gain'])
-    for key, r in results['networks'].items():
-        b = r['timing'].get('batched')
-        if b:
-            lines.append(md.row([
-                '{} (batch {})'.format(key, b['batch']),
-                _ms(b['early_exit_ms_per_sample']),
-                _ms(b['main_path_ms_per_sample']),
-                '{:.2f}x'.format(b['main_path_ms_per_sample'] /
-                                 b['early_exit_ms_per_sample'])]))
-    tested = {k: r for k, r in results['networks'].items() if 'test' in r}
-    if tested:
-        lines += ['', '## Trained models on their test set', ''] + md.table([
-            'network', 'test images', 'thresholds',
-            'deployed early exit accuracy (%)',
-            'deployed main path accuracy (%)', 'exit shares (%)',
-            'training schedule'])
-        for key, r in tested.items():
-            test = r['test']
-            lines.append(md.row([
-                key, '{} ({})'.format(test['samples'], r['images']),
-                ', '.join('{:g}'.format(v) for v in test['thresholds']),
-                '{:.2f}'.format(test['early_exit_accuracy']),
-                '{:.2f}'.format(test['main_path_accuracy']),
-                ', '.join('{:.2f}'.format(100 * f)
-                          for f in test['exit_shares']),
-                r['schedule']]))
-    lines += ['', '## Parity with Chainer\'s predict', ''] + md.table([
-        'network', 'images', 'threshold vectors', 'label differences',
-        'exit differences', 'within float32 rounding', 'unexplained'])
-    for key, r in results['networks'].items():
-        p = r['parity']
-        lines.append(md.row([
-            key, '{} ({})'.format(p['samples'], r['images']), p['vectors'],
-            p['label_differences'], p['exit_differences'],
-            p['within_rounding'], p['unexplained']]))
-    return '\n'.join(lines) + '\n'
-
-
-def _ms(value):
-    return '-' if value is None else '{:.3g}'.format(value)
+            print(folder.file(name))
 
 
 def measure(args):
-    runs = {}
-    for run in args.run or []:
-        runs[trained(run)[0].protocol] = run
-    networks = args.networks or list(protocols.PROTOCOLS)
-
-    def say(text):
-        print('[deploy] {}'.format(text), flush=True)
-    with OutputFolder.open(args.out, 'files') as folder:
-        folder.check_replaceable(REPORT)
-        import onnxruntime
-        results = {'kind': reading.DEPLOYMENT_KIND, 'environment': environment.describe(),
-                   'onnxruntime': onnxruntime.__version__,
-                   'openblas_threads': os.environ.get('OPENBLAS_NUM_THREADS',
-                                                      'unset'),
-                   'networks': {}}
-        with tempfile.TemporaryDirectory(prefix='branchynet-deploy-') as tmp:
-            for key in networks:
-                results['networks'][key] = measure_network(
-                    key, args, runs.get(key), folder, tmp, say)
-        folder.write_json(REPORT[0], results)
-        text = markdown(results)
-        folder.write_text(REPORT[1], text)
-    print(text)
+    results = deploy_report.measure(
+        args, say=lambda text: print('[deploy] {}'.format(text), flush=True))
+    print(deploy_report.markdown(results))
     return results
 
 
