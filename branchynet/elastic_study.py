@@ -36,8 +36,10 @@ from branchynet.training import read_log, train_phase
 PAPER = {'mobilenet': {'network': 'MobileNet', 'without': 10.37,
                        'with': 7.82},
          'resnet': {'network': 'ResNet-50', 'without': 5.54, 'with': 6.19}}
+# one threshold shared by every exit; dense up to ln(10) = 2.30, the largest
+# entropy over 10 classes (above it every sample leaves at the first exit)
 THRESHOLDS = (0.0001, 0.001, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0,
-              1.5, 2.0, 2.5)
+              1.25, 1.5, 1.75, 1.9, 2.0, 2.1, 2.2, 2.25, 2.3, 2.5)
 BUDGET_SHARES = (0.25, 0.5, 0.75, 1.0)  # of the main network's multiply-adds
 MODELS = {'backbone': 'backbone.npz', 'without': 'without.npz',
           'joint': 'elastic.npz'}
