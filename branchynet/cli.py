@@ -4,9 +4,9 @@
 ``experiments/run_alexnet_branch_layers.py`` is :func:`fig5_main`. The flags
 follow Chainer's examples (``--device/-d`` with ``--gpu/-g`` kept as an
 alias, ``--batchsize/-b``, ``--out/-o``, ``--resume/-r``); defaults come
-from the protocol registry and are shown by ``--help``. Every value is
-checked (by argparse's ``type=`` and by :class:`~branchynet.config.RunConfig`)
-before anything is loaded or written; a user's mistake ends with one line
+from the configuration (``RunConfig.defaults``) and are shown by ``--help``.
+argparse only converts text to numbers; :class:`~branchynet.config.RunConfig`
+checks every value, before anything is loaded or written; a user's mistake ends with one line
 naming it, not a traceback.
 """
 import argparse
@@ -49,6 +49,8 @@ def _number(kind, low=None, low_open=False, high=None):
 
 positive_int = _number(int, 1)
 count = _number(int, 0)
+integer = _number(int)  # converts only: a RunConfig field checks its value
+real = _number(float)
 seed = _number(int, 0, high=config_module.MAX_SEED)
 
 
@@ -158,6 +160,10 @@ def add_device_flags(parser):
 def build_parser(protocol, skip_timing_flag=True):
     """The argument parser of one protocol's run script, with its defaults.
 
+    Its types only convert text to numbers: the configuration checks every
+    value (:class:`~branchynet.config.RunConfig`), and :func:`parse` turns
+    its complaint into the parser's error.
+
     Args:
         protocol: a :class:`~branchynet.protocols.Protocol`.
         skip_timing_flag: offer ``--skip-timing`` (Fig. 5 offers the
@@ -168,7 +174,6 @@ def build_parser(protocol, skip_timing_flag=True):
         attribute per :class:`~branchynet.config.RunConfig` field except
         ``protocol``.
     """
-    positive = positive_int
     d = config_module.RunConfig.defaults(protocol)
     p = ArgumentParser(
         description='Train and evaluate {} as in the BranchyNet paper; the '
@@ -185,11 +190,11 @@ def build_parser(protocol, skip_timing_flag=True):
                    help='do not train: evaluate and time the saved models '
                         '(baseline.npz, branchynet.npz) of this run folder on '
                         'this device, writing into --out')
-    p.add_argument('--batchsize', '-b', type=positive,
+    p.add_argument('--batchsize', '-b', type=integer,
                    default=d['batchsize'], help='training batch size')
-    p.add_argument('--epoch-main', type=count, default=d['epoch_main'],
+    p.add_argument('--epoch-main', type=integer, default=d['epoch_main'],
                    help='epochs of the main-network phase')
-    p.add_argument('--epoch-joint', type=count, default=d['epoch_joint'],
+    p.add_argument('--epoch-joint', type=integer, default=d['epoch_joint'],
                    help='epochs of the joint phase')
     p.add_argument('--data-dir',
                    help='folder with the dataset files (default: ${}, else '
@@ -211,30 +216,30 @@ def build_parser(protocol, skip_timing_flag=True):
         p.add_argument('--cache-dir',
                        help='cache for preprocessed arrays (default: ${} or '
                             '~/.cache/branchynet)'.format(datasets.CACHE_DIR_ENV))
-    p.add_argument('--seed', type=count, default=d['seed'],
+    p.add_argument('--seed', type=integer, default=d['seed'],
                    help='seeds initialisation, shuffling, dropout and the '
                         'validation split')
-    p.add_argument('--alpha', type=_number(float, 0, low_open=True),
+    p.add_argument('--alpha', type=real,
                    default=d['alpha'], help='Adam step size')
-    p.add_argument('--adam-beta1', type=_number(float, 0),
+    p.add_argument('--adam-beta1', type=real,
                    default=d['adam_beta1'],
                    help='Adam beta1; the reference code uses 0.9, the paper '
                         'says 0.99')
-    p.add_argument('--branch-weights', type=_number(float, 0), nargs='+',
+    p.add_argument('--branch-weights', type=real, nargs='+',
                    help='loss weight per exit (default: all 1.0, as the code; '
                         'the paper reports 1.0 for exit 1 and 0.3 for the last '
                         'as better)')
-    p.add_argument('--percent-train-keeps', type=_number(float, 0, True),
+    p.add_argument('--percent-train-keeps', type=real,
                    default=d['percent_train_keeps'],
                    help='share of the samples reaching a non-final exit that '
                         'go on to train deeper exits (the most uncertain)')
-    p.add_argument('--thresholds', type=_number(float, 0), nargs='+',
+    p.add_argument('--thresholds', type=real, nargs='+',
                    help='also evaluate and time this threshold vector')
-    p.add_argument('--threshold-list', type=_number(float, 0), nargs='+',
+    p.add_argument('--threshold-list', type=real, nargs='+',
                    default=list(d['threshold_list']),
                    help='values combined over the non-final exits in the '
                         'sweep')
-    p.add_argument('--knee-tolerance', type=_number(float, 0),
+    p.add_argument('--knee-tolerance', type=real,
                    default=d['knee_tolerance'],
                    help='knee: the fastest frontier point within this many '
                         'accuracy points of the baseline (of the best point if '
@@ -249,14 +254,14 @@ def build_parser(protocol, skip_timing_flag=True):
                         '--validation-size they choose on the validation set '
                         'and are compared with the test-set choice (oracle). '
                         'The knee is always reported')
-    p.add_argument('--timing-samples', type=count,
+    p.add_argument('--timing-samples', type=integer,
                    default=d['timing_samples'],
                    help='test samples timed at batch size 1; 0 = all')
-    p.add_argument('--timing-repeats', type=positive,
+    p.add_argument('--timing-repeats', type=integer,
                    default=d['timing_repeats'],
                    help='timed passes over those samples (at most {})'.format(
                        config_module.MAX_TIMING_REPEATS))
-    p.add_argument('--timing-warmup', type=count,
+    p.add_argument('--timing-warmup', type=integer,
                    default=d['timing_warmup'],
                    help='untimed samples run first')
     p.add_argument('--no-cpu-timing', action='store_true',
@@ -267,11 +272,11 @@ def build_parser(protocol, skip_timing_flag=True):
                             'Table I')
     else:
         p.set_defaults(skip_timing=True)
-    p.add_argument('--train-size', type=positive,
+    p.add_argument('--train-size', type=integer,
                    help='use only the first N training samples (default: all)')
-    p.add_argument('--test-size', type=positive,
+    p.add_argument('--test-size', type=integer,
                    help='use only the first N test samples (default: all)')
-    p.add_argument('--validation-size', type=count,
+    p.add_argument('--validation-size', type=integer,
                    default=d['validation_size'],
                    help='hold out N training samples (class-stratified, '
                         'seeded by --seed) as a validation set; 0 keeps the '

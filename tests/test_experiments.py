@@ -190,10 +190,10 @@ def test_missing_test_batch_fails_clearly_and_writes_nothing(data, tmp_path,
 
 @pytest.mark.parametrize('flags, message', [
     (['--thresholds', '0.1', '0.2'], 'expected 1, got 2'),
-    (['--thresholds', '-1'], '--thresholds: must be at least 0, got -1'),
+    (['--thresholds', '-1'], 'non-negative'),
     (['--branch-weights', '1'], 'expected 2, got 1'),
     (['--threshold-list', '0.1', 'nan'], "--threshold-list: not a number: 'nan'"),
-    (['--timing-samples', '-3'], '--timing-samples: must be at least 0'),
+    (['--timing-samples', '-3'], '--timing-samples must be at least 0'),
 ])
 def test_bad_arguments_stop_before_any_work(data, tmp_path, capsys, flags,
                                             message):
