@@ -30,6 +30,7 @@ import hashlib
 import os
 import pickle
 import sys
+import tokenize
 import zipfile
 import zlib
 
@@ -402,7 +403,8 @@ def _read_cache(path, train_count, held_count):
         if len(train_x) != train_count or len(held_x) != held_count:
             raise ValueError('{} + {} samples, expected {} + {}'.format(
                 len(train_x), len(held_x), train_count, held_count))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, KeyError, EOFError, SyntaxError,
+            tokenize.TokenError, zipfile.BadZipFile, zlib.error) as e:
         print('warning: cache entry {} is damaged ({}); discarding it and '
               'preprocessing again'.format(path, e), file=sys.stderr)
         os.remove(path)

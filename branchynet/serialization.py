@@ -6,6 +6,7 @@ writes) plus one extra key naming the network, so that loading a file made
 for another network fails with a message instead of a ``KeyError`` deep in
 Chainer.
 """
+import tokenize
 import zipfile
 import zlib
 
@@ -61,7 +62,10 @@ def load_model(path, net):
     except FileNotFoundError:
         raise FileProblem('{}: not found'.format(path)) from None
     except (OSError, EOFError, ValueError, KeyError, AttributeError,
-            zipfile.BadZipFile, zlib.error) as e:
+            SyntaxError, tokenize.TokenError, zipfile.BadZipFile,
+            zlib.error) as e:
+        # SyntaxError, TokenError: NumPy parses an array's header as Python
+        # (ast, then tokenize); damaged header bytes raise either
         raise FileProblem('{}: not a readable saved model ({}: {}); the file '
                           'is damaged or of another kind'.format(
                               path, type(e).__name__, e)) from None

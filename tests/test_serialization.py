@@ -101,3 +101,21 @@ def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match='disk full'):
         save_model(str(tmp_path / 'tiny.npz'), make_tiny_net())
     assert os.listdir(tmp_path) == []
+
+
+def test_a_model_whose_array_header_is_damaged_is_named(tmp_path):
+    """NumPy parses an array's header as Python (ast, then tokenize): a
+    non-printable byte in an unclosed header raises tokenize.TokenError,
+    which must end as the one-line FileProblem too (a damaged file once
+    escaped as a traceback, depending on where the damage fell)."""
+    import zipfile
+    from branchynet.errors import FileProblem
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (\x1b"
+    header += b' ' * (63 - len(header)) + b'\n'
+    npy = b'\x93NUMPY\x01\x00' + len(header).to_bytes(2, 'little') + header
+    path = str(tmp_path / 'damaged.npz')
+    with zipfile.ZipFile(path, 'w') as archive:
+        archive.writestr('trunk/0/l0/W.npy', npy + bytes(64))
+    with pytest.raises(FileProblem, match='damaged.npz: not a readable '
+                                          'saved model'):
+        load_model(path, make_tiny_net())
