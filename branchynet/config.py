@@ -13,6 +13,7 @@ configuration: :func:`merge_stored` applies what the command line changed
 and refuses what may not change.
 """
 import dataclasses
+import functools
 import math
 import numbers
 import os
@@ -154,6 +155,13 @@ class RunConfig:
         defaults.update(values)
         return cls(protocol=key, **defaults)
 
+    @functools.cached_property
+    def spec(self):
+        """The :class:`~branchynet.protocols.Protocol` named by
+        ``protocol``, looked up once per configuration: what a run knows of
+        its network without building it."""
+        return protocols.get(self.protocol)
+
     def to_dict(self):
         """JSON-ready fields (tuples as lists)."""
         return {k: list(v) if isinstance(v, tuple) else v
@@ -206,11 +214,6 @@ def parse_device(spec):
     return '@cupy:{}'.format(device_id)
 
 
-def num_exits(protocol_key):
-    """Number of exits of a protocol's network."""
-    return protocols.get(protocol_key).num_exits
-
-
 def _flag(name):
     return '--' + name.replace('_', '-')
 
@@ -240,10 +243,10 @@ def _check_real(config, name, low, high, low_open=False, high_open=False):
 
 def _validate(config):
     try:
-        protocol = protocols.get(config.protocol)
+        protocol = config.spec
     except KeyError as e:
         raise ValueError(e.args[0]) from None
-    exits = num_exits(config.protocol)
+    exits = protocol.num_exits
     _check_int(config, 'batchsize', 1)
     _check_int(config, 'epoch_main', 0)
     _check_int(config, 'epoch_joint', 0)
@@ -325,7 +328,7 @@ def check_paths(config):
     """
     check_data_dir(config.data_dir)
     check_writable(config.out)
-    if protocols.get(config.protocol).dataset == 'cifar10':
+    if config.spec.dataset == 'cifar10':
         check_writable(datasets.cache_folder(config.cache_dir), '--cache-dir')
     if config.models is not None:
         for name in ('baseline.npz', 'branchynet.npz'):

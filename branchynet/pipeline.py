@@ -719,7 +719,7 @@ def run(config, extra_extensions=()):
         UserError: the run cannot go on as asked (its folder, its data, its
             launch); nothing of anyone else's was touched.
     """
-    protocol = protocols.get(config.protocol)
+    protocol = config.spec
     say = Progress(config)
     try:
         cluster = distributed.connect(config)
