@@ -40,7 +40,7 @@ PAPER = {'mobilenet': {'network': 'MobileNet', 'without': 10.37,
 # entropy over 10 classes (above it every sample leaves at the first exit)
 THRESHOLDS = (0.0001, 0.001, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0,
               1.25, 1.5, 1.75, 1.9, 2.0, 2.1, 2.2, 2.25, 2.3, 2.5)
-BUDGET_SHARES = (0.25, 0.5, 0.75, 1.0)  # of the main network's multiply-adds
+BUDGET_SHARES = (0.25, 0.5, 0.75, 1.0)  # of the final output's cost
 MODELS = {'backbone': 'backbone.npz', 'without': 'without.npz',
           'joint': 'elastic.npz'}
 
@@ -156,15 +156,13 @@ def budget_choices(costs, unit):
     of :data:`BUDGET_SHARES` of the main network's cost (``costs[-1]``)."""
     choices = []
     for share in BUDGET_SHARES:
-        budget = share * costs[-1]
+        choice = {'share': share, 'budget': share * costs[-1], 'unit': unit}
         try:
-            chosen, _ = elastic.exit_for_budget(costs, budget)
+            choice['exit'], _ = elastic.exit_for_budget(costs,
+                                                        choice['budget'])
         except ValueError as e:
-            choices.append({'share': share, 'budget': budget, 'unit': unit,
-                            'exit': None, 'why': str(e)})
-            continue
-        choices.append({'share': share, 'budget': budget, 'unit': unit,
-                        'exit': chosen})
+            choice.update(exit=None, why=str(e))
+        choices.append(choice)
     return choices
 
 

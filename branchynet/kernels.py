@@ -131,8 +131,10 @@ class _KeptColumns:
 _COLUMNS = _KeptColumns(budget=256 * 2 ** 20, largest=64 * 2 ** 20)
 
 
-class Convolution2D(function_node.FunctionNode):
-    """2-D convolution on NumPy arrays (no dilation, one group)."""
+class _ConvolutionNode(function_node.FunctionNode):
+    """What both convolutions share: stride and padding, the input checks
+    (``x``, ``W`` and an optional ``b``; each subclass adds how the channels
+    of ``x`` and ``W`` must agree) and the output size."""
 
     def __init__(self, stride=1, pad=0):
         self.sy, self.sx = _pair(stride)
@@ -142,15 +144,28 @@ class Convolution2D(function_node.FunctionNode):
         type_check._argname(in_types, ('x', 'W', 'b')[:len(in_types)])
         x_type, w_type = in_types[:2]
         type_check.expect(x_type.dtype.kind == 'f', x_type.ndim == 4,
-                          w_type.ndim == 4, x_type.shape[1] == w_type.shape[1])
+                          w_type.ndim == 4)
+        self.check_channels(x_type, w_type)
+
+    def output_size(self, x_shape, w_shape):
+        return (conv.get_conv_outsize(x_shape[2], w_shape[2], self.sy,
+                                      self.ph),
+                conv.get_conv_outsize(x_shape[3], w_shape[3], self.sx,
+                                      self.pw))
+
+
+class Convolution2D(_ConvolutionNode):
+    """2-D convolution on NumPy arrays (no dilation, one group)."""
+
+    def check_channels(self, x_type, w_type):
+        type_check.expect(x_type.shape[1] == w_type.shape[1])
 
     def forward(self, inputs):
         x, W = inputs[:2]
         b = inputs[2] if len(inputs) == 3 else None
         n, c, h, w = x.shape
         out_c, _, kh, kw = W.shape
-        oh = conv.get_conv_outsize(h, kh, self.sy, self.ph)
-        ow = conv.get_conv_outsize(w, kw, self.sx, self.pw)
+        oh, ow = self.output_size(x.shape, W.shape)
         col = _columns(_padded(x, self.ph, self.pw), kh, kw, self.sy, self.sx,
                        oh, ow)
         y2 = W.reshape(out_c, -1).dot(col).reshape(out_c, n, oh, ow)
@@ -244,7 +259,7 @@ def _windows(xp, i, j, sy, sx, oh, ow):
     return xp[:, :, i:i + sy * (oh - 1) + 1:sy, j:j + sx * (ow - 1) + 1:sx]
 
 
-class DepthwiseConvolution2D(function_node.FunctionNode):
+class DepthwiseConvolution2D(_ConvolutionNode):
     """Depthwise 2-D convolution on NumPy arrays: each channel convolved with
     its own ``kh x kw`` filter, ``F.convolution_2d`` with ``groups`` equal
     to the channels and ``W`` of shape ``(C, 1, kh, kw)`` (MobileNet's).
@@ -260,27 +275,14 @@ class DepthwiseConvolution2D(function_node.FunctionNode):
     compiled.
     """
 
-    def __init__(self, stride=1, pad=0):
-        self.sy, self.sx = _pair(stride)
-        self.ph, self.pw = _pair(pad)
-
-    def check_type_forward(self, in_types):
-        type_check._argname(in_types, ('x', 'W', 'b')[:len(in_types)])
-        x_type, w_type = in_types[:2]
-        type_check.expect(x_type.dtype.kind == 'f', x_type.ndim == 4,
-                          w_type.ndim == 4, w_type.shape[1] == 1,
+    def check_channels(self, x_type, w_type):
+        type_check.expect(w_type.shape[1] == 1,
                           x_type.shape[1] == w_type.shape[0])
-
-    def output_size(self, x_shape, w_shape):
-        return (conv.get_conv_outsize(x_shape[2], w_shape[2], self.sy,
-                                      self.ph),
-                conv.get_conv_outsize(x_shape[3], w_shape[3], self.sx,
-                                      self.pw))
 
     def forward(self, inputs):
         x, W = inputs[:2]
         b = inputs[2] if len(inputs) == 3 else None
-        c, _, kh, kw = W.shape
+        c = W.shape[0]
         oh, ow = self.output_size(x.shape, W.shape)
         xp = _padded(x, self.ph, self.pw)
         y = numpy.zeros((x.shape[0], c, oh, ow), dtype=x.dtype)
