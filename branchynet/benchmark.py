@@ -17,7 +17,7 @@ For each network (B-LeNet, B-AlexNet, B-ResNet-110) it measures:
    through every exit plus exact scoring of every combination, against the
    reference protocol (a batch-1 run of the test set per combination), which
    is timed on a subset and extrapolated linearly (said so in the output);
-   accuracy and exit fractions are checked equal on that subset. Both run
+   accuracy and exit shares are checked equal on that subset. Both run
    untimed on a few samples first, so that first-use work (kernel
    compilation on a GPU) stays out of the clock.
 3. Batch-1 latency per sample at "knee" thresholds and for the baseline:
@@ -345,13 +345,13 @@ def bench_sweep(net, x, t, threshold_list, reference_samples):
         exits = numpy.array([e for _, e in results])
         reference_points.append({
             'accuracy': float((labels == t[:len(subset)]).mean()),
-            'exit_fractions': (numpy.bincount(exits, minlength=net.num_exits)
+            'exit_shares': (numpy.bincount(exits, minlength=net.num_exits)
                                / len(subset)).tolist()})
     reference_subset_s = time.perf_counter() - start
     ours_on_subset = [sweep.evaluate(outputs.subset(len(subset)), combo)
                       for combo in grid]
     identical = all(a['accuracy'] == b['accuracy'] and
-                    a['exit_fractions'] == b['exit_fractions']
+                    a['exit_shares'] == b['exit_shares']
                     for a, b in zip(ours_on_subset, reference_points))
     reference_s = reference_subset_s * len(x) / len(subset)
     return {
@@ -362,8 +362,8 @@ def bench_sweep(net, x, t, threshold_list, reference_samples):
         'reference_measured_s': reference_subset_s,
         'speedup': reference_s / ours_s,
         'identical_on_measured_subset': identical,
-        'mean_exit_fractions': numpy.mean(
-            [p['exit_fractions'] for p in points], axis=0).tolist(),
+        'mean_exit_shares': numpy.mean(
+            [p['exit_shares'] for p in points], axis=0).tolist(),
     }
 
 

@@ -184,7 +184,7 @@ def evaluate(key, without, net, data, logs, schedule, timing_samples=0):
     main_cost = alone_costs[-1]  # the trunk and the final head
     frontier = []
     for point in elastic.shared_threshold_sweep(outputs, THRESHOLDS):
-        point['multiply_adds'] = float(numpy.dot(point['exit_fractions'],
+        point['multiply_adds'] = float(numpy.dot(point['exit_shares'],
                                                  paths))
         frontier.append(point)
     # answering at one output runs its path and its head only

@@ -160,7 +160,7 @@ def fig4(results):
         A matplotlib ``Figure``.
     """
     curve = results['exit1_curve']
-    share = [100 * f for f in curve['exited_fraction']]
+    share = [100 * f for f in curve['exit_share']]
     figure = _figure(figsize=(5, 3.6))
     ax = figure.add_subplot()
     ax.plot(share, [100 * a for a in curve['accuracy']], color='tab:blue')

@@ -581,12 +581,12 @@ def predict_times(points, paths):
     path_ms = [c['median_ms'] for c in paths['exit_path_ms']]
     trunk_ms = [c['median_ms']
                 for c in paths['reference_style']['trunk_to_exit']]
-    predicted = [sweep.predicted_ms(p['exit_fractions'], path_ms)
+    predicted = [sweep.predicted_ms(p['exit_shares'], path_ms)
                  for p in points]
     return {
         'predicted_ms': predicted,
         'reference_style_predicted_ms': [
-            sweep.predicted_ms(p['exit_fractions'], trunk_ms) for p in points],
+            sweep.predicted_ms(p['exit_shares'], trunk_ms) for p in points],
         'frontier': sweep.frontier([p['accuracy'] for p in points], predicted),
     }
 
@@ -614,7 +614,7 @@ def select_thresholds(evaluation, predicted, path_ms, config):
     validation = evaluation.get('validation')
     if validation is not None:
         valid_points = validation['sweep']['points']
-        valid_times = [sweep.predicted_ms(p['exit_fractions'], path_ms)
+        valid_times = [sweep.predicted_ms(p['exit_shares'], path_ms)
                        for p in valid_points]
         valid_baseline = validation['baseline']['accuracy']
     else:
@@ -673,8 +673,8 @@ def measure_choices(models, samples, choices, outputs, paths, config):
         on_subset = sweep.evaluate(subset, choice['thresholds'])
         point['measured'] = measured[1 + distinct.index(choice['thresholds'])]
         point['predicted_ms'] = sweep.predicted_ms(
-            on_subset['exit_fractions'], path_ms)
-        point['timing_subset_exit_fractions'] = on_subset['exit_fractions']
+            on_subset['exit_shares'], path_ms)
+        point['timing_subset_exit_shares'] = on_subset['exit_shares']
         if choice['index'] is not None:
             point['index'] = choice['index']
         result[name] = point

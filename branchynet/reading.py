@@ -165,7 +165,7 @@ def _shown(value):
 NUMBERS = ListOf(Number)
 OPTIONAL_NUMBERS = ListOf(Nullable(Number))
 POINT = {'thresholds': NUMBERS, 'accuracy': Nullable(Number),
-         'exit_fractions': NUMBERS, 'exit_accuracy': OPTIONAL_NUMBERS}
+         'exit_shares': NUMBERS, 'exit_accuracy': OPTIONAL_NUMBERS}
 MEASURED = {'median_ms': Number}
 CHOICE = dict(POINT, measured=MEASURED, index=Optional(Integer))
 TIMING = {
@@ -198,7 +198,7 @@ RESULTS = {
     'baseline_after_joint': Optional({'accuracy': Nullable(Number)}),
     'exit_accuracy': ListOf(Nullable(Number), min_length=1),
     'sweep': {'points': ListOf(POINT, min_length=1)},
-    'exit1_curve': {'exited_fraction': NUMBERS, 'accuracy': OPTIONAL_NUMBERS,
+    'exit1_curve': {'exit_share': NUMBERS, 'accuracy': OPTIONAL_NUMBERS,
                     'max_exited_entropy': OPTIONAL_NUMBERS},
     'training': {'main': ListOf(EPOCH), 'joint': ListOf(EPOCH)},
     'timing': DictOf(TIMING),
@@ -284,10 +284,10 @@ def _check_consistent(results, path):
     points = results['sweep']['points']
     exits = len(results['exit_accuracy'])
     for i, point in enumerate(points):
-        if len(point['exit_fractions']) != exits or \
+        if len(point['exit_shares']) != exits or \
                 len(point['thresholds']) != exits - 1:
             raise FileProblem('{}: sweep/points[{}]: expected {} exit '
-                              'fractions and {} thresholds'.format(
+                              'shares and {} thresholds'.format(
                                   path, i, exits, exits - 1))
     if results['timing'] and 'timing_samples' not in results:
         raise FileProblem("{}: missing key 'timing_samples' (the results "

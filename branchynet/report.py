@@ -119,8 +119,8 @@ def _format_thresholds(thresholds):
     return ', '.join('{:g}'.format(t) for t in thresholds)
 
 
-def _format_exits(fractions):
-    return ', '.join('{:.3g}'.format(100 * f) for f in fractions)
+def _format_exits(shares):
+    return ', '.join('{:.3g}'.format(100 * s) for s in shares)
 
 
 def chosen_points(timing):
@@ -194,7 +194,7 @@ def table1_rows(results):
                 'Time (ms)': '{:.3g}'.format(measured),
                 'Gain': '{:.1f}x'.format(base_ms / measured),
                 'Thrshld. T': _format_thresholds(point['thresholds']),
-                'Exit (%)': _format_exits(point['exit_fractions']),
+                'Exit (%)': _format_exits(point['exit_shares']),
             })
     return rows
 
@@ -269,12 +269,12 @@ def sweep_csv(results):
     devices = list(results['timing'])
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator='\n')
-    num_exits = len(results['sweep']['points'][0]['exit_fractions'])
+    num_exits = len(results['sweep']['points'][0]['exit_shares'])
     test_set = split_names(results)['Test set']
     header = (['test_set'] +
               ['T{}'.format(n + 1) for n in range(num_exits - 1)] +
               ['accuracy'] +
-              ['exit{}_fraction'.format(n + 1) for n in range(num_exits)] +
+              ['exit{}_share'.format(n + 1) for n in range(num_exits)] +
               ['exit{}_accuracy'.format(n + 1) for n in range(num_exits)])
     for device in devices:
         header += ['{}_predicted_ms'.format(device),
@@ -283,7 +283,7 @@ def sweep_csv(results):
     writer.writerow(header)
     for i, point in enumerate(results['sweep']['points']):
         row = ([test_set] + point['thresholds'] + [point['accuracy']] +
-               point['exit_fractions'] +
+               point['exit_shares'] +
                ['' if a is None else a for a in point['exit_accuracy']])
         for device in devices:
             timing = results['timing'][device]

@@ -94,7 +94,7 @@ def select(rule, points, times, baseline_accuracy, knee_tolerance=0.1):
 
     Args:
         rule: a :class:`Rule` or its text.
-        points: sweep points (dicts with ``accuracy`` and ``exit_fractions``,
+        points: sweep points (dicts with ``accuracy`` and ``exit_shares``,
             as :func:`branchynet.sweep.evaluate` returns).
         times: predicted ms per sample of each point.
         baseline_accuracy: the main network's accuracy (a fraction) on the
@@ -136,7 +136,7 @@ def select(rule, points, times, baseline_accuracy, knee_tolerance=0.1):
                 'sample; the cheapest takes {:.4g} ms'.format(
                     rule, rule.value, min(times)))
         return _most_accurate(feasible, accuracies, times)
-    shares = [1 - p['exit_fractions'][-1] for p in points]
+    shares = [1 - p['exit_shares'][-1] for p in points]
     feasible = [i for i in everything if shares[i] >= rule.value]
     if not feasible:
         raise NoFeasiblePoint(
@@ -207,7 +207,7 @@ def choose_thresholds(outputs, rule, threshold_list, path_costs_ms,
         NoFeasiblePoint: no combination satisfies the rule.
     """
     points = sweep.run_sweep(outputs, threshold_list)
-    times = [sweep.predicted_ms(p['exit_fractions'], path_costs_ms)
+    times = [sweep.predicted_ms(p['exit_shares'], path_costs_ms)
              for p in points]
     index = select(rule, points, times, baseline_accuracy, knee_tolerance)
     return {'thresholds': points[index]['thresholds'], 'point': points[index],

@@ -4,7 +4,7 @@ A sample's output and entropy at exit ``n`` do not depend on the thresholds,
 so the test set is run once through every exit (:func:`exit_outputs`), and
 each threshold combination is then scored exactly by applying the exit rule
 to those stored entropies (:func:`evaluate`). Runtime per combination is
-predicted from measured per-exit path costs: ``sum_n fraction_n * cost_n``
+predicted from measured per-exit path costs: ``sum_n share_n * cost_n``
 (the reference code combines its per-exit times the same way); the chosen
 knee point is then confirmed with a real batch-1 run.
 
@@ -95,7 +95,7 @@ def evaluate(outputs, thresholds):
     """Accuracy and exit statistics of one threshold vector, exactly.
 
     Returns a dict with ``thresholds``, ``accuracy``, ``exit_counts``,
-    ``exit_fractions`` and ``exit_accuracy`` (accuracy among the samples
+    ``exit_shares`` and ``exit_accuracy`` (accuracy among the samples
     that took each exit; ``None`` where none did).
     """
     num_exits, size = outputs.predictions.shape
@@ -108,7 +108,7 @@ def evaluate(outputs, thresholds):
         'thresholds': list(rule.values),
         'accuracy': float(correct.mean()),
         'exit_counts': counts.tolist(),
-        'exit_fractions': (counts / size).tolist(),
+        'exit_shares': (counts / size).tolist(),
         'exit_accuracy': [float(r / c) if c else None
                           for r, c in zip(right, counts)],
     }
@@ -124,17 +124,17 @@ def threshold_grid(threshold_list, num_exits):
                                                repeat=num_exits - 1)]
 
 
-def predicted_ms(exit_fractions, path_costs_ms):
-    """Expected ms per sample: ``sum_n fraction_n * cost_n``.
+def predicted_ms(exit_shares, path_costs_ms):
+    """Expected ms per sample: ``sum_n share_n * cost_n``.
 
     Args:
-        exit_fractions: share of samples leaving at each exit.
+        exit_shares: share of samples leaving at each exit.
         path_costs_ms: measured cost of the whole path to each exit.
 
     Returns:
         A float.
     """
-    return float(numpy.dot(exit_fractions, path_costs_ms))
+    return float(numpy.dot(exit_shares, path_costs_ms))
 
 
 def run_sweep(outputs, threshold_list):
@@ -201,7 +201,7 @@ def exit1_curve(outputs, points=101):
     ks = numpy.unique(numpy.linspace(0, size, points).round().astype(int))
     sorted_entropy = outputs.entropies[0, order]
     return {
-        'exited_fraction': (ks / size).tolist(),
+        'exit_share': (ks / size).tolist(),
         'accuracy': (correct[ks] / size).tolist(),
         'max_exited_entropy': [float(sorted_entropy[k - 1]) if k else 0.0
                                for k in ks],

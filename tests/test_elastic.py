@@ -156,8 +156,8 @@ def test_sweeps_for_many_exits():
     alone = elastic.each_exit_alone(outputs)
     assert len(alone) == net.num_exits
     points = elastic.shared_threshold_sweep(outputs, [0.0, 0.5, 10.0])
-    assert points[0]['exit_fractions'][-1] == 1.0  # T = 0: all at the end
-    assert points[-1]['exit_fractions'][0] == 1.0  # T = 10 > ln 10: exit 1
+    assert points[0]['exit_shares'][-1] == 1.0  # T = 0: all at the end
+    assert points[-1]['exit_shares'][0] == 1.0  # T = 10 > ln 10: exit 1
     assert points[-1]['accuracy'] == alone[0]
 
 

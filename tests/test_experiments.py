@@ -296,7 +296,7 @@ def test_thresholds_chosen_on_a_validation_split(data, tmp_path):
     assert drop['selected_on'] == 'validation'
     # within 100 points of the baseline: every point; the fastest on the
     # validation sweep, and separately on the test sweep
-    valid_times = [sweep.predicted_ms(p['exit_fractions'],
+    valid_times = [sweep.predicted_ms(p['exit_shares'],
                                       [c['median_ms'] for c in
                                        cpu['exit_path_ms']])
                    for p in validation['sweep']['points']]

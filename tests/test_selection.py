@@ -9,7 +9,7 @@ from branchynet.sweep import ExitOutputs
 
 def sweep_of(accuracies, last_exit_shares=None):
     shares = last_exit_shares or [0.5] * len(accuracies)
-    return [{'accuracy': a, 'exit_fractions': [1 - s, s],
+    return [{'accuracy': a, 'exit_shares': [1 - s, s],
              'thresholds': [float(i)]}
             for i, (a, s) in enumerate(zip(accuracies, shares))]
 

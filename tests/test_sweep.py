@@ -27,15 +27,15 @@ def test_sweep_matches_batch1_runs_exactly(tiny):
     vectors = [[0, 0], [1e9, 0], [0, 1e9]] + [
         mixing_thresholds(net, x), [0.9 * v for v in mixing_thresholds(net, x)],
         [mixing_thresholds(net, x)[0], 0]]
-    seen_fractions = set()
+    seen_shares = set()
     for thresholds in vectors:
         point = sweep.evaluate(outputs, thresholds)
-        accuracy, fractions = brute_force(net, x, t, thresholds)
+        accuracy, shares = brute_force(net, x, t, thresholds)
         assert point['accuracy'] == accuracy, thresholds
-        numpy.testing.assert_array_equal(point['exit_fractions'], fractions)
+        numpy.testing.assert_array_equal(point['exit_shares'], shares)
         assert sum(point['exit_counts']) == 60
-        seen_fractions.add(tuple(fractions))
-    assert len(seen_fractions) >= 5  # the vectors really route differently
+        seen_shares.add(tuple(shares))
+    assert len(seen_shares) >= 5  # the vectors really route differently
 
 
 def test_exit_outputs_are_batch_size_independent(tiny):
@@ -107,7 +107,7 @@ def test_exit1_curve_matches_threshold_sweep(tiny):
     curve = sweep.exit1_curve(outputs, points=61)
     ordered = numpy.sort(outputs.entropies[0])
     for k in (0, 1, 17, 30, 59, 60):
-        i = curve['exited_fraction'].index(k / 60)
+        i = curve['exit_share'].index(k / 60)
         threshold = numpy.nextafter(ordered[k - 1], numpy.inf) if k else 0.0
         point = sweep.evaluate(outputs, [float(threshold), 0])
         assert point['exit_counts'][0] == k
