@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import errno
 import os
+import shlex
 import sys
 
 from branchynet import config as config_module
@@ -376,10 +377,24 @@ def resolve(config, explicit):
     return config
 
 
-def _interrupted(config, parser):
-    return ('interrupted. Finished epochs are kept in {0}; continue with the '
-            'same command and --resume (python {1} --resume -o {0})'.format(
-                config.out, parser.prog))
+def resume_command(argv):
+    """The command line that continues this run: the same one, ``--resume``
+    added, with the interpreter as a path relative to the working folder
+    where it lies below it (``.venv/bin/python``)."""
+    python = os.path.relpath(sys.executable)
+    if python.startswith(os.pardir):
+        python = sys.executable
+    words = [python, sys.argv[0]] + [a for a in argv if a != '--resume']
+    command = shlex.join(words + ['--resume'])
+    if distributed.launched_by_mpi():
+        command = 'mpiexec (as before) ' + command
+    return command
+
+
+def _interrupted(config, argv):
+    return ('interrupted. Finished epochs are kept in {}; continue with the '
+            'same command and --resume: {}'.format(config.out,
+                                                   resume_command(argv)))
 
 
 def main(key, argv=None):
@@ -392,9 +407,10 @@ def main(key, argv=None):
     Returns:
         The results dictionary (the content of ``results.json``).
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(protocols.get(key))
     config, explicit, _ = parse(parser, key, argv)
-    with one_line_errors(parser.prog, _interrupted(config, parser)):
+    with one_line_errors(parser.prog, _interrupted(config, argv)):
         return pipeline.run(_resolved(parser, config, explicit))
 
 
@@ -417,6 +433,7 @@ def fig5_main(argv=None):
     Returns:
         The summary dictionary (the content of ``summary.json``).
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
     base = protocols.PROTOCOLS['b_alexnet']
     parser = build_parser(base, skip_timing_flag=False)
     parser.description = ('Fig. 5: B-AlexNet with 0-4 conv layers in exit 1 '
@@ -434,7 +451,7 @@ def fig5_main(argv=None):
     if len(set(extras['convs'])) != len(extras['convs']):
         parser.error('--convs {}: each variant once'.format(
             ' '.join(map(str, extras['convs']))))
-    with one_line_errors(parser.prog, _interrupted(common, parser)):
+    with one_line_errors(parser.prog, _interrupted(common, argv)):
         configs = [_resolved(parser, common.replace(
             protocol=protocols.fig5_variant(convs).key,
             out=os.path.join(common.out, pipeline.FIG5_FOLDER.format(convs)),

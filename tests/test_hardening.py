@@ -5,6 +5,7 @@ would (see the fault matrix in docs/faults.md) and checks the fix.
 """
 import json
 import os
+import shlex
 
 import chainer
 import numpy
@@ -235,8 +236,11 @@ def test_interrupt_says_how_to_resume(data, tmp_path, monkeypatch, capsys):
     out = tmp_path / 'run'
     with pytest.raises(SystemExit) as stop:
         lenet(['--data-dir', data, '-o', str(out)] + FAST)
-    assert 'interrupted' in str(stop.value.code)
-    assert '--resume' in str(stop.value.code)
+    message = str(stop.value.code)
+    assert 'interrupted' in message
+    # the hint is the same command line, --resume added, ready to paste
+    args = ['--data-dir', data, '-o', str(out)] + FAST + ['--resume']
+    assert message.endswith(shlex.join(args))
 
 
 def test_partial_files_of_a_killed_run_are_cleared(finished, data):
