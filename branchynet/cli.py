@@ -98,7 +98,8 @@ def one_line_errors(prog, interrupted=None):
 
     Args:
         prog: the program's name, for the message.
-        interrupted: the message after Ctrl-C (default: ``interrupted``).
+        interrupted: the message after Ctrl-C (default: ``interrupted``),
+            or a function that writes it then.
     """
     try:
         yield
@@ -107,6 +108,8 @@ def one_line_errors(prog, interrupted=None):
     except OSError as e:
         _stop(prog, describe_os_error(e))
     except KeyboardInterrupt:
+        if callable(interrupted):
+            interrupted = interrupted()
         _stop(prog, interrupted or 'interrupted', prefix='\n')
 
 
@@ -377,24 +380,31 @@ def resolve(config, explicit):
     return config
 
 
-def resume_command(argv):
-    """The command line that continues this run: the same one, ``--resume``
-    added, with the interpreter as a path relative to the working folder
-    where it lies below it (``.venv/bin/python``)."""
+def same_command(argv, resume):
+    """This program's command line again, with or without ``--resume``; the
+    interpreter as a path relative to the working folder where it lies
+    below it (``.venv/bin/python``)."""
     python = os.path.relpath(sys.executable)
     if python.startswith(os.pardir):
         python = sys.executable
     words = [python, sys.argv[0]] + [a for a in argv if a != '--resume']
-    command = shlex.join(words + ['--resume'])
+    command = shlex.join(words + ['--resume'] * resume)
     if distributed.launched_by_mpi():
         command = 'mpiexec (as before) ' + command
     return command
 
 
 def _interrupted(config, argv):
-    return ('interrupted. Finished epochs are kept in {}; continue with the '
-            'same command and --resume: {}'.format(config.out,
-                                                   resume_command(argv)))
+    """The message after Ctrl-C, written then: what was kept and the command
+    that goes on."""
+    def message():
+        if not os.path.isdir(config.out):
+            return ('interrupted before anything was kept; start again '
+                    'with: {}'.format(same_command(argv, resume=False)))
+        return ('interrupted. Finished epochs are kept in {}; continue with '
+                'the same command and --resume: {}'.format(
+                    config.out, same_command(argv, resume=True)))
+    return message
 
 
 def main(key, argv=None):

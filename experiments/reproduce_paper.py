@@ -11,6 +11,7 @@ each part does: branchynet/reproduce.py.
 """
 import argparse
 import os
+import sys
 
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
 from branchynet import cli, config, datasets, reproduce
@@ -72,8 +73,10 @@ def main(argv=None):
                           unofficial_data=args.unofficial_data,
                           parts=args.only, smoke=args.smoke,
                           no_progress=args.no_progress)
-    with cli.one_line_errors(parser.prog, 'interrupted; run the same '
-                             'command again to continue where it stopped'):
+    again = cli.same_command(sys.argv[1:] if argv is None else argv,
+                             resume=False)
+    with cli.one_line_errors(parser.prog, 'interrupted; the same command '
+                             'continues where it stopped: ' + again):
         return reproduce.run(plan, estimate_only=args.estimate)
 
 

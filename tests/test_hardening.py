@@ -229,18 +229,40 @@ def test_failed_data_leaves_no_out_folder(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_interrupt_says_how_to_resume(data, tmp_path, monkeypatch, capsys):
-    def interrupted(self, x, t):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(BranchyLoss, 'main_loss', interrupted)
+@pytest.mark.parametrize('steps_before', [0, 2])
+def test_interrupt_says_how_to_go_on(data, tmp_path, monkeypatch,
+                                     steps_before):
+    """Ctrl-C ends with the command to paste: the same one again when
+    nothing was kept, with --resume when an epoch was (2 steps: one epoch
+    of 128 samples at batch 64), and that command finishes the run."""
+    real = BranchyLoss.main_loss
+    steps = []
+
+    def interrupting(self, x, t):
+        if chainer.config.train:  # a training step, not the evaluation
+            if len(steps) == steps_before:
+                raise KeyboardInterrupt
+            steps.append(1)
+        return real(self, x, t)
+    monkeypatch.setattr(BranchyLoss, 'main_loss', interrupting)
     out = tmp_path / 'run'
+    args = (['--data-dir', data, '-o', str(out), '--skip-timing',
+             '--epoch-main', '2'] + FAST)
     with pytest.raises(SystemExit) as stop:
-        lenet(['--data-dir', data, '-o', str(out)] + FAST)
+        lenet(args)
     message = str(stop.value.code)
-    assert 'interrupted' in message
-    # the hint is the same command line, --resume added, ready to paste
-    args = ['--data-dir', data, '-o', str(out)] + FAST + ['--resume']
-    assert message.endswith(shlex.join(args))
+    if steps_before == 0:
+        assert 'before anything was kept' in message
+        assert message.endswith(shlex.join(args))
+        assert not out.exists()
+        return
+    assert 'Finished epochs are kept in {}'.format(out) in message
+    assert message.endswith(shlex.join(args + ['--resume']))
+    monkeypatch.undo()
+    results = lenet(args + ['--resume'])
+    # epoch 1 from before the interrupt, epoch 2 after it
+    assert [e['epoch'] for e in results['training']['main']] == [1, 2]
+    assert (out / 'results.json').is_file()
 
 
 def test_partial_files_of_a_killed_run_are_cleared(finished, data):
