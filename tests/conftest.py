@@ -8,6 +8,7 @@ import pytest
 
 from branchynet import Branch, BranchyNet, entropy, exit_rule
 from branchynet.layers import dropout, max_pool, relu
+from branchynet.synthetic import write_cifar10, write_mnist
 
 TINY_SHAPE = (1, 6, 6)
 TINY_CLASSES = 4
@@ -43,6 +44,18 @@ def tiny_batch(size=16, seed=1):
     x = rng.randn(size, *TINY_SHAPE).astype(numpy.float32)
     t = rng.randint(0, TINY_CLASSES, size).astype(numpy.int32)
     return x, t
+
+
+def synthetic_data_dir(tmp_path_factory, mnist, cifar10_per_batch=None):
+    """A data folder in the layout ``--data-dir`` expects: synthetic MNIST
+    (``mnist`` = (training, test) sizes) and, if asked, CIFAR-10 training
+    batches of ``cifar10_per_batch`` images (no test batch)."""
+    root = tmp_path_factory.mktemp('data')
+    write_mnist(str(root / 'mnist'), train=mnist[0], test=mnist[1])
+    if cifar10_per_batch:
+        write_cifar10(str(root / 'cifar10' / 'cifar-10-batches-bin'),
+                      per_batch=cifar10_per_batch, test=False)
+    return str(root)
 
 
 def exit_entropies(net, x):

@@ -16,7 +16,7 @@ import numpy
 import pytest
 
 from branchynet import port_kit
-from branchynet.synthetic import write_mnist
+from conftest import synthetic_data_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MPIEXEC = shutil.which('mpiexec', path=os.path.dirname(sys.executable)) or \
@@ -40,9 +40,7 @@ def mpiexec(args, ranks=2, timeout=300, **kwargs):
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp('data')
-    write_mnist(str(root / 'mnist'), train=256, test=64)
-    return str(root)
+    return synthetic_data_dir(tmp_path_factory, mnist=(256, 64))
 
 
 @pytest.fixture(scope='module')

@@ -11,7 +11,7 @@ import pytest
 from branchynet import cli, figures, files, ownership, protocols, report
 from branchynet import sweep
 from branchynet.loss import BranchyLoss
-from branchynet.synthetic import write_cifar10, write_mnist
+from conftest import synthetic_data_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.join(ROOT, '..', 'shared', 'data', 'mnist')
@@ -40,11 +40,8 @@ def test_every_script_runs_and_explains_its_flags(name):
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp('data')
-    write_mnist(str(root / 'mnist'), train=256, test=64)
-    write_cifar10(str(root / 'cifar10' / 'cifar-10-batches-bin'), per_batch=40,
-                  test=False)
-    return str(root)
+    return synthetic_data_dir(tmp_path_factory, mnist=(256, 64),
+                              cifar10_per_batch=40)
 
 
 @pytest.fixture(scope='module')

@@ -14,7 +14,7 @@ import pytest
 from branchynet import cli, datasets, pipeline, report
 from branchynet.loss import BranchyLoss
 from branchynet.ownership import OutputFolder
-from branchynet.synthetic import write_mnist
+from conftest import synthetic_data_dir
 
 # synthetic sets of 128-256 training images: a batch that fits them
 FAST = ['--quick', '--no-progress', '--unofficial-data', '-b', '64']
@@ -22,9 +22,7 @@ FAST = ['--quick', '--no-progress', '--unofficial-data', '-b', '64']
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp('data')
-    write_mnist(str(root / 'mnist'), train=128, test=32)
-    return str(root)
+    return synthetic_data_dir(tmp_path_factory, mnist=(128, 32))
 
 
 def lenet(argv):

@@ -19,7 +19,7 @@ import pytest
 from branchynet import cli, relay
 from branchynet.errors import UserError
 from branchynet.loss import BranchyLoss
-from branchynet.synthetic import write_mnist
+from conftest import synthetic_data_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, 'tests', 'data', 'relay_b_lenet_2ranks')
@@ -32,9 +32,7 @@ FLAGS = ['--epoch-main', '2', '--epoch-joint', '3', '-b', '64',
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp('data')
-    write_mnist(str(root / 'mnist'), train=256, test=64)
-    return str(root)
+    return synthetic_data_dir(tmp_path_factory, mnist=(256, 64))
 
 
 class Interrupted(Exception):

@@ -19,7 +19,7 @@ import pytest
 from branchynet import cli, files, ownership, reading
 from branchynet.errors import FileProblem, OwnershipError
 from branchynet.ownership import OutputFolder
-from branchynet.synthetic import write_cifar10, write_mnist
+from conftest import synthetic_data_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, 'experiments')
@@ -80,11 +80,8 @@ def one_line(done, *messages):
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp('data')
-    write_mnist(str(root / 'mnist'), train=128, test=32)
-    write_cifar10(str(root / 'cifar10' / 'cifar-10-batches-bin'),
-                  per_batch=24, test=False)
-    return str(root)
+    return synthetic_data_dir(tmp_path_factory, mnist=(128, 32),
+                              cifar10_per_batch=24)
 
 
 @pytest.fixture(scope='module')
