@@ -26,33 +26,31 @@ SUMMARY_KIND = 'branch-layers'
 
 # --- the schema language -------------------------------------------------------
 
-class Optional:
+class _Around:
+    """A schema word around one inner ``spec``."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+
+class Optional(_Around):
     """A dict key that may be missing (its value, when there, is ``spec``)."""
 
-    def __init__(self, spec):
-        self.spec = spec
 
-
-class Nullable:
+class Nullable(_Around):
     """``None`` or ``spec`` (JSON null: a diverged run's number)."""
 
-    def __init__(self, spec):
-        self.spec = spec
 
-
-class ListOf:
+class ListOf(_Around):
     """A list whose items are ``spec``."""
 
     def __init__(self, spec, min_length=0):
-        self.spec = spec
+        super().__init__(spec)
         self.min_length = min_length
 
 
-class DictOf:
+class DictOf(_Around):
     """A dict with any string keys whose values are ``spec``."""
-
-    def __init__(self, spec):
-        self.spec = spec
 
 
 class Equal:

@@ -16,6 +16,7 @@ import pytest
 from branchynet import kernels, protocols
 from branchynet.port_kit import relative_error as relative
 from branchynet.loss import BranchyLoss
+from branchynet.synthetic import random_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST = os.path.join(ROOT, '..', 'shared', 'data', 'mnist')
@@ -276,9 +277,7 @@ def test_b_lenet_trains_in_lockstep_with_the_stock_functions():
         data = datasets.load_mnist(MNIST, train_size=4096, test_size=1)
         data = (data.train_x, data.train_t)
     else:
-        rng = numpy.random.RandomState(0)
-        data = (rng.rand(1024, 1, 28, 28).astype(numpy.float32),
-                rng.randint(0, 10, 1024).astype(numpy.int32))
+        data = random_batch((1, 28, 28), 1024, seed=0)
     result = lockstep('b_lenet', 50, 64, data)
     assert result['max_loss_relative_difference'] <= 1e-4, result
     assert result['in_units_of_alpha'] <= 0.1, result
@@ -291,9 +290,7 @@ def test_b_alexnet_trains_in_lockstep_with_the_stock_functions():
     their changes feed every later gradient (measured: 44 % of the elements
     more than alpha/10 apart, losses within 3e-3, as for the PyTorch port);
     the losses must stay within 1e-2."""
-    rng = numpy.random.RandomState(0)
-    data = (rng.rand(512, 3, 32, 32).astype(numpy.float32),
-            rng.randint(0, 10, 512).astype(numpy.int32))
+    data = random_batch((3, 32, 32), 512, seed=0)
     first = lockstep('b_alexnet', 1, 16, data)
     assert first['max_loss_relative_difference'] <= 1e-6, first
     assert first['share_beyond_tenth_of_alpha'] <= 0.01, first
