@@ -197,9 +197,11 @@ def build_parser(protocol, skip_timing_flag=True):
     p.add_argument('--batchsize', '-b', type=integer,
                    default=d['batchsize'], help='training batch size')
     p.add_argument('--epoch-main', type=integer, default=d['epoch_main'],
-                   help='epochs of the main-network phase')
+                   help='epochs of the main-network phase (0: none; the '
+                   'joint phase starts from the initial weights)')
     p.add_argument('--epoch-joint', type=integer, default=d['epoch_joint'],
-                   help='epochs of the joint phase')
+                   help='epochs of the joint phase (0: none; the main '
+                   'network alone is trained)')
     p.add_argument('--data-dir',
                    help='folder with the dataset files (default: ${}, else '
                         'download with Chainer)'.format(datasets.DATA_DIR_ENV))

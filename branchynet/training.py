@@ -110,7 +110,7 @@ def train_phase(target, optimizer, loss_func, train, test, epochs, out,
             the loss link itself (joint) or its ``main_loss``.
         train, test: ``(x, t)`` array pairs; ``test`` is evaluated in test
             mode after every epoch.
-        epochs: epochs of this phase.
+        epochs: epochs of this phase; 0 skips it (an empty log).
         out: folder for the log and the per-epoch snapshot.
         batchsize: training batch size.
         device: the Chainer device to train on.
@@ -140,6 +140,8 @@ def train_phase(target, optimizer, loss_func, train, test, epochs, out,
         raise FileExistsError(
             '{} already holds a training run; pass --resume to continue it or '
             'choose another --out'.format(out))
+    if epochs == 0:  # the phase is skipped: the network stays as it is
+        return [] if cluster.is_root else None
     shuffle = numpy.random.RandomState(cluster.seed(seed))
     train_iter = SerialIterator(cluster.shard(*train),
                                 cluster.local_batchsize(batchsize),

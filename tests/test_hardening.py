@@ -227,6 +227,20 @@ def test_failed_data_leaves_no_out_folder(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_phase_of_zero_epochs_is_skipped(data, tmp_path):
+    """--epoch-joint 0 trains the main network alone: the joint log is
+    empty and the final exit is the main network, untouched; --epoch-main 0
+    trains jointly from the initial weights."""
+    args = ['--data-dir', data, '--skip-timing'] + FAST
+    main_only = lenet(args + ['-o', str(tmp_path / 'a'), '--epoch-joint', '0'])
+    assert [e['epoch'] for e in main_only['training']['main']] == [1]
+    assert main_only['training']['joint'] == []
+    assert main_only['exit_accuracy'][-1] == main_only['baseline']['accuracy']
+    joint_only = lenet(args + ['-o', str(tmp_path / 'b'), '--epoch-main', '0'])
+    assert joint_only['training']['main'] == []
+    assert [e['epoch'] for e in joint_only['training']['joint']] == [1]
+
+
 @pytest.mark.parametrize('steps_before', [0, 2])
 def test_interrupt_says_how_to_go_on(data, tmp_path, monkeypatch,
                                      steps_before):
