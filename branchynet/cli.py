@@ -385,14 +385,16 @@ def resolve(config, explicit):
 def same_command(argv, resume):
     """This program's command line again, with or without ``--resume``; the
     interpreter as a path relative to the working folder where it lies
-    below it (``.venv/bin/python``)."""
+    below it (``.venv/bin/python``), under ``mpiexec -n <ranks>`` where an
+    MPI launcher started it."""
     python = os.path.relpath(sys.executable)
     if python.startswith(os.pardir):
         python = sys.executable
     words = [python, sys.argv[0]] + [a for a in argv if a != '--resume']
     command = shlex.join(words + ['--resume'] * resume)
     if distributed.launched_by_mpi():
-        command = 'mpiexec (as before) ' + command
+        size = distributed.launch_size()
+        command = 'mpiexec -n {} {}'.format(size or 'N', command)
     return command
 
 

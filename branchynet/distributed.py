@@ -50,6 +50,16 @@ def launched_by_mpi():
     return False
 
 
+def launch_size():
+    """How many ranks the MPI launcher started (from the environment), or
+    ``None`` where it does not say (no launcher, or PMIx alone)."""
+    for name in ('PMI_SIZE', 'OMPI_COMM_WORLD_SIZE'):
+        value = os.environ.get(name)
+        if value is not None:
+            return int(value)
+    return None
+
+
 _RANK_VARIABLES = ('PMI_RANK', 'OMPI_COMM_WORLD_RANK', 'PMIX_RANK')
 
 

@@ -277,6 +277,15 @@ def test_interrupt_says_how_to_go_on(data, tmp_path, monkeypatch,
     assert (out / 'results.json').is_file()
 
 
+def test_the_command_to_go_on_keeps_the_mpi_launch(monkeypatch):
+    monkeypatch.setenv('PMI_SIZE', '2')
+    command = cli.same_command(['-o', 'my run'], resume=True)
+    assert command.startswith('mpiexec -n 2 ')
+    assert command.endswith(" -o 'my run' --resume")
+    monkeypatch.delenv('PMI_SIZE')
+    assert not cli.same_command([], resume=False).startswith('mpiexec')
+
+
 def test_partial_files_of_a_killed_run_are_cleared(finished, data):
     leftover = os.path.join(finished, '.partial-results.json-x1.tmp')
     open(leftover, 'w').close()
