@@ -50,14 +50,20 @@ def launched_by_mpi():
     return False
 
 
-def launch_size():
-    """How many ranks the MPI launcher started (from the environment), or
-    ``None`` where it does not say (no launcher, or PMIx alone)."""
-    for name in ('PMI_SIZE', 'OMPI_COMM_WORLD_SIZE'):
+def _launcher_number(names):
+    """The integer in the first of the environment variables ``names`` that
+    the launcher set, or ``None``."""
+    for name in names:
         value = os.environ.get(name)
         if value is not None:
             return int(value)
     return None
+
+
+def launch_size():
+    """How many ranks the MPI launcher started (from the environment), or
+    ``None`` where it does not say (no launcher, or PMIx alone)."""
+    return _launcher_number(('PMI_SIZE', 'OMPI_COMM_WORLD_SIZE'))
 
 
 _RANK_VARIABLES = ('PMI_RANK', 'OMPI_COMM_WORLD_RANK', 'PMIX_RANK')
@@ -69,11 +75,8 @@ def launch_rank():
     Read from the environment, so it is known before any communicator
     exists (``reproduce_paper.py`` decides with it which parts a rank runs).
     """
-    for name in _RANK_VARIABLES:
-        value = os.environ.get(name)
-        if value is not None:
-            return int(value)
-    return 0
+    rank = _launcher_number(_RANK_VARIABLES)
+    return 0 if rank is None else rank
 
 
 def communicator_for(config):
