@@ -269,16 +269,17 @@ def lockstep(key, steps, batch, data):
                 (differences > 0.1 * alpha).mean())}
 
 
+@pytest.mark.skipif(not os.path.isdir(MNIST),
+                    reason='real MNIST ({}) not present'.format(MNIST))
 def test_b_lenet_trains_in_lockstep_with_the_stock_functions():
     """PORTING.md's test for a port: losses within 1e-4 (relative) over 50
-    joint steps, parameters within 0.1 alpha (real MNIST when present)."""
-    if os.path.isdir(MNIST):
-        from branchynet import datasets
-        data = datasets.load_mnist(MNIST, train_size=4096, test_size=1)
-        data = (data.train_x, data.train_t)
-    else:
-        data = random_batch((1, 28, 28), 1024, seed=0)
-    result = lockstep('b_lenet', 50, 64, data)
+    joint steps, parameters within 0.1 alpha, on real MNIST. (On noise the
+    bound does not hold: 50 steps drove parameters 10 alpha apart on an AMD
+    EPYC host, as B-AlexNet's noise test below explains; that test covers
+    the kernels without data.)"""
+    from branchynet import datasets
+    data = datasets.load_mnist(MNIST, train_size=4096, test_size=1)
+    result = lockstep('b_lenet', 50, 64, (data.train_x, data.train_t))
     assert result['max_loss_relative_difference'] <= 1e-4, result
     assert result['in_units_of_alpha'] <= 0.1, result
 
