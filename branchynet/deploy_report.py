@@ -13,7 +13,7 @@ import itertools
 import os
 import tempfile
 
-from branchynet import (datasets, deploy, deploy_check, environment,
+from branchynet import (deploy, deploy_check, environment,
                         pipeline, port_compare, port_kit, protocols, reading,
                         report, synthetic, timing)
 from branchynet import markdown as md
@@ -41,21 +41,17 @@ def trained(run_dir):
 
 
 def test_images(key, config, data_dir, size, seed=0, official=True):
-    """``(images, labels, source)``: the run's test set, or seeded noise
-    (labels ``None``)."""
-    protocol = protocols.get(key)
-    if data_dir is None:
-        x, _ = synthetic.random_batch(protocol.input_shape, size, seed)
+    """``(images, labels, source)``: the first ``size`` test images of the
+    run ``config`` describes, read from ``data_dir`` and preprocessed as
+    that run's were (for CIFAR-10 its preprocessing, with the ZCA fitted on
+    its own training images); seeded noise (labels ``None``) without a run
+    or without ``data_dir``."""
+    if config is None or data_dir is None:
+        x, _ = synthetic.random_batch(protocols.get(key).input_shape, size,
+                                      seed)
         return x, None, 'uniform noise, seed {}'.format(seed)
-    if protocol.dataset == 'mnist':
-        data = datasets.load_mnist(data_dir, train_size=1, test_size=size,
-                                   official=official)
-    else:
-        data = datasets.load_cifar10(
-            data_dir, test_batch=config.test_batch if config else
-            'data_batch_5', test_size=size,
-            cache_dir=config.cache_dir if config else None,
-            official=official)
+    data = pipeline.load_data(protocols.get(key), config.replace(
+        data_dir=data_dir, test_size=size, unofficial_data=not official))
     return data.test_x, data.test_t, data.info['test']
 
 

@@ -10,6 +10,7 @@ onnx = pytest.importorskip('onnx')
 onnxruntime = pytest.importorskip('onnxruntime')
 
 from branchynet import deploy, deploy_check, protocols  # noqa: E402
+from conftest import synthetic_data_dir  # noqa: E402
 from branchynet.serialization import load_model  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,6 +144,28 @@ def test_the_committed_model_on_all_of_mnist():
         os.path.join(COMMITTED, 'b_lenet_early_exit.onnx'))
     checked = deploy_check.parity(net, session, x, [[0.0001], [0.025], [0.5]])
     assert all(c['unexplained'] == [] for c in checked)
+
+
+@pytest.mark.parametrize('preprocessing', ['scale', 'zca'])
+def test_a_runs_images_are_preprocessed_as_that_run_preprocessed_them(
+        tmp_path_factory, preprocessing):
+    """The deployed rows' accuracy is on the images the run was tested on:
+    its preprocessing, its ZCA fitted on its own training images (here
+    without the 20 held out for validation)."""
+    from branchynet import datasets, deploy_report
+    from branchynet.config import RunConfig
+    data_dir = synthetic_data_dir(tmp_path_factory, mnist=(16, 8),
+                                  cifar10_per_batch=40)
+    run = RunConfig.for_protocol(
+        'b_alexnet', out='run', test_batch='data_batch_5',
+        preprocessing=preprocessing, validation_size=20,
+        unofficial_data=True)
+    x, t, _ = deploy_report.test_images('b_alexnet', run, data_dir, 12,
+                                        official=False)
+    expected = datasets.load_cifar10(data_dir, 'data_batch_5', preprocessing,
+                                     validation_size=20, official=False)
+    numpy.testing.assert_array_equal(x, expected.test_x[:12])
+    numpy.testing.assert_array_equal(t, expected.test_t[:12])
 
 
 def test_measure_reports_the_deployed_rows_of_table1(tmp_path):
