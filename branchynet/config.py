@@ -396,7 +396,9 @@ def merge_stored(stored, given, explicit):
     Returns:
         ``stored`` with the explicitly given values of
         :data:`CHANGEABLE_ON_RESUME` taken from ``given``, and the
-        :data:`SWITCHES` as ``given`` has them.
+        :data:`SWITCHES` as ``given`` has them; when evaluating saved models,
+        the communicator as ``given`` has it (a distributed training's
+        models are evaluated on one process).
 
     Raises:
         ValueError: an explicitly given value that may not change differs
@@ -418,4 +420,8 @@ def merge_stored(stored, given, explicit):
                if name in CHANGEABLE_ON_RESUME}
     changes.update({name: getattr(given, name) for name in SWITCHES})
     changes.update(out=given.out, resume=given.resume, models=given.models)
+    if given.models:
+        # saved models are evaluated on one process, whatever the training
+        # was launched on: its communicator is the training's, not this one's
+        changes.update(communicator=given.communicator)
     return stored.replace(**changes)

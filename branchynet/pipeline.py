@@ -309,21 +309,30 @@ def open_output(config, state):
 def record_config(folder, config, cluster=distributed.SINGLE):
     """Write the configuration to the run folder's ``run.json``.
 
-    ``run.json`` also records the ranks of a distributed run and which
-    kernels trained which epochs (:func:`kernel_history`); both are ignored
-    when the configuration is read back.
+    ``run.json`` also records the ranks of this process's launch, those
+    the models were trained on (an evaluation of saved models runs on one
+    process), and which kernels trained which epochs
+    (:func:`kernel_history`); these are ignored when the configuration is
+    read back.
 
     Returns:
         The kernel history.
     """
     source = reading.read_run_file(config.models or config.out) or {}
     history = source.get(KERNEL_HISTORY)
-    if not config.models:
+    trained_on = cluster.describe()
+    if config.models:
+        trained_on = source.get(TRAINED_ON) or source.get('distributed')
+    else:
         history = kernel_history(config, history)
     folder.write_json(RUN_FILE, dict(config.to_dict(),
                                      distributed=cluster.describe(),
-                                     **{KERNEL_HISTORY: history}))
+                                     **{TRAINED_ON: trained_on,
+                                        KERNEL_HISTORY: history}))
     return history
+
+
+TRAINED_ON = 'training_distributed'
 
 
 KERNEL_HISTORY = 'kernels_by_epoch'

@@ -180,6 +180,33 @@ def test_models_of_a_run_are_evaluated_without_training(finished, data,
     assert again['training'] == results['training']
 
 
+def test_models_trained_on_two_ranks_are_evaluated_on_one_process(
+        finished, data, tmp_path):
+    """Defect: --models took the training's communicator from run.json and
+    then refused to evaluate without mpiexec."""
+    run = tmp_path / 'two_ranks'
+    run.mkdir()
+    for name in ('baseline.npz', 'branchynet.npz', 'results.json'):
+        (run / name).write_bytes(open(os.path.join(finished, name),
+                                      'rb').read())
+    # as a 2-rank training recorded it before run.json also held
+    # training_distributed (the B-AlexNet relay's)
+    stored = json.load(open(os.path.join(finished, 'run.json')))
+    assert stored.pop('training_distributed')['ranks'] == 1
+    stored.update(communicator='naive', distributed={
+        'communicator': 'naive', 'ranks': 2, 'sync_batchnorm': True})
+    (run / 'run.json').write_text(json.dumps(stored))
+    results = lenet(['--models', str(run), '-o', str(tmp_path / 'evaluated'),
+                     '--no-progress', '--data-dir', data, '--skip-timing'])
+    assert results['config']['communicator'] is None
+    assert results['distributed']['ranks'] == 1
+    recorded = json.load(open(tmp_path / 'evaluated' / 'run.json'))
+    assert recorded['distributed']['ranks'] == 1
+    assert recorded['training_distributed']['ranks'] == 2
+    original = json.load(open(os.path.join(finished, 'results.json')))
+    assert results['exit_accuracy'] == original['exit_accuracy']
+
+
 # --- 5, 6. folders, devices, interruptions --------------------------------------
 
 def test_unwritable_out_is_found_before_loading_data(data, tmp_path, capsys,
