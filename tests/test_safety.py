@@ -586,11 +586,12 @@ def test_committed_reports_redraw_byte_identically_from_their_json(tmp_path):
         load('benchmarks/benchmark_cpu.json')),
         'port/compare_port.md': port_compare.markdown(
             load('port/compare_port.json'))}
-    for run in ('b_lenet', 'b_lenet_validation'):
+    runs = ('b_lenet', 'b_lenet_validation', 'b_alexnet')
+    for run in runs:
         drawn[run + '/table1.md'] = report.table1_markdown(
             load(run + '/results.json'))
-    table1.write([os.path.join(figures, name) for name in (
-        'b_lenet', 'b_lenet_validation', 'deploy')], str(tmp_path))
+    table1.write([os.path.join(figures, name) for name in runs + ('deploy',)],
+                 str(tmp_path))
     for name in ('table1.md', 'table1.csv'):
         drawn[name] = (tmp_path / name).read_text()
     for path, text in drawn.items():
