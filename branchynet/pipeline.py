@@ -322,7 +322,10 @@ def record_config(folder, config, cluster=distributed.SINGLE):
     history = source.get(KERNEL_HISTORY)
     trained_on = cluster.describe()
     if config.models:
-        trained_on = source.get(TRAINED_ON) or source.get('distributed')
+        # an evaluation's own launch says nothing of the training's
+        trained_on = source.get(TRAINED_ON)
+        if trained_on is None and not source.get('models'):
+            trained_on = source.get('distributed')
     else:
         history = kernel_history(config, history)
     folder.write_json(RUN_FILE, dict(config.to_dict(),

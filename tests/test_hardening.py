@@ -203,6 +203,20 @@ def test_models_trained_on_two_ranks_are_evaluated_on_one_process(
     recorded = json.load(open(tmp_path / 'evaluated' / 'run.json'))
     assert recorded['distributed']['ranks'] == 1
     assert recorded['training_distributed']['ranks'] == 2
+    # evaluated again from that evaluation: still the training's ranks
+    lenet(['--models', str(tmp_path / 'evaluated'), '-o',
+           str(tmp_path / 'again'), '--no-progress', '--data-dir', data,
+           '--skip-timing'])
+    again = json.load(open(tmp_path / 'again' / 'run.json'))
+    assert again['training_distributed']['ranks'] == 2
+    # an evaluation recorded before the key existed: unknown, not its own
+    del recorded['training_distributed']
+    (tmp_path / 'evaluated' / 'run.json').write_text(json.dumps(recorded))
+    lenet(['--models', str(tmp_path / 'evaluated'), '-o',
+           str(tmp_path / 'third'), '--no-progress', '--data-dir', data,
+           '--skip-timing'])
+    third = json.load(open(tmp_path / 'third' / 'run.json'))
+    assert third['training_distributed'] is None
     original = json.load(open(os.path.join(finished, 'results.json')))
     assert results['exit_accuracy'] == original['exit_accuracy']
 
