@@ -320,7 +320,8 @@ def record_config(folder, config, cluster=distributed.SINGLE):
     """
     source = reading.read_run_file(config.models or config.out) or {}
     history = source.get(KERNEL_HISTORY)
-    trained_on = cluster.describe()
+    launch = cluster.describe()
+    trained_on = launch
     if config.models:
         # an evaluation's own launch says nothing of the training's
         trained_on = source.get(TRAINED_ON)
@@ -329,7 +330,7 @@ def record_config(folder, config, cluster=distributed.SINGLE):
     else:
         history = kernel_history(config, history)
     folder.write_json(RUN_FILE, dict(config.to_dict(),
-                                     distributed=cluster.describe(),
+                                     distributed=launch,
                                      **{TRAINED_ON: trained_on,
                                         KERNEL_HISTORY: history}))
     return history

@@ -10,8 +10,8 @@ onnx = pytest.importorskip('onnx')
 onnxruntime = pytest.importorskip('onnxruntime')
 
 from branchynet import deploy, deploy_check, protocols  # noqa: E402
-from conftest import synthetic_data_dir  # noqa: E402
 from branchynet.serialization import load_model  # noqa: E402
+from conftest import synthetic_data_dir  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMITTED = os.path.join(ROOT, 'figures', 'b_lenet')
