@@ -5,8 +5,9 @@ and the PyTorch port (if installed), batch 1 and batched, one thread each,
 in turns; the report is ``deploy.json`` and ``deploy.md``.
 
 A network is deployed with a run's trained models (``--run``) on that run's
-test images, or with seeded initial weights on noise, with thresholds that
-give the paper's exit shares. The model's contract: :mod:`branchynet.deploy`
+test images, at the paper's thresholds or at the run's knee (``--at``), or
+with seeded initial weights on noise, with thresholds that give the
+paper's exit shares. The model's contract: :mod:`branchynet.deploy`
 and PORTING.md; the checks: :mod:`branchynet.deploy_check`.
 """
 import itertools
@@ -80,7 +81,10 @@ def port_functions(key, net, thresholds, scratch):
         ('pytorch_main_path', main_path)], torch.__version__
 
 
-def measure_network(key, args, run_dir, folder, scratch, say):
+def measure_network(key, args, run_dir, at, folder, scratch, say):
+    """One network's entry of the report: ``run_dir`` its run (or
+    ``None``: seeded weights), ``at`` that run's
+    :func:`run_thresholds`."""
     stored, net = trained(run_dir) if run_dir else (None, None)
     if net is None:
         net = deploy_check.seeded_network(key)
@@ -114,8 +118,7 @@ def measure_network(key, args, run_dir, folder, scratch, say):
         key, len(x), len(vectors)))
     checked = deploy_check.parity(net, early, x, vectors)
     if run_dir:
-        thresholds = list(protocol.paper.thresholds)
-        chosen = 'the paper\'s thresholds'
+        thresholds, chosen, selected_on = at
     else:
         thresholds = deploy_check.shares_thresholds(
             net, x[:args.timing_samples], PAPER_SHARES[key])
@@ -131,11 +134,39 @@ def measure_network(key, args, run_dir, folder, scratch, say):
             'thresholds_chosen': chosen, 'parity': summarize(checked),
               'parity_detail': checked, 'timing': timed,
               'torch': torch_version}
+    if run_dir:
+        result['thresholds_rule'] = args.at
+        if selected_on:
+            result['thresholds_selected_on'] = selected_on
     if t is not None:
         result['test'] = deploy_check.test_accuracy(early, main, x, t,
                                                     thresholds)
         result['schedule'] = run_schedule(run_dir)
     return result
+
+
+def run_thresholds(run_dir, protocol, at):
+    """``(thresholds, description, selected_on)``: the thresholds a run's
+    early exit is deployed at, the paper's (``at='paper'``; selected on
+    ``None``) or the run's knee (``'knee'``) as its ``results.json``
+    records it from the CPU timing (the B row of its Table I), selected on
+    the split that file names (``'test'`` or ``'validation'``)."""
+    if at == 'paper':
+        return list(protocol.paper.thresholds), 'the paper\'s thresholds', \
+            None
+    path = os.path.join(run_dir, 'results.json')
+    if not os.path.isfile(path):
+        raise UserError('--at knee: {} has no results.json to take the knee '
+                        'from'.format(run_dir))
+    timed = reading.read_results(path)['timing'].get('cpu')
+    if not timed or not timed.get('knee'):
+        raise UserError('--at knee: {} records no CPU knee (a run with '
+                        '--skip-timing has none); use --at paper'.format(path))
+    on = [s.get('selected_on', 'test') for s in timed.get('selections') or []
+          if s['rule'] == 'knee'] or ['test']
+    return list(timed['knee']['thresholds']), \
+        'the run\'s knee, chosen on its {} images ({})'.format(on[0], path), \
+        on[0]
 
 
 def run_schedule(run_dir):
@@ -198,7 +229,7 @@ def markdown(results):
     tested = {k: r for k, r in results['networks'].items() if 'test' in r}
     if tested:
         lines += ['', '## Trained models on their test set', ''] + md.table([
-            'network', 'test images', 'thresholds',
+            'network', 'test images', 'thresholds', 'chosen',
             'deployed early exit accuracy (%)',
             'deployed main path accuracy (%)', 'exit shares (%)',
             'training schedule'])
@@ -207,6 +238,7 @@ def markdown(results):
             lines.append(md.row([
                 key, '{} ({})'.format(test['samples'], r['images']),
                 ', '.join('{:g}'.format(v) for v in test['thresholds']),
+                r['thresholds_chosen'],
                 '{:.2f}'.format(test['early_exit_accuracy']),
                 '{:.2f}'.format(test['main_path_accuracy']),
                 ', '.join('{:.2f}'.format(100 * f)
@@ -233,18 +265,22 @@ def measure(options, say=print):
 
     Args:
         options: the ``measure`` command's parsed options (``run``,
-            ``networks``, ``data_dir``, ``unofficial_data``, ``test_size``,
-            ``noise_size``, ``timing_samples``, ``repeats``, ``batch``,
-            ``out``, ``keep_models``: see ``experiments/deploy.py --help``).
+            ``networks``, ``at``, ``data_dir``, ``unofficial_data``,
+            ``test_size``, ``noise_size``, ``timing_samples``, ``repeats``,
+            ``batch``, ``out``, ``keep_models``: see
+            ``experiments/deploy.py --help``).
         say: called with progress messages.
 
     Returns:
         The results, as written to deploy.json.
     """
     args = options
-    runs = {}
+    runs, at = {}, {}
     for run in args.run or []:
-        runs[trained(run)[0].protocol] = run
+        key = trained(run)[0].protocol
+        runs[key] = run
+        # a missing knee stops the command before any work
+        at[key] = run_thresholds(run, protocols.get(key), args.at)
     networks = args.networks or list(protocols.PROTOCOLS)
     with OutputFolder.open(args.out, 'files') as folder:
         folder.check_replaceable(REPORT)
@@ -257,7 +293,7 @@ def measure(options, say=print):
         with tempfile.TemporaryDirectory(prefix='branchynet-deploy-') as tmp:
             for key in networks:
                 results['networks'][key] = measure_network(
-                    key, args, runs.get(key), folder, tmp, say)
+                    key, args, runs.get(key), at.get(key), folder, tmp, say)
         folder.write_json(REPORT[0], results)
         folder.write_text(REPORT[1], markdown(results))
     return results

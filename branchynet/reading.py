@@ -224,6 +224,8 @@ DEPLOYED = {
                       'early_exit_accuracy': Number,
                       'main_path_accuracy': Number, 'exit_shares': NUMBERS}),
     'schedule': Optional(str),
+    'thresholds_rule': Optional(str),
+    'thresholds_selected_on': Optional(str),
 }
 DEPLOYMENT = {'kind': Equal(DEPLOYMENT_KIND), 'environment': ENVIRONMENT,
               'onnxruntime': str, 'networks': DictOf(DEPLOYED)}

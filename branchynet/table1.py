@@ -158,8 +158,11 @@ def deployed_rows(deployment, run):
             'Acc. (%)': '{:.2f}'.format(test['main_path_accuracy']),
             'Time (ms)': '{:.3g}'.format(ms['deployed_main_path']['median_ms']),
             'Gain': '-', 'Thrshld. T': '-', 'Exit (%)': '-'}))
+        at = ' at its knee [chosen on {}]'.format(
+            deployed['thresholds_selected_on']) \
+            if deployed.get('thresholds_rule') == 'knee' else ''
         rows.append(dict(common, **{
-            'Row': '{} deployed early exit ({})'.format(title, runtime),
+            'Row': '{} deployed early exit{} ({})'.format(title, at, runtime),
             'Acc. (%)': '{:.2f}'.format(test['early_exit_accuracy']),
             'Time (ms)': '{:.3g}'.format(
                 ms['deployed_early_exit']['median_ms']),

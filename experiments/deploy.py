@@ -50,6 +50,10 @@ def main(argv=None):
                            'initial weights')
     many.add_argument('--networks', nargs='+', choices=benchmark.NETWORKS,
                       help='default: all three')
+    many.add_argument('--at', choices=('paper', 'knee'), default='paper',
+                      help='thresholds of a run\'s early exit: the paper\'s '
+                           'T, or the run\'s knee as its results.json '
+                           'records it (its Table I B row)')
     many.add_argument('--data-dir', help='the runs\' test images (default: '
                       'seeded noise)')
     many.add_argument('--unofficial-data', action='store_true',

@@ -2,6 +2,7 @@
 import itertools
 import json
 import os
+import shutil
 
 import numpy
 import pytest
@@ -168,21 +169,32 @@ def test_a_runs_images_are_preprocessed_as_that_run_preprocessed_them(
     numpy.testing.assert_array_equal(t, expected.test_t[:12])
 
 
-def test_measure_reports_the_deployed_rows_of_table1(tmp_path):
-    """The experiment end to end on the committed run and synthetic MNIST:
-    its test accuracy is Chainer's, and Table I gets both deployed rows."""
+def deploy_experiment():
     import sys
-    from branchynet import datasets, table1
-    from branchynet.synthetic import write_mnist
     sys.path.insert(0, os.path.join(ROOT, 'experiments'))
     import deploy as experiment
+    return experiment
+
+
+@pytest.mark.parametrize('at, thresholds, label', [
+    ('paper', [0.025], ''),
+    # the committed run's knee (its results.json), chosen on its test set
+    ('knee', [0.75], ' at its knee [chosen on test]')])
+def test_measure_reports_the_deployed_rows_of_table1(tmp_path, at,
+                                                     thresholds, label):
+    """The experiment end to end on the committed run and synthetic MNIST:
+    its test accuracy is Chainer's at the thresholds asked for, and Table I
+    gets both deployed rows."""
+    from branchynet import datasets, table1
+    from branchynet.synthetic import write_mnist
     write_mnist(str(tmp_path / 'data' / 'mnist'), train=16, test=40)
-    report = experiment.main([
-        'measure', '--run', COMMITTED, '--networks', 'b_lenet',
+    report = deploy_experiment().main([
+        'measure', '--run', COMMITTED, '--networks', 'b_lenet', '--at', at,
         '--data-dir', str(tmp_path / 'data'), '--unofficial-data',
         '--timing-samples', '4',
         '--repeats', '1', '--batch', '8', '--out', str(tmp_path / 'out')])
     test = report['networks']['b_lenet']['test']
+    assert test['thresholds'] == thresholds
     data = datasets.load_mnist(str(tmp_path / 'data' / 'mnist'),
                                train_size=1, official=False)
     net = load_model(os.path.join(COMMITTED, 'branchynet.npz'),
@@ -200,7 +212,20 @@ def test_measure_reports_the_deployed_rows_of_table1(tmp_path):
     deployed = [r for r in rows if 'deployed' in r['Row']]
     assert [r['Row'].split(' (')[0] for r in deployed] == [
         'LeNet deployed: main path after joint training',
-        'B-LeNet deployed early exit']
+        'B-LeNet deployed early exit' + label]
     assert deployed[1]['Acc. (%)'] == '{:.2f}'.format(
         test['early_exit_accuracy'])
     assert 'ONNX Runtime ' + onnxruntime.__version__ in deployed[1]['Row']
+
+
+def test_a_run_without_a_knee_stops_before_any_work(tmp_path):
+    """``--at knee`` needs the run's results.json: without it the command
+    ends with one line, having written nothing."""
+    run = tmp_path / 'run'
+    run.mkdir()
+    for name in ('run.json', 'baseline.npz', 'branchynet.npz'):
+        shutil.copy(os.path.join(COMMITTED, name), str(run / name))
+    with pytest.raises(SystemExit, match='--at knee: .* has no results.json'):
+        deploy_experiment().main(['measure', '--run', str(run), '--at',
+                                  'knee', '--out', str(tmp_path / 'out')])
+    assert not (tmp_path / 'out').exists()
