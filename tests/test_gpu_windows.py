@@ -41,7 +41,7 @@ def prepared_commands():
             if defined:
                 variables[defined.group(1)] = defined.group(2)
                 continue
-            if not part.startswith('python3 experiments/'):
+            if not re.match(r'python3 experiments/\w+\.py\b', part):
                 continue
             for name, value in variables.items():
                 part = part.replace('$' + name, value)
