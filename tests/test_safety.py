@@ -590,7 +590,8 @@ def test_committed_reports_redraw_byte_identically_from_their_json(tmp_path):
     for run in runs:
         drawn[run + '/table1.md'] = report.table1_markdown(
             load(run + '/results.json'))
-    table1.write([os.path.join(figures, name) for name in runs + ('deploy',)],
+    table1.write([os.path.join(figures, name)
+                  for name in runs + ('deploy', 'deploy_knee')],
                  str(tmp_path))
     for name in ('table1.md', 'table1.csv'):
         drawn[name] = (tmp_path / name).read_text()
