@@ -162,11 +162,10 @@ def run_thresholds(run_dir, protocol, at):
     if not timed or not timed.get('knee'):
         raise UserError('--at knee: {} records no CPU knee (a run with '
                         '--skip-timing has none); use --at paper'.format(path))
-    on = [s.get('selected_on', 'test') for s in timed.get('selections') or []
-          if s['rule'] == 'knee'] or ['test']
+    on = next(s['selected_on'] for s in report.selections(timed)
+              if s['rule'] == 'knee')
     return list(timed['knee']['thresholds']), \
-        'the run\'s knee, chosen on its {} images ({})'.format(on[0], path), \
-        on[0]
+        'the run\'s knee, chosen on its {} images ({})'.format(on, path), on
 
 
 def run_schedule(run_dir):

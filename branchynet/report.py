@@ -123,6 +123,14 @@ def _format_exits(shares):
     return ', '.join('{:.3g}'.format(100 * s) for s in shares)
 
 
+def selections(timing):
+    """One device's threshold selections as ``results.json`` records them
+    (the knee first); results written before selection rules existed hold
+    only the knee, chosen on the test set."""
+    return timing.get('selections') or [{'rule': 'knee',
+                                         'selected_on': 'test'}]
+
+
 def chosen_points(timing):
     """The timed choices of one device in Table I order: ``(label, point)``.
 
@@ -132,10 +140,8 @@ def chosen_points(timing):
     user's thresholds. Results written before selection rules existed hold
     only ``knee`` and ``user``.
     """
-    selections = timing.get('selections') or [{'rule': 'knee',
-                                                'selected_on': 'test'}]
     labelled = []
-    for chosen in selections:
+    for chosen in selections(timing):
         rule, where = chosen['rule'], chosen['selected_on']
         if where == 'test':
             label = '' if rule == 'knee' else ' [{}, chosen on test]'.format(
