@@ -340,7 +340,7 @@ def parse(parser, key, argv=None, extra=()):
             **QUICK)
     values = vars(parser.parse_args(argv))
     extras = {name: values.pop(name) for name in extra}
-    explicit = _explicit(parser, argv) - set(extra)
+    explicit = explicit_flags(parser, argv) - set(extra)
     try:
         config = RunConfig(protocol=key, **values)
     except (ValueError, TypeError) as e:
@@ -348,7 +348,8 @@ def parse(parser, key, argv=None, extra=()):
     return config, explicit, extras
 
 
-def _explicit(parser, argv):
+def explicit_flags(parser, argv):
+    """The destinations of the flags given on the command line ``argv``."""
     # argparse fills in a default only where the namespace has no value yet:
     # a namespace pre-filled with a sentinel keeps it for every flag absent.
     namespace = argparse.Namespace(**{

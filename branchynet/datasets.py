@@ -17,9 +17,13 @@ asked for with ``official=False`` (``--unofficial-data``), and the result
 files say so. A missing, truncated or corrupt file raises
 :class:`DataError` naming the file and what was expected.
 
-CIFAR-10 preprocessing follows the reference's "pcifar10": ZCA whitening
-fitted on the training images, then each image min-max scaled to [0, 1]
-(``preprocessing='zca'``); ``'scale'`` divides by 255 instead. Preprocessed
+CIFAR-10 preprocessing (:data:`PREPROCESSINGS`): ``'zca'`` follows the
+reference's "pcifar10" (ZCA whitening fitted on the training images, then
+each image min-max scaled to [0, 1]); ``'gcn'`` its second loader,
+"cifar10gcn" (the training images' per-pixel mean subtracted, then global
+contrast normalisation per image); ``'zca-eps'`` is ZCA with a
+regularising epsilon; ``'scale'`` divides by 255. Every statistic is fitted
+on the training images alone. Preprocessed
 arrays are cached (``cache_dir``, ``BRANCHYNET_CACHE_DIR`` or
 ``~/.cache/branchynet``) under a key made of the source files' checksums,
 the split and the preprocessing, so a second run loads them directly.
@@ -372,20 +376,67 @@ def minmax_per_image(x):
     return x / numpy.where(peak > 0, peak, 1)
 
 
+def global_contrast_normalise(x, min_divisor=1e-8):
+    """Per-image global contrast normalisation, as the reference's
+    ``datasets/cifar10gcn.py`` calls it (``use_std=True``, scale 1, no
+    sqrt bias): subtract each image's (row's) mean over its pixels, then
+    divide by its standard deviation with ``ddof=1``; a standard deviation
+    below ``min_divisor`` leaves the image undivided. In ``x``'s dtype."""
+    x = x - x.mean(axis=1, keepdims=True)
+    divisor = numpy.sqrt(x.var(axis=1, ddof=1 if x.shape[1] > 1 else 0))
+    divisor[divisor < min_divisor] = 1
+    return x / divisor[:, None]
+
+
+def gcn(train, test):
+    """The reference's second CIFAR-10 loader (``cifar10gcn.py``), in
+    float32 as it computes: pixels / 255, minus the per-pixel mean of the
+    *training* images (the same mean subtracted from the test images), then
+    :func:`global_contrast_normalise` per image. Its ZCA step is commented
+    out there and is not applied."""
+    train = train.astype(numpy.float32) / 255
+    test = test.astype(numpy.float32) / 255
+    mean = train.mean(axis=0)
+    return (global_contrast_normalise(train - mean),
+            global_contrast_normalise(test - mean))
+
+
+# The regularised ZCA candidate: epsilon added to the covariance's
+# eigenvalues of pixels / 255 (whose per-pixel variance is about 0.06), so
+# that directions of little variance are damped instead of amplified.
+ZCA_EPS_EPSILON = 0.01
+
 PREPROCESSINGS = {
     'zca': 'ZCA whitening fitted on the training set, then per-image '
            'min-max to [0, 1] (reference "pcifar10")',
     'scale': 'pixels / 255',
+    'gcn': 'pixels / 255 minus the training set\'s per-pixel mean, then '
+           'per-image global contrast normalisation (reference '
+           '"cifar10gcn")',
+    'zca-eps': 'pixels / 255, ZCA whitening with epsilon {} fitted on the '
+               'training set, then per-image min-max to [0, 1] (this '
+               'project\'s regularised variant of "pcifar10")'.format(
+                   ZCA_EPS_EPSILON),
 }
 
 
-def _preprocess(train, test, preprocessing, zca_epsilon):
+def preprocess(train, test, preprocessing):
+    """``train`` and ``test`` (uint8 images) preprocessed as
+    ``preprocessing`` (a key of :data:`PREPROCESSINGS`) says, with every
+    statistic fitted on ``train`` alone; float32, shapes kept."""
     flat_train = train.reshape(len(train), -1)
     flat_test = test.reshape(len(test), -1)
-    if preprocessing == 'zca':
-        flat_train, flat_test = zca_whiten(flat_train, flat_test, zca_epsilon)
+    if preprocessing in ('zca', 'zca-eps'):
+        epsilon = 0.0
+        if preprocessing == 'zca-eps':
+            flat_train = flat_train.astype(numpy.float64) / 255
+            flat_test = flat_test.astype(numpy.float64) / 255
+            epsilon = ZCA_EPS_EPSILON
+        flat_train, flat_test = zca_whiten(flat_train, flat_test, epsilon)
         flat_train, flat_test = (minmax_per_image(flat_train),
                                  minmax_per_image(flat_test))
+    elif preprocessing == 'gcn':
+        flat_train, flat_test = gcn(flat_train, flat_test)
     else:
         flat_train = flat_train.astype(numpy.float32) / 255
         flat_test = flat_test.astype(numpy.float32) / 255
@@ -421,7 +472,8 @@ def cache_folder(cache_dir=None):
 
 def load_cifar10(data_dir=None, test_batch=None, preprocessing='zca',
                  train_size=None, test_size=None, cache_dir=None,
-                 zca_epsilon=0.0, validation_size=0, seed=0, official=True):
+                 validation_size=0, seed=0, official=True,
+                 train_batches=None):
     """CIFAR-10 as float32 ``(N, 3, 32, 32)``, preprocessed and cached.
 
     Args:
@@ -436,6 +488,10 @@ def load_cifar10(data_dir=None, test_batch=None, preprocessing='zca',
             training samples (:func:`stratified_split`), before ZCA is
             fitted: the validation images are preprocessed as test images.
         official: require the official files (see the module docstring).
+        train_batches: the training batches to train on (default: every
+            one but ``test_batch``); no other file is read, so a study can
+            validate on one training batch without opening the one held
+            out for testing.
 
     Returns:
         A :class:`Dataset`.
@@ -450,16 +506,27 @@ def load_cifar10(data_dir=None, test_batch=None, preprocessing='zca',
         raise ValueError('test_batch must be None or one of {}, got {!r}'
                          .format(CIFAR10_BATCHES, test_batch))
     test_name = test_batch or CIFAR10_TEST
-    train_names = [b for b in CIFAR10_BATCHES if b != test_name]
+    if train_batches is None:
+        train_names = [b for b in CIFAR10_BATCHES if b != test_name]
+    else:
+        train_names = list(train_batches)
+        if not train_names or test_name in train_names or \
+                len(set(train_names)) != len(train_names) or \
+                not set(train_names) <= set(CIFAR10_BATCHES):
+            raise ValueError(
+                'train_batches must be distinct training batches ({}) '
+                'without the test batch {}, got {}'.format(
+                    ', '.join(CIFAR10_BATCHES), test_name, train_names))
     data_dir = resolve_data_dir(data_dir)
     info = {'dataset': 'cifar10', 'train': train_names, 'test': test_name,
             'held_out_training_batch': test_name != CIFAR10_TEST,
             'official_files': bool(official),
             'preprocessing': preprocessing + ': ' + PREPROCESSINGS[preprocessing]}
     if data_dir is None:
-        if test_name != CIFAR10_TEST:
-            raise DataError('a held-out test batch needs --data-dir with the '
-                            'CIFAR-10 batches')
+        if test_name != CIFAR10_TEST or train_batches is not None:
+            raise DataError('a held-out test batch or a choice of training '
+                            'batches needs --data-dir with the CIFAR-10 '
+                            'batches')
         raw_train_x, train_t, raw_test_x, test_t = _download('cifar10')
         info['source'], checksums = 'chainer.datasets.get_cifar10', ['download']
     else:
@@ -478,7 +545,7 @@ def load_cifar10(data_dir=None, test_batch=None, preprocessing='zca',
                 validation=validation)
 
     key = hashlib.sha1(repr((_CACHE_VERSION, checksums, train_names, test_name,
-                             preprocessing, zca_epsilon, len(train_t),
+                             preprocessing, len(train_t),
                              len(test_t), validation_size,
                              seed)).encode()).hexdigest()[:16]
     path = os.path.join(cache_folder(cache_dir),
@@ -492,9 +559,9 @@ def load_cifar10(data_dir=None, test_batch=None, preprocessing='zca',
     else:
         # validation and test images are preprocessed alike, with what was
         # fitted on the training images
-        train_x, held_x = _preprocess(
+        train_x, held_x = preprocess(
             raw_train_x, numpy.concatenate([raw_valid_x, raw_test_x]),
-            preprocessing, zca_epsilon)
+            preprocessing)
         with atomic_write(path) as f:
             numpy.savez(f, train_x=train_x, test_x=held_x)
     info['cache'] = path

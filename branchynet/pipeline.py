@@ -407,6 +407,25 @@ def seed_generators(device, seed):
         device.xp.random.seed(seed)
 
 
+def trainable(protocol, device, cluster, seed, alpha, adam_beta1,
+              branch_weights=None, percent_train_keeps=1.0):
+    """The protocol's network drawn with ``seed``, on ``device``, in its
+    loss link, and the Adam optimizer set up on it: ``(policy, optimizer)``.
+    Every rank of ``cluster`` starts from the same weights."""
+    seed_generators(device, seed)
+    net = cluster.network(protocol.network())  # the same weights everywhere
+    if cluster.distributed:
+        # dropout masks of the ranks' own (the weights are drawn already)
+        seed_generators(device, cluster.seed(seed))
+    net.to_device(device)
+    policy = loss.BranchyLoss(net, branch_weights, percent_train_keeps)
+    optimizer = cluster.optimizer(chainer.optimizers.Adam(
+        alpha=alpha, beta1=adam_beta1))
+    optimizer.setup(policy)
+    cluster.broadcast_weights(optimizer)
+    return policy, optimizer
+
+
 def train(protocol, config, data, device, say, folder,
           cluster=distributed.SINGLE, extra_extensions=()):
     """Both training phases; saves and returns both models.
@@ -419,18 +438,10 @@ def train(protocol, config, data, device, say, folder,
     :class:`~branchynet.ownership.OutputFolder`; ``None`` on other ranks,
     which return ``None``). ``extra_extensions`` join both phases' trainers.
     """
-    seed_generators(device, config.seed)
-    net = cluster.network(protocol.network())  # the same weights everywhere
-    if cluster.distributed:
-        # dropout masks of the ranks' own (the weights are drawn already)
-        seed_generators(device, cluster.seed(config.seed))
-    net.to_device(device)
-    policy = loss.BranchyLoss(net, config.branch_weights,
-                              config.percent_train_keeps)
-    optimizer = cluster.optimizer(chainer.optimizers.Adam(
-        alpha=config.alpha, beta1=config.adam_beta1))
-    optimizer.setup(policy)
-    cluster.broadcast_weights(optimizer)
+    policy, optimizer = trainable(
+        protocol, device, cluster, config.seed, config.alpha,
+        config.adam_beta1, config.branch_weights, config.percent_train_keeps)
+    net = policy.net
     logs, models = {}, {}
     # A joint phase that has begun needs nothing of the main phase but its
     # model and log (the joint snapshot holds the whole state): a relay

@@ -263,6 +263,78 @@ def test_minmax_per_image():
                                      [[0, 0.5, 1], [0, 0, 0]])
 
 
+def test_global_contrast_normalisation_exact_small_case():
+    x = numpy.array([[1.0, 2.0, 3.0, 6.0], [5.0, 5.0, 5.0, 5.0]])
+    # row 0: mean 3, deviations -2 -1 0 3, sample variance 14 / 3
+    numpy.testing.assert_allclose(
+        datasets.global_contrast_normalise(x),
+        [numpy.array([-2, -1, 0, 3]) / numpy.sqrt(14 / 3), [0, 0, 0, 0]])
+
+
+def test_gcn_uses_the_training_images_statistics_only():
+    train = numpy.array([[0, 255, 51, 102], [255, 0, 153, 204]], numpy.uint8)
+    test = numpy.array([[10, 20, 30, 45]], numpy.uint8)
+    mean = numpy.array([127.5, 127.5, 102, 153]) / 255  # per pixel, training
+    def by_hand(images):
+        centred = images / 255 - mean
+        centred = centred - centred.mean(axis=1, keepdims=True)
+        return centred / centred.std(axis=1, ddof=1, keepdims=True)
+    white_train, white_test = datasets.gcn(train, test)
+    assert white_train.dtype == white_test.dtype == numpy.float32
+    numpy.testing.assert_allclose(white_train, by_hand(train), rtol=1e-6)
+    numpy.testing.assert_allclose(white_test, by_hand(test), rtol=1e-5)
+    # another test set changes nothing of the training images' result
+    numpy.testing.assert_array_equal(
+        datasets.gcn(train, test[:, ::-1])[0], white_train)
+
+
+@pytest.mark.parametrize('preprocessing', sorted(datasets.PREPROCESSINGS))
+def test_every_preprocessing_fits_on_the_training_images_alone(preprocessing):
+    rng = numpy.random.RandomState(0)
+    train = rng.randint(0, 256, (40, 3, 4, 4)).astype(numpy.uint8)
+    test = rng.randint(0, 256, (5, 3, 4, 4)).astype(numpy.uint8)
+    out_train, out_test = datasets.preprocess(train, test, preprocessing)
+    assert out_train.shape == train.shape and out_test.shape == test.shape
+    assert out_train.dtype == out_test.dtype == numpy.float32
+    # a test image is transformed as a training image of the same pixels
+    _, again = datasets.preprocess(train, train[:5], preprocessing)
+    numpy.testing.assert_allclose(again, out_train[:5], rtol=1e-5, atol=1e-5)
+    other_train, _ = datasets.preprocess(train, test[::-1], preprocessing)
+    numpy.testing.assert_array_equal(other_train, out_train)
+
+
+def test_zca_eps_is_zca_of_pixels_over_255_with_its_epsilon():
+    rng = numpy.random.RandomState(1)
+    train = rng.randint(0, 256, (60, 3, 2, 2)).astype(numpy.uint8)
+    test = rng.randint(0, 256, (4, 3, 2, 2)).astype(numpy.uint8)
+    flat = train.reshape(60, -1) / 255
+    centred = flat - flat.mean(axis=0)
+    s, u = numpy.linalg.eigh(centred.T @ centred / 60)
+    components = u @ numpy.diag(1 / numpy.sqrt(s + datasets.ZCA_EPS_EPSILON)) @ u.T
+    expected = datasets.minmax_per_image(
+        (test.reshape(4, -1) / 255 - flat.mean(axis=0)) @ components.T)
+    _, out_test = datasets.preprocess(train, test, 'zca-eps')
+    numpy.testing.assert_allclose(out_test.reshape(4, -1), expected,
+                                  rtol=1e-5, atol=1e-6)
+
+
+def test_cifar10_train_batches_reads_no_other_batch(tmp_path, cache):
+    folder = write_cifar10(str(tmp_path), per_batch=20)
+    os.remove(os.path.join(folder, 'data_batch_5.bin'))
+    data = datasets.load_cifar10(
+        folder, 'data_batch_4', 'scale', cache_dir=cache, official=False,
+        train_batches=['data_batch_1', 'data_batch_2', 'data_batch_3'])
+    assert data.info['train'] == ['data_batch_1', 'data_batch_2',
+                                  'data_batch_3']
+    assert data.info['test'] == 'data_batch_4' and len(data.train_t) == 60
+    for wrong in ([], ['data_batch_4'], ['data_batch_1', 'data_batch_1'],
+                  ['test_batch']):
+        with pytest.raises(ValueError, match='train_batches'):
+            datasets.load_cifar10(folder, 'data_batch_4', 'scale',
+                                  cache_dir=cache, official=False,
+                                  train_batches=wrong)
+
+
 def test_cifar10_zca_output_range_and_cache(tmp_path, cache, monkeypatch):
     folder = write_cifar10(str(tmp_path), per_batch=20)
     first = datasets.load_cifar10(folder, cache_dir=cache, official=False)
@@ -273,7 +345,7 @@ def test_cifar10_zca_output_range_and_cache(tmp_path, cache, monkeypatch):
 
     def must_not_run(*args):
         raise AssertionError('preprocessing recomputed despite the cache')
-    monkeypatch.setattr(datasets, '_preprocess', must_not_run)
+    monkeypatch.setattr(datasets, "preprocess", must_not_run)
     second = datasets.load_cifar10(folder, cache_dir=cache, official=False)
     numpy.testing.assert_array_equal(first.train_x, second.train_x)
     # another split is another cache entry
