@@ -48,6 +48,11 @@ def _number(kind, low=None, low_open=False, high=None):
     return convert
 
 
+def int_between(low, high):
+    """An argparse ``type=`` for an integer from ``low`` to ``high``."""
+    return _number(int, low, high=high)
+
+
 positive_int = _number(int, 1)
 count = _number(int, 0)
 integer = _number(int)  # converts only: a RunConfig field checks its value

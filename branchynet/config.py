@@ -42,6 +42,9 @@ QUICK = {'epoch_main': 1, 'epoch_joint': 1, 'train_size': 1024,
 MAX_TIMING_REPEATS = 1000
 MAX_TIMING_WARMUP = 100000
 MAX_SEED = 2 ** 32 - 1  # NumPy's RandomState takes seeds below 2**32
+# Ten thousand epochs of the smallest network is weeks of a CPU: a larger
+# number is a typo, not a plan.
+MAX_EPOCHS = 10000
 # The sweep evaluates every combination of the threshold list over the
 # non-final exits: the reference's largest is 17**2 = 289. Beyond this the
 # sweep takes minutes and its results hundreds of megabytes.
@@ -248,8 +251,8 @@ def _validate(config):
         raise ValueError(e.args[0]) from None
     exits = protocol.num_exits
     _check_int(config, 'batchsize', 1)
-    _check_int(config, 'epoch_main', 0)
-    _check_int(config, 'epoch_joint', 0)
+    _check_int(config, 'epoch_main', 0, MAX_EPOCHS)
+    _check_int(config, 'epoch_joint', 0, MAX_EPOCHS)
     _check_int(config, 'seed', 0, MAX_SEED)
     _check_int(config, 'train_size', 1, optional=True)
     _check_int(config, 'test_size', 1, optional=True)
@@ -266,15 +269,28 @@ def _validate(config):
         raise ValueError('--validation-size {} leaves no training sample of '
                          '--train-size {}'.format(config.validation_size,
                                                   config.train_size))
+    if exit_rule.samples_left(config.percent_train_keeps, config.batchsize,
+                              exits) < 1:
+        raise ValueError(
+            '--percent-train-keeps {!r} leaves no sample of a batch of {} to '
+            'train the final exit; keep a share that leaves at least one'
+            .format(config.percent_train_keeps, config.batchsize))
     if config.branch_weights is not None:
         loss.check_branch_weights(config.branch_weights, exits)
     if config.thresholds is not None:
         exit_rule.EntropyThresholds(config.thresholds, exits)
+        if not all(math.isfinite(t) for t in config.thresholds):
+            raise ValueError(
+                '--thresholds must be finite (run.json could not keep an '
+                'infinity; an entropy never exceeds ln(classes), so a '
+                'threshold of 1e9 sends every sample out), got {}'.format(
+                    list(config.thresholds)))
     if not config.threshold_list or not all(
             isinstance(t, numbers.Real) and not isinstance(t, bool) and
-            t >= 0 for t in config.threshold_list):
-        raise ValueError('--threshold-list needs non-negative numbers, got '
-                         '{}'.format(list(config.threshold_list)))
+            math.isfinite(t) and t >= 0 for t in config.threshold_list):
+        raise ValueError('--threshold-list needs finite non-negative '
+                         'numbers, got {}'.format(
+                             list(config.threshold_list)))
     if len(set(config.threshold_list)) != len(config.threshold_list):
         raise ValueError('--threshold-list: each value once, got {}'.format(
             list(config.threshold_list)))

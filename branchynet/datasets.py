@@ -31,6 +31,7 @@ the split and the preprocessing, so a second run loads them directly.
 import dataclasses
 import gzip
 import hashlib
+import io
 import os
 import pickle
 import sys
@@ -63,6 +64,13 @@ OFFICIAL_MD5 = {
     'data_batch_3.bin': '942cd6a4bcdd0dd3c604fbe906cb4421',
     'data_batch_4.bin': 'ae636b3ba5c66a11e91e8cb52e771fcb',
     'data_batch_5.bin': '53f37980c15c3d472c316c40844f3f0d',
+    # the python version's batches, as extracted from cifar-10-python.tar.gz
+    'data_batch_1': 'c99cafc152244af753f735de768cd75f',
+    'data_batch_2': 'd4bba439e000b95fd0a9bffe97cbabec',
+    'data_batch_3': '54ebc095f3ab1f0389bbae665268c751',
+    'data_batch_4': '634d18415352ddfa80567beed471001a',
+    'data_batch_5': '482c414d41f54cd18b22e5b47cb7c3cb',
+    'test_batch': '40351d587109b95175f43aff81a1287e',
 }
 MNIST_FILES = {
     'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 60000),
@@ -82,6 +90,26 @@ _SUBDIRS = {
 
 class DataError(UserError):
     """A dataset file is missing, truncated or corrupt, or a split is impossible."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 python batch and nothing else: dicts, lists,
+    strings, numbers and NumPy arrays. Every other global a pickle names (a
+    function to call, such as ``os.system``) is refused, so a batch a user
+    hands over cannot run code."""
+    _ALLOWED = {('numpy', 'ndarray'), ('numpy', 'dtype'),
+                ('numpy.core.multiarray', '_reconstruct'),
+                ('numpy._core.multiarray', '_reconstruct'),
+                ('_codecs', 'encode'), ('copy_reg', '_reconstructor'),
+                ('copyreg', '_reconstructor'), ('__builtin__', 'object'),
+                ('builtins', 'object')}
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(
+                'it names {}.{}, which a CIFAR-10 batch never holds'.format(
+                    module, name))
+        return super().find_class(module, name)
 
 
 @dataclasses.dataclass
@@ -307,10 +335,22 @@ def _cifar10_batch(path, official=True):
             -1, _CIFAR10_RECORD)
         labels, images = records[:, 0], records[:, 1:]
     else:
+        # an official name is checked before anything is unpickled
+        _check_official(path, raw, CIFAR10_RECORDS, CIFAR10_RECORDS, official)
         try:
-            batch = pickle.loads(data, encoding='bytes')
-            images = numpy.asarray(batch[b'data'], numpy.uint8)
+            batch = _BatchUnpickler(io.BytesIO(data),
+                                    encoding='bytes').load()
+            images = numpy.asarray(batch[b'data'])
             labels = numpy.asarray(batch[b'labels'])
+            if images.dtype.hasobject or labels.dtype.hasobject or \
+                    labels.dtype.kind not in 'iu' or \
+                    images.dtype.kind not in 'iu':
+                raise TypeError('data of dtype {} and labels of dtype {}, '
+                                'expected integers'.format(images.dtype,
+                                                           labels.dtype))
+            if images.size and (images.min() < 0 or images.max() > 255):
+                raise ValueError('pixel values outside 0-255')
+            images = images.astype(numpy.uint8)
         except Exception as e:
             raise DataError('{}: not a CIFAR-10 python batch ({})'.format(
                 path, e)) from e

@@ -28,6 +28,7 @@ final head, ``label`` and ``exit``), the deployed baseline. Both carry
 :class:`EarlyExitSession` runs either with ONNX Runtime on the CPU.
 """
 import json
+import os
 
 import chainer
 import numpy
@@ -246,17 +247,31 @@ class EarlyExitSession:
 
     def __init__(self, path, threads=1):
         import onnxruntime
+        name = '<bytes>' if isinstance(path, bytes) else path
+        if not isinstance(path, bytes) and not os.path.isfile(path):
+            raise ValueError('{}: not a file (an .onnx model exported by '
+                             'this project is expected)'.format(path))
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-        self.session = onnxruntime.InferenceSession(
-            path, options, providers=['CPUExecutionProvider'])
+        try:
+            self.session = onnxruntime.InferenceSession(
+                path, options, providers=['CPUExecutionProvider'])
+        except Exception as e:  # onnxruntime's own error types
+            raise ValueError('{}: ONNX Runtime cannot load it ({})'.format(
+                name, str(e).splitlines()[0] if str(e) else type(e).__name__)
+                ) from None
         meta = self.session.get_modelmeta().custom_metadata_map
-        self.network = meta['network']
-        self.num_exits = int(meta['num_exits'])
-        self.input_shape = tuple(json.loads(meta['input_shape']))
-        self.kind = meta['kind']
+        try:
+            self.network = meta['network']
+            self.num_exits = int(meta['num_exits'])
+            self.input_shape = tuple(json.loads(meta['input_shape']))
+            self.kind = meta['kind']
+        except (KeyError, ValueError, TypeError) as e:
+            raise ValueError('{}: not a model exported by branchynet.deploy '
+                             '(its metadata lacks or garbles {})'.format(
+                                 name, e)) from None
         self.takes_thresholds = any(i.name == THRESHOLDS
                                     for i in self.session.get_inputs())
         self._checked = (None, None)
@@ -283,6 +298,10 @@ class EarlyExitSession:
                              .format(self.network, self.input_shape, x.shape))
         if len(x) == 0:  # as BranchyNet.predict; the graph needs a sample
             return (numpy.zeros(0, numpy.int64),) * 2
+        if not numpy.isfinite(x).all():
+            raise ValueError('{}: the images hold NaN or infinite values; no '
+                             'label of theirs would mean anything'.format(
+                                 self.network))
         feed = {IMAGES: x}
         if self.takes_thresholds:
             feed[THRESHOLDS] = self._thresholds(thresholds)
@@ -295,7 +314,19 @@ class EarlyExitSession:
         """The thresholds as the model's input, checked once per vector."""
         if thresholds is None:
             raise ValueError('an early-exit model needs thresholds')
-        key = tuple(getattr(thresholds, 'values', thresholds))
+        if isinstance(thresholds, EntropyThresholds):
+            if thresholds.num_exits != self.num_exits:
+                raise ValueError('{} has {} exits; these thresholds are for '
+                                 '{}'.format(self.network, self.num_exits,
+                                             thresholds.num_exits))
+            key = tuple(thresholds.values)
+        elif numpy.ndim(thresholds) != 1:
+            raise ValueError('thresholds: one value per non-final exit of {} '
+                             '({}), got {!r}'.format(self.network,
+                                                     self.num_exits - 1,
+                                                     thresholds))
+        else:
+            key = tuple(thresholds)
         if key != self._checked[0]:
             rule = thresholds if isinstance(thresholds, EntropyThresholds) \
                 else EntropyThresholds(thresholds, self.num_exits)

@@ -11,6 +11,7 @@ paper's exit shares. The model's contract: :mod:`branchynet.deploy`
 and PORTING.md; the checks: :mod:`branchynet.deploy_check`.
 """
 import itertools
+import math
 import os
 import tempfile
 
@@ -19,11 +20,10 @@ from branchynet import (deploy, deploy_check, environment,
                         report, synthetic, timing)
 from branchynet import markdown as md
 from branchynet.errors import UserError
+from branchynet.exit_rule import EntropyThresholds
 from branchynet.ownership import OutputFolder
 from branchynet.serialization import load_model
 
-PAPER_SHARES = {'b_lenet': [0.943, 0.057], 'b_alexnet': [0.656, 0.252, 0.092],
-                'b_resnet110': [0.415, 0.138, 0.447]}
 REPORT = ('deploy.json', 'deploy.md')
 
 
@@ -121,7 +121,7 @@ def measure_network(key, args, run_dir, at, folder, scratch, say):
         thresholds, chosen, selected_on = at
     else:
         thresholds = deploy_check.shares_thresholds(
-            net, x[:args.timing_samples], PAPER_SHARES[key])
+            net, x[:args.timing_samples], protocols.get(key).paper.exit_shares)
         chosen = 'thresholds giving the paper\'s exit shares on these images'
     samples = timing.as_samples(x[:args.timing_samples])
     extra, torch_version = port_functions(key, net, thresholds, scratch)
@@ -158,13 +158,29 @@ def run_thresholds(run_dir, protocol, at):
     if not os.path.isfile(path):
         raise UserError('--at knee: {} has no results.json to take the knee '
                         'from'.format(run_dir))
-    timed = reading.read_results(path)['timing'].get('cpu')
+    results = reading.read_results(path)
+    if results['protocol'] != protocol.key:
+        raise UserError('--at knee: {} holds a {} run\'s results, not the '
+                        '{} run of its folder'.format(path,
+                                                      results['protocol'],
+                                                      protocol.key))
+    timed = results['timing'].get('cpu')
     if not timed or not timed.get('knee'):
         raise UserError('--at knee: {} records no CPU knee (a run with '
                         '--skip-timing has none); use --at paper'.format(path))
+    knee = timed['knee'].get('thresholds') if isinstance(
+        timed['knee'], dict) else None
+    try:
+        EntropyThresholds(knee, protocol.num_exits)
+        if not all(math.isfinite(t) for t in knee):
+            raise ValueError('not finite')
+    except (TypeError, ValueError) as e:
+        raise UserError('--at knee: {}: the knee\'s thresholds {!r} are not '
+                        '{} finite non-negative numbers ({})'.format(
+                            path, knee, protocol.num_exits - 1, e)) from None
     on = next(s['selected_on'] for s in report.selections(timed)
               if s['rule'] == 'knee')
-    return list(timed['knee']['thresholds']), \
+    return list(knee), \
         'the run\'s knee, chosen on its {} images ({})'.format(on, path), on
 
 
@@ -281,7 +297,8 @@ def measure(options, say=print):
         # a missing knee stops the command before any work
         at[key] = run_thresholds(run, protocols.get(key), args.at)
     networks = args.networks or list(protocols.PROTOCOLS)
-    with OutputFolder.open(args.out, 'files') as folder:
+    with OutputFolder.open(args.out, 'files') as folder, \
+            folder.discarded_on_failure():
         folder.check_replaceable(REPORT)
         import onnxruntime
         results = {'kind': reading.DEPLOYMENT_KIND, 'environment': environment.describe(),

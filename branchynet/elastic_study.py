@@ -19,14 +19,19 @@ parameters and multiply-adds (the paper's Fig. 6), the entropy early-exit
 frontier with one threshold shared by all exits, and the exit a compute
 budget picks.
 """
+import dataclasses
+import os
 from dataclasses import asdict, dataclass
 
 import chainer
 import numpy
 
-from branchynet import elastic, figures, markdown, sweep, timing
+from branchynet import (datasets, elastic, environment, figures, files,
+                        markdown, sweep, timing)
 from branchynet.elastic import FrozenBackboneLoss
+from branchynet.errors import UserError
 from branchynet.loss import BranchyLoss
+from branchynet.ownership import OutputFolder
 from branchynet.serialization import load_model, save_model
 from branchynet.training import read_log, train_phase
 
@@ -53,6 +58,215 @@ class Schedule:
     joint: int = 6
     batchsize: int = 128
     alpha: float = 0.001
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything one elastic study trains and how it is evaluated.
+
+    Attributes:
+        out: the study's folder.
+        data_dir, test_batch, train_size, test_size, preprocessing,
+            cache_dir, official: the CIFAR-10 data
+            (:func:`branchynet.datasets.load_cifar10`); ``test_batch``
+            ``None`` is the official test batch, as in the run scripts.
+        backbones: keys of ``networks/elastic_cifar10.py``.
+        schedule: the epochs of each phase and the batch size.
+        width, resnet_n: the backbones' sizes.
+        seed: seeds the weights and the shuffling.
+        timing_samples: test images each output is timed on (0: none).
+        device, progress: where and how it runs.
+    """
+    out: str
+    data_dir: str = None
+    backbones: tuple = ('mobilenet', 'resnet')
+    test_batch: str = None
+    train_size: int = 10000
+    test_size: int = None
+    schedule: Schedule = Schedule()
+    width: float = 0.5
+    resnet_n: int = 3
+    preprocessing: str = 'scale'
+    seed: int = 0
+    timing_samples: int = 300
+    cache_dir: str = None
+    official: bool = True
+    device: str = '@numpy'
+    progress: bool = True
+
+    # what a resumed study may change: where and how it runs, and the
+    # timing (it changes no model)
+    CHANGEABLE = ('out', 'data_dir', 'cache_dir', 'device', 'progress',
+                  'timing_samples')
+
+    def __post_init__(self):
+        from networks.elastic_cifar10 import BACKBONES
+        object.__setattr__(self, 'backbones', tuple(self.backbones))
+        if isinstance(self.schedule, dict):
+            object.__setattr__(self, 'schedule', Schedule(**self.schedule))
+        if not self.backbones or len(set(self.backbones)) != len(
+                self.backbones) or not set(self.backbones) <= set(BACKBONES):
+            raise ValueError('--backbones: distinct names among {}, got {}'
+                             .format(', '.join(BACKBONES),
+                                     ' '.join(self.backbones)))
+        batches = datasets.CIFAR10_BATCHES + [datasets.CIFAR10_TEST]
+        if self.test_batch not in [None] + batches:
+            raise ValueError('--test-batch must be one of {}, got {!r}'.format(
+                ', '.join(batches), self.test_batch))
+        if self.preprocessing not in datasets.PREPROCESSINGS:
+            raise ValueError('--preprocessing must be one of {}, got {!r}'
+                             .format(', '.join(datasets.PREPROCESSINGS),
+                                     self.preprocessing))
+        for name in ('train_size', 'test_size', 'resnet_n'):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or
+                                      not isinstance(value, int) or
+                                      value < 1):
+                raise ValueError('--{} must be a positive integer, got {!r}'
+                                 .format(name.replace('_', '-'), value))
+        if not isinstance(self.timing_samples, int) or \
+                self.timing_samples < 0:
+            raise ValueError('--timing-samples must be 0 or more, got {!r}'
+                             .format(self.timing_samples))
+        if not 0 < self.width <= 4:
+            raise ValueError('--width must lie in (0, 4], got {}'.format(
+                self.width))
+        for name in ('backbone', 'heads', 'joint', 'batchsize'):
+            value = getattr(self.schedule, name)
+            if isinstance(value, bool) or not isinstance(value, int) or \
+                    value < 1:
+                raise ValueError('--{} must be a positive integer, got {!r}'
+                                 .format({'batchsize': 'batchsize'}.get(
+                                     name, 'epochs-' + name), value))
+
+    def stored(self):
+        """What ``config.json`` keeps: everything that shapes the models."""
+        values = asdict(self)
+        for name in self.CHANGEABLE:
+            values.pop(name)
+        return json_ready(values)
+
+
+def json_ready(values):
+    """Tuples as lists, recursively: what JSON gives back."""
+    if isinstance(values, dict):
+        return {k: json_ready(v) for k, v in values.items()}
+    if isinstance(values, (list, tuple)):
+        return [json_ready(v) for v in values]
+    return values
+
+
+CONFIG_FILE = 'config.json'
+KIND = 'elastic-study'
+
+
+def open_study(config, resume):
+    """Open the study's folder: a new study needs an empty or new folder, a
+    resumed one its own study with the same settings (the models in it
+    were trained with them).
+
+    Raises:
+        UserError: naming the folder and the way out (every setting that
+            differs, for a resume).
+    """
+    folder = OutputFolder.open(config.out, KIND, foreign_ok=False)
+    try:
+        path = folder.file(CONFIG_FILE)
+        if CONFIG_FILE not in folder:
+            if resume:
+                raise UserError('--resume: {} holds no elastic study'.format(
+                    config.out))
+            if folder.record['files']:
+                raise UserError('--out {} holds an elastic study made before '
+                                'studies recorded their settings: choose '
+                                'another --out'.format(config.out))
+            folder.write_json(CONFIG_FILE, config.stored())
+        else:
+            if not resume:
+                raise UserError('--out {} already holds an elastic study: '
+                                'pass --resume to continue it, or choose '
+                                'another --out'.format(config.out))
+            stored = files.read_json(path)
+            wanted = config.stored()
+            changed = sorted(k for k in set(stored) | set(wanted)
+                             if stored.get(k) != wanted.get(k))
+            if changed:
+                raise UserError(
+                    '--resume: the study in {} was trained with other '
+                    'settings: {}. Only {} may change'.format(
+                        config.out, '; '.join('{} {!r} (the study has {!r})'
+                                              .format(k, wanted.get(k),
+                                                      stored.get(k))
+                                              for k in changed),
+                        ', '.join(config.CHANGEABLE)))
+    except BaseException:
+        folder.discard()
+        raise
+    return folder
+
+
+def run(config, resume=False, say=print):
+    """Train (or continue) every backbone's two arms, evaluate them, and
+    write ``study.json``, ``table.md`` and one figure per backbone.
+
+    Returns:
+        The study's results (the content of ``study.json``).
+    """
+    from networks import elastic_cifar10
+    top = open_study(config, resume)
+    try:
+        data = datasets.load_cifar10(
+            config.data_dir, test_batch=config.test_batch,
+            preprocessing=config.preprocessing, train_size=config.train_size,
+            test_size=config.test_size, cache_dir=config.cache_dir,
+            official=config.official)
+    except BaseException:
+        if not resume:
+            top.discard()
+        else:
+            top.close()
+        raise
+    schedule = config.schedule
+    with top:
+        say('[elastic] train {} ({} images), test {} ({} images); epochs: '
+            'backbone {}, heads {}, joint {}'.format(
+                data.info['train'], len(data.train_t), data.info['test'],
+                len(data.test_t), schedule.backbone, schedule.heads,
+                schedule.joint))
+        results = []
+        for key in config.backbones:
+            sizes = {'width': config.width} if key == 'mobilenet' else \
+                {'n': config.resnet_n}
+            top.make_folder(key)
+            with OutputFolder.open(top.file(key), 'elastic-backbone',
+                                   foreign_ok=False) as folder:
+                without, net, logs = train_arms(
+                    lambda: elastic_cifar10.get_network(key, **sizes), data,
+                    schedule, folder, chainer.get_device(config.device),
+                    seed=config.seed, resume=resume,
+                    progress=config.progress,
+                    say=lambda text: say('[elastic] {}: {}'.format(key,
+                                                                   text)))
+                result = evaluate(key, without, net, data, logs, schedule,
+                                  timing_samples=config.timing_samples)
+                result['sizes'] = sizes
+                draw(result, folder)
+            results.append(result)
+        study = {'kind': KIND, 'schedule_label': 'SHORTENED',
+                 'environment': environment.describe(),
+                 'config': config.stored(),
+                 'data': {'train': data.info['train'],
+                          'train_size': len(data.train_t),
+                          'test': data.info['test'],
+                          'test_size': len(data.test_t)},
+                 'seed': config.seed, 'device': config.device,
+                 'preprocessing': config.preprocessing,
+                 'backbones': results}
+        top.write_json('study.json', study)
+        top.write_text('table.md', '# Elastic outputs, SHORTENED schedules '
+                       '({})\n\n{}'.format(environment.describe()['cpu'],
+                                            table(results)))
+    return study
 
 
 def _adam(target, schedule):

@@ -167,6 +167,16 @@ def keep_for_training(percent_train_keeps, num_exits):
                                   num_exits)
 
 
+def samples_left(percent_train_keeps, batch, num_exits):
+    """How many of ``batch`` samples reach the final exit in training under
+    :func:`keep_for_training` (the counts do not depend on the entropies)."""
+    rule = keep_for_training(percent_train_keeps, num_exits)
+    left = batch
+    for n in range(num_exits - 1 if rule is not None else 0):
+        left -= math.floor(rule.values[n] * left + 1e-9)
+    return left
+
+
 def assign_exits(entropies, rule):
     """Exit index of every sample, given its entropy at every non-final exit.
 

@@ -18,6 +18,7 @@ import os
 import re
 
 from branchynet import reading, report
+from branchynet.errors import UserError
 from branchynet.ownership import OutputFolder
 
 FORMATS = ('png', 'pdf')
@@ -276,18 +277,23 @@ def run_figures(results, folder):
     Returns:
         The written paths.
     """
+    drawers = figure_stems(results)
+    return [path for stem, draw in drawers.items()
+            for path in _save(draw(), folder, stem)]
+
+
+def figure_stems(results):
+    """``{file stem: function drawing that figure}`` of one results (or
+    Fig. 5 summary) dictionary: what :func:`run_figures` writes."""
     if results.get('kind') == reading.SUMMARY_KIND:
-        return _save(fig5(results), folder,
-                     'fig5_alexnet_branch_layers')
+        return {'fig5_alexnet_branch_layers': lambda: fig5(results)}
     name = slug(results['network'])
-    paths = []
-    for device in results['timing']:
-        paths += _save(fig3(results, device), folder,
-                       'fig3_{}_{}'.format(name, device))
-    paths += _save(fig4(results), folder, 'fig4_{}'.format(name))
-    paths += _save(training_curves(results), folder,
-                   'training_{}'.format(name))
-    return paths
+    drawers = {'fig3_{}_{}'.format(name, device):
+               (lambda device=device: fig3(results, device))
+               for device in results['timing']}
+    drawers['fig4_{}'.format(name)] = lambda: fig4(results)
+    drawers['training_{}'.format(name)] = lambda: training_curves(results)
+    return drawers
 
 
 def result_file(path):
@@ -316,5 +322,14 @@ def figures_from_files(paths, out_dir):
         The written paths.
     """
     every = [reading.read_result_file(result_file(path)) for path in paths]
+    drawn = {}
+    for path, results in zip(paths, every):
+        for stem in figure_stems(results):
+            if stem in drawn:
+                raise UserError(
+                    '{} and {} both make {}: one call would overwrite one '
+                    'run\'s figure with the other\'s; draw them into '
+                    'separate --out folders'.format(drawn[stem], path, stem))
+            drawn[stem] = path
     with OutputFolder.open(out_dir, 'files') as folder:
         return [p for results in every for p in run_figures(results, folder)]

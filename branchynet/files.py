@@ -20,8 +20,15 @@ PARTIAL_PREFIX = '.partial-'
 PARTIAL_SUFFIX = '.tmp'
 
 
+def crash_point(step):
+    """Called right after each step that changes what a folder holds (a
+    file moved into place, a record saved). Does nothing; the crash tests
+    replace it with a function that kills the process at the n-th step, so
+    that every instant a crash could hit is tried."""
+
+
 @contextlib.contextmanager
-def atomic_write(path, mode='wb'):
+def atomic_write(path, mode='wb', before_replace=None):
     """Open a temporary file beside ``path``; move it there on success.
 
     On any error the temporary file is removed and ``path`` is untouched, so
@@ -32,6 +39,10 @@ def atomic_write(path, mode='wb'):
     Args:
         path: the file to write.
         mode: ``'wb'`` or ``'w'`` (text, no newline translation).
+        before_replace: called with the complete temporary file's path
+            just before it is moved into place (a record of outputs notes
+            its hash then, so that a crash right after the move leaves a
+            file it knows).
 
     Yields:
         The open temporary file.
@@ -47,10 +58,15 @@ def atomic_write(path, mode='wb'):
     try:
         with os.fdopen(fd, mode, **({} if 'b' in mode else {'newline': ''})) as f:
             yield f
+        if before_replace is not None:
+            before_replace(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = path  # a full disk's error names no file
         raise
+    crash_point('replaced ' + path)
 
 
 @contextlib.contextmanager

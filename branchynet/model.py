@@ -224,12 +224,20 @@ class BranchyNet(chainer.Chain):
             ``(labels, exits)``: numpy int64 arrays of shape ``(B,)``, the
             predicted class and the 0-based index of the exit taken (two
             empty arrays for an empty batch).
+
+        Raises:
+            ValueError: images holding NaN or infinity (the timed
+                :meth:`predict_sample` does not look).
         """
         rule = exit_rule.make_rule(self.num_exits, thresholds, exit_fractions)
         h = self.device.send(self.check_input(x))
         if len(h) == 0:
             return (numpy.zeros(0, numpy.int64),) * 2
         xp = self.xp
+        if not bool(xp.isfinite(h).all()):
+            raise ValueError('{}: the images hold NaN or infinite values; no '
+                             'label of theirs would mean anything'.format(
+                                 self.title))
         labels = xp.zeros(len(h), dtype=numpy.int64)
         exits = xp.full(len(h), self.num_exits - 1, dtype=numpy.int64)
         remaining = xp.arange(len(h))

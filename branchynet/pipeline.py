@@ -236,6 +236,8 @@ def check_output(config):
 
 
 def _check_resumable(config, state):
+    if not state.entries and (state.record or {}).get('kind') == RUN_KIND:
+        return  # a run killed before it wrote anything: it starts afresh
     if not state.is_run:
         raise UserError(
             '--resume: {} holds no run of this program{}'.format(
@@ -280,20 +282,31 @@ def _check_evaluation_target(config, state):
                 ownership.listing(config.out)), config.models))
 
 
+def open_run_folder(path, state, flag='--out'):
+    """Open and lock the run folder ``path`` (its :class:`FolderState`
+    ``state``); one of an earlier version is adopted first: its files are
+    recorded as this program's (and those of its ``figures/``), so that
+    whatever writes into it next (a run, an export) keeps it a run that
+    resumes."""
+    folder = ownership.OutputFolder.open(
+        path, RUN_KIND, flag=flag, foreign_ok=False,
+        adopt=LEGACY_ENTRIES if state.legacy else (),
+        opaque=PHASE_FOLDERS + ('port_kit', report.FIGURES_DIR))
+    figures_path = folder.file(report.FIGURES_DIR)
+    if state.legacy and os.path.isdir(figures_path) and \
+            not os.path.islink(figures_path):
+        ownership.OutputFolder.open(figures_path, 'files',
+                                    adopt=os.listdir(figures_path)).close()
+    return folder
+
+
 def open_output(config, state):
     """Open and lock the run's folder (rank 0); it records what the run writes.
 
     A run folder of an earlier version is adopted: its files are recorded
     as this program's.
     """
-    folder = ownership.OutputFolder.open(
-        config.out, RUN_KIND, foreign_ok=False,
-        adopt=LEGACY_ENTRIES if state.legacy else (),
-        opaque=PHASE_FOLDERS + ('port_kit', report.FIGURES_DIR))
-    figures_path = folder.file(report.FIGURES_DIR)
-    if state.legacy and os.path.isdir(figures_path):
-        ownership.OutputFolder.open(figures_path, 'files',
-                                    adopt=os.listdir(figures_path)).close()
+    folder = open_run_folder(config.out, state)
     try:
         # everything the run will replace, before it writes anything
         folder.check_replaceable([RUN_FILE] + list(MODEL_FILES.values()) +

@@ -43,6 +43,7 @@ from branchynet.serialization import load_model
 
 OPSET = 11
 KIT_FILES = ('model.onnx', 'weights.npz', 'reference.npz')
+MAX_BATCH = 10000  # a reference batch larger than a test set is a typo
 ADAM = {'name': 'Adam (Chainer 7)', 'alpha': 0.001, 'beta1': 0.9,
         'beta2': 0.999, 'eps': 1e-8,
         'update': 'm += (1 - beta1) * (g - m); v += (1 - beta2) * (g*g - v); '
@@ -311,9 +312,9 @@ def export(key, out, model_path=None, data_dir=None, batch=16, seed=0,
     Returns:
         The manifest (a dict).
     """
-    if batch < 1:
-        raise ValueError('the reference batch needs at least 1 sample, got '
-                         '{}'.format(batch))
+    if not 1 <= batch <= MAX_BATCH:
+        raise ValueError('the reference batch needs 1 to {} samples (a test '
+                         'set holds 10000), got {}'.format(MAX_BATCH, batch))
     protocol = protocols.get(key)
     numpy.random.seed(seed)
     net = protocol.network()
@@ -390,10 +391,17 @@ def read(folder):
     manifest = files.read_json(path)
     reading.check(manifest, {'kind': reading.Equal('branchynet-port-kit'),
                              'files': reading.DictOf(str)}, path)
+    if set(manifest['files']) != set(KIT_FILES):
+        raise FileProblem('{}: names the files {}, a kit holds {}'.format(
+            path, sorted(manifest['files']), sorted(KIT_FILES)))
     for name, digest in manifest['files'].items():
-        if files.sha256(os.path.join(folder, name)) != digest:
+        member = os.path.join(folder, name)
+        if os.path.islink(member) or not os.path.isfile(member):
+            raise FileProblem('{}: not a file of the kit (missing, or a '
+                              'link)'.format(member))
+        if files.sha256(member) != digest:
             raise FileProblem('{}: SHA-256 differs from the manifest'.format(
-                os.path.join(folder, name)))
+                member))
     with numpy.load(os.path.join(folder, 'weights.npz')) as w, \
             numpy.load(os.path.join(folder, 'reference.npz')) as r:
         return manifest, dict(w), dict(r)

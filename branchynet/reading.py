@@ -218,8 +218,10 @@ SUMMARY = {
 DEPLOYMENT_KIND = 'deployment'
 DEPLOYED = {
     'weights': str,
-    'timing': {'batch1_ms': DictOf(MEASURED), 'deployed_gain': Number,
-               'ideal_gain': Number},
+    'images': str,
+    'timing': {'batch1_ms': {'deployed_early_exit': MEASURED,
+                             'deployed_main_path': MEASURED},
+               'deployed_gain': Number, 'ideal_gain': Number},
     'test': Optional({'samples': Integer, 'thresholds': NUMBERS,
                       'early_exit_accuracy': Number,
                       'main_path_accuracy': Number, 'exit_shares': NUMBERS}),
@@ -337,7 +339,12 @@ def read_run_file(folder):
         return None
     values = files.read_json(path)
     check(values, {'protocol': str, 'out': str,
-                   'distributed': Optional({'ranks': Integer})}, path)
+                   'distributed': Optional({'ranks': Integer}),
+                   'training_distributed': Optional(Nullable(
+                       {'ranks': Integer})),
+                   'kernels_by_epoch': Optional(Nullable(ListOf(
+                       {'phase': str, 'first_epoch': Integer,
+                        'kernels': str})))}, path)
     _check_protocol(values['protocol'], path, 'protocol')
     return values
 
@@ -351,25 +358,75 @@ def read_log(path):
     return log
 
 
-def check_snapshot(path):
-    """Raise :class:`FileProblem` unless ``path`` is a whole Trainer snapshot.
+def npz_members(path):
+    """``{member: (shape, dtype)}`` of an npz file, read from the members'
+    headers alone: no array is loaded, nothing is unpickled.
 
-    Reads every member (CRC-checked), so a truncated or corrupted file is
-    found before any data is loaded.
+    Raises:
+        FileProblem: the file is not a whole npz archive (every member's
+            CRC is checked) or a member is not an npy array.
     """
+    from numpy.lib import format as npy
+    members = {}
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
-            names = set(archive.namelist())
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise FileProblem('{}: the training snapshot is damaged ({}); resume '
-                          'cannot continue from it: restore the file, or '
-                          'start the run again in another folder'.format(
-                              path, e)) from None
-    if bad is not None:
-        raise FileProblem('{}: the training snapshot is damaged (member {} '
-                          'fails its check); restore the file, or start the '
-                          'run again in another folder'.format(path, bad))
-    if 'updater/iteration.npy' not in names:
+            if bad is not None:
+                raise FileProblem('{}: member {} fails its check: the file '
+                                  'is damaged'.format(path, bad))
+            for info in archive.infolist():
+                if not info.filename.endswith('.npy'):
+                    raise FileProblem('{}: member {} is not an array'.format(
+                        path, info.filename))
+                with archive.open(info) as member:
+                    version = npy.read_magic(member)
+                    read_header = {(1, 0): npy.read_array_header_1_0,
+                                   (2, 0): npy.read_array_header_2_0}.get(
+                                       version)
+                    if read_header is None:
+                        raise ValueError('npy format {}'.format(version))
+                    shape, _, dtype = read_header(member)
+                members[info.filename[:-len('.npy')]] = (shape, dtype)
+    except FileProblem:
+        raise
+    except (OSError, EOFError, ValueError, SyntaxError, zipfile.BadZipFile,
+            zlib.error) as e:
+        raise FileProblem('{}: not a readable npz archive ({}); the file is '
+                          'damaged or of another kind'.format(path, e)) \
+            from None
+    return members
+
+
+def check_snapshot(path):
+    """Raise :class:`FileProblem` unless ``path`` is a whole Trainer snapshot
+    that loads without unpickling anything.
+
+    Reads every member (CRC-checked), so a truncated or corrupted file is
+    found before any data is loaded. Chainer's loader allows pickles; a
+    snapshot this program wrote holds numbers and strings only, so a member
+    of object dtype (a pickle, which could run code) is refused here before
+    Chainer ever opens the file. Which members and shapes a snapshot must
+    hold is checked against the trainer when it is loaded
+    (:func:`branchynet.training.check_snapshot_fits`).
+
+    Returns:
+        ``{member: (shape, dtype)}``.
+    """
+    advice = ('resume cannot continue from it: restore the file, or start '
+              'the run again in another folder')
+    try:
+        members = npz_members(path)
+    except FileProblem as e:
+        raise FileProblem('{}: the training snapshot is damaged or not one '
+                          '({}); {}'.format(path, e, advice)) from None
+    pickled = sorted(name for name, (_, dtype) in members.items()
+                     if dtype.hasobject)
+    if pickled:
+        raise FileProblem('{}: member {} holds Python objects (a pickle, '
+                          'which could run code); this program never writes '
+                          'one: the snapshot is refused'.format(path,
+                                                                pickled[0]))
+    if 'updater/iteration' not in members:
         raise FileProblem('{}: not a Trainer snapshot (no updater state)'
                           .format(path))
+    return members

@@ -72,7 +72,12 @@ def save(run_dir, relay_dir, note=None):
     if phase == 'joint' and not os.path.isfile(baseline):
         raise FileProblem('{}: the joint phase began but {} is missing'
                           .format(run_dir, BASELINE))
-    with OutputFolder.open(relay_dir, FOLDER_KIND) as folder:
+    names = [SNAPSHOT, RELAY_FILE, 'PROGRESS.md', 'progress.png'] + [
+        _log_name(p) for p in PHASES if logs[p] is not None] + (
+        [BASELINE] if phase == 'joint' else [])
+    with OutputFolder.open(relay_dir, FOLDER_KIND, flag='RELAY_DIR',
+                           foreign_ok=False) as folder:
+        folder.check_replaceable(names)  # before anything is written
         earlier = read(relay_dir) if RELAY_FILE in folder else None
         state = progress(run, logs)
         sittings = list(earlier['sittings']) if earlier else []
@@ -93,7 +98,7 @@ def save(run_dir, relay_dir, note=None):
                  'sittings': sittings}
         relay.update(state)
         folder.write_json(RELAY_FILE, relay)
-        folder.write_text('PROGRESS.md', progress_text(relay))
+        folder.write_text('PROGRESS.md', progress_text(relay, relay_dir))
         _draw(relay, logs, folder)
     return relay
 
@@ -120,36 +125,63 @@ def restore(relay_dir, run_dir):
     """Make ``run_dir`` (new or empty) the run a relay holds, ready for
     ``--resume`` (with its configuration's ``out`` set to ``run_dir``).
 
+    Everything the relay holds is checked before anything is written (its
+    configuration, logs, snapshot and model); a restore that fails on the
+    way removes what it wrote, so the next one starts clean.
+
     Returns:
         relay.json's dict.
     """
+    from branchynet.config import RunConfig
+    from branchynet.serialization import load_model
     relay = read(relay_dir)
+    path = os.path.join(relay_dir, RELAY_FILE)
+    try:
+        config = RunConfig.from_dict(dict(relay['run'], out=run_dir,
+                                          resume=False, models=None))
+    except (ValueError, TypeError) as e:
+        raise FileProblem('{}: its run is not a configuration this program '
+                          'can run ({})'.format(path, e)) from None
     reading.check_snapshot(os.path.join(relay_dir, SNAPSHOT))
+    logs = {phase: reading.read_log(os.path.join(relay_dir, _log_name(phase)))
+            for phase in PHASES}
+    if relay['phase'] == 'joint':
+        load_model(os.path.join(relay_dir, BASELINE), config.spec.network())
     run = dict(relay['run'], out=run_dir, resume=False)
-    with OutputFolder.open(run_dir, 'run', foreign_ok=False) as folder:
+    folder = OutputFolder.open(run_dir, 'run', flag='RUN_DIR',
+                               foreign_ok=False)
+    unrecorded = []  # written for the Trainer, which manages its folders
+    try:
         if folder.record['files']:
             raise UserError('{} holds a run already: restore into a new or '
                             'empty folder'.format(run_dir))
-        folder.write_json(RUN_FILE, run)
         for phase in PHASES:
-            log = os.path.join(relay_dir, _log_name(phase))
-            if os.path.isfile(log):
+            if logs[phase] is not None:
                 folder.make_folder(phase + '_phase')
-                # the Trainer rewrites its log: not a file recorded as ours
-                files.write_json(folder.file(phase + '_phase/log'),
-                                 reading.read_log(log))
+                unrecorded.append(folder.file(phase + '_phase/log'))
+                files.write_json(unrecorded[-1], logs[phase])
         folder.make_folder(relay['phase'] + '_phase')
+        unrecorded.append(folder.file('{}_phase/{}'.format(
+            relay['phase'], relay['snapshot_name'])))
         with open(os.path.join(relay_dir, SNAPSHOT), 'rb') as source, \
-                files.atomic_write(folder.file('{}_phase/{}'.format(
-                    relay['phase'], relay['snapshot_name']))) as target:
+                files.atomic_write(unrecorded[-1]) as target:
             target.write(source.read())
         if relay['phase'] == 'joint':
             folder.copy_in(os.path.join(relay_dir, BASELINE), BASELINE)
+        folder.write_json(RUN_FILE, run)  # last: a run folder only now
+    except BaseException:
+        for written in unrecorded:
+            if os.path.isfile(written) and not os.path.islink(written):
+                os.remove(written)
+        folder.discard()
+        raise
+    folder.close()
     return relay
 
 
-def progress_text(relay):
-    """PROGRESS.md: where the run stands, in a few lines."""
+def progress_text(relay, relay_dir):
+    """PROGRESS.md: where the run stands, in a few lines, and the commands
+    that continue it from ``relay_dir``."""
     done, planned = relay['epochs_done'], relay['epochs_planned']
     run, latest = relay['run'], relay['latest'] or {}
     lines = [
@@ -171,16 +203,17 @@ def progress_text(relay):
     launch = 'OPENBLAS_NUM_THREADS=1 .venv/bin/mpiexec -n {} '.format(ranks) \
         if ranks > 1 else ''
     key = run['protocol']
+    relay_dir = os.path.normpath(relay_dir)
     lines += [
         'Continue it on {} rank(s), as it started (DATA: the dataset '
         'folder):'.format(ranks), '',
         '```bash',
-        '.venv/bin/python experiments/relay.py restore figures/{0} /tmp/{0}'
-        .format(key),
-        '{}.venv/bin/python experiments/run_{}.py --resume -o /tmp/{} '
+        '.venv/bin/python experiments/relay.py restore {} /tmp/{}'.format(
+            relay_dir, key),
+        '{}nice .venv/bin/python experiments/run_{}.py --resume -o /tmp/{} '
         '--data-dir DATA'.format(launch, key, key),
-        '.venv/bin/python experiments/relay.py save /tmp/{0} figures/{0}'
-        .format(key),
+        '.venv/bin/python experiments/relay.py save /tmp/{} {}'.format(
+            key, relay_dir),
         '```', '', 'Curves so far: `progress.png`.', '']
     return '\n'.join(lines)
 

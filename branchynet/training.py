@@ -21,6 +21,7 @@ from chainer.training import extensions
 
 from branchynet import reading
 from branchynet.distributed import SINGLE
+from branchynet.errors import FileProblem
 
 SNAPSHOT = 'snapshot_epoch_{.updater.epoch}'
 
@@ -85,6 +86,87 @@ def latest_snapshot(out):
     """The snapshot a resumed phase in ``out`` continues from, or ``None``."""
     found = glob.glob(os.path.join(glob.escape(out), 'snapshot_epoch_*'))
     return max(found, key=os.path.getmtime) if found else None
+
+
+class SnapshotCheck(training.Extension):
+    """Checks the snapshot a resumed phase loads, before Chainer loads it.
+
+    Initialised before the snapshot extension (a higher priority), once the
+    trainer has started: :func:`check_snapshot_fits` on rank 0, its verdict
+    on every rank (the others would otherwise wait for rank 0's state).
+    """
+    priority = training.PRIORITY_WRITER + 1
+
+    @staticmethod
+    def trigger(trainer):
+        return False  # nothing per epoch, and no state in the snapshot
+
+    def __init__(self, path, optimizer, cluster):
+        self.path = path
+        self.optimizer = optimizer
+        self.cluster = cluster
+
+    def initialize(self, trainer):
+        problem = None
+        if self.cluster.is_root:
+            try:
+                check_snapshot_fits(self.path, trainer, self.optimizer)
+            except FileProblem as e:
+                problem = str(e)
+        problem = self.cluster.agree(problem)
+        if problem is not None:
+            raise FileProblem(problem)
+
+    def __call__(self, trainer):
+        pass
+
+
+def check_snapshot_fits(path, trainer, optimizer):
+    """Raise :class:`FileProblem` unless the snapshot ``path`` holds what
+    ``trainer`` (started) loads from it: every member it needs, each of the
+    shape and kind of the value it is loaded into; members that only a
+    trained state has (an optimizer's state: its parameter's shape or a
+    scalar; a log's running sums: scalars) of those shapes; none of them a
+    pickle. Chainer's loader would otherwise broadcast a wrong shape into a
+    parameter, or unpickle an object member. Members the trainer does not
+    load (of an extension this version no longer has) are left unread."""
+    members = reading.check_snapshot(path)
+    serializer = chainer.serializers.DictionarySerializer()
+    serializer.save(trainer)
+    expected = {name: numpy.asarray(value)
+                for name, value in serializer.target.items()}
+    params = {'updater/optimizer:main' + name: param.shape
+              for name, param in optimizer.target.namedparams()}
+    problems = []
+    for name, (shape, dtype) in sorted(members.items()):
+        owner, _, key = name.rpartition('/')
+        if name in expected:
+            want = expected[name]
+            numbers = dtype.kind in 'biuf' and want.dtype.kind in 'biuf'
+            if shape != want.shape or not (numbers or
+                                           dtype.kind == want.dtype.kind):
+                problems.append('{} is {} {}, the trainer holds {} {}'.format(
+                    name, dtype, shape, want.dtype, want.shape))
+        elif owner in params:
+            if dtype.kind not in 'iuf' or shape not in ((), params[owner]):
+                problems.append('{} is {} {}, not optimizer state of its '
+                                'parameter {}'.format(name, dtype, shape,
+                                                      params[owner]))
+        elif '/_summary/_summaries/' in name:
+            if dtype.kind not in 'iuf' or shape != () or \
+                    key not in ('_x', '_x2', '_n'):
+                problems.append('{} is {} {}, not a running sum'.format(
+                    name, dtype, shape))
+    missing = sorted(set(expected) - set(members))
+    if missing:
+        problems.append('{} is missing ({} member(s) in all)'.format(
+            missing[0], len(missing)))
+    if problems:
+        raise FileProblem(
+            '{}: not a snapshot of this training: {}{}; restore the file, or '
+            'start the run again in another folder'.format(
+                path, problems[0], ' (and {} more problem(s))'.format(
+                    len(problems) - 1) if len(problems) > 1 else ''))
 
 
 def read_log(out):
@@ -189,6 +271,10 @@ def train_phase(target, optimizer, loss_func, train, test, epochs, out,
         trainer.extend(extensions.ProgressBar(update_interval=10))
     for extension in extra_extensions:
         trainer.extend(extension)
+    snapshot = cluster.agree(latest_snapshot(out) if resume and
+                             cluster.is_root else None)
+    if snapshot is not None:
+        trainer.extend(SnapshotCheck(snapshot, optimizer, cluster))
     try:
         trainer.run()
     finally:

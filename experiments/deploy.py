@@ -14,15 +14,26 @@ import os
 
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
 from branchynet import benchmark, cli, deploy, deploy_report, pipeline
-from branchynet.ownership import OutputFolder
+from branchynet.errors import UserError
 
 
 def export(args):
     stored, net = deploy_report.trained(args.run)
-    with OutputFolder.open(args.run, pipeline.RUN_KIND) as folder:
-        for kind, write in (('early_exit', deploy.export),
-                            ('main_path', deploy.export_main_path)):
-            name = deploy_report.model_file(stored.protocol, kind)
+    state = pipeline.FolderState.of(args.run)
+    if not state.is_run:
+        raise UserError('RUN_DIR {} holds no run of this program'.format(
+            args.run))
+    names = [deploy_report.model_file(stored.protocol, kind)
+             for kind in ('early_exit', 'main_path')]
+    with pipeline.open_run_folder(args.run, state, 'RUN_DIR') as folder:
+        folder.check_replaceable(names)
+        present = [n for n in names if os.path.lexists(folder.file(n))]
+        if present and not args.replace:
+            raise UserError('{} exist(s) already: pass --replace to write '
+                            'the models again'.format(', '.join(
+                                folder.file(n) for n in present)))
+        for name, write in zip(names, (deploy.export,
+                                       deploy.export_main_path)):
             with folder.open_file(name) as f:
                 write(net, f)
             print(folder.file(name))
@@ -42,6 +53,10 @@ def main(argv=None):
     one = commands.add_parser('export', help='write a run\'s early-exit and '
                               'main-path models into its folder')
     one.add_argument('run', metavar='RUN_DIR')
+    one.add_argument('--replace', action='store_true',
+                     help='write the models again where this program '
+                          'exported them before (a committed run\'s models '
+                          'would change in git only by the recorded commit)')
     many = commands.add_parser('measure', help='export, check and time '
                                'every network', formatter_class=cli.HelpFormatter)
     many.add_argument('--run', action='append', metavar='RUN_DIR',

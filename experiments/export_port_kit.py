@@ -26,8 +26,8 @@ def main(argv=None):
     parser.add_argument('--test-batch', choices=datasets.CIFAR10_BATCHES +
                         [datasets.CIFAR10_TEST],
                         help='CIFAR-10 test batch, as for the run scripts')
-    parser.add_argument('--batch', type=cli.positive_int, default=16,
-                        help='samples in the reference batch')
+    parser.add_argument('--batch', type=cli.int_between(1, port_kit.MAX_BATCH),
+                        default=16, help='samples in the reference batch')
     parser.add_argument('--seed', type=cli.seed, default=0,
                         help='seeds the initial weights and the synthetic batch')
     args = parser.parse_args(argv)

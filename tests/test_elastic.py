@@ -194,6 +194,7 @@ def test_the_study_runs_end_to_end_and_resumes(tmp_path):
                   per_batch=64,
                   test=False)
     flags = ['--smoke', '--unofficial-data', '--preprocessing', 'scale',
+             '--test-batch', 'data_batch_5',
              '--data-dir', str(tmp_path / 'data'), '--cache-dir',
              str(tmp_path / 'cache'), '--backbones', 'mobilenet', 'resnet',
              '--width', '0.125', '--resnet-n', '1', '--no-progress',

@@ -53,7 +53,7 @@ def stops_with(capsys, argv, *messages, code=2):
     (['--train-size', '0'], '--train-size must be at least 1'),
     (['--test-size', '0'], '--test-size must be at least 1'),
     (['--batchsize', '0'], '--batchsize must be at least 1, got 0'),
-    (['--epoch-main', '-1'], '--epoch-main must be at least 0, got -1'),
+    (['--epoch-main', '-1'], '--epoch-main must be between 0 and 10000, got -1'),
     (['--alpha', '0'], '--alpha must be a finite number in (0, 1]'),
     (['--timing-repeats', '100000000000000000000'],
      '--timing-repeats must be between 1 and 1000'),
