@@ -206,15 +206,27 @@ def _find(data_dir, dataset, names):
     return None
 
 
+# The largest dataset file this module reads is MNIST's training images,
+# 47 MB decompressed; a gzip that inflates far beyond is not a dataset file
+# (a "decompression bomb" would fill the memory).
+MAX_DECOMPRESSED = 256 * 2 ** 20
+
+
 def _read(path):
     """File contents, decompressed if gzip; a corrupt gzip is a DataError."""
     try:
         with open(path, 'rb') as f:
             raw = f.read()
-        data = gzip.decompress(raw) if path.endswith('.gz') else raw
+        if not path.endswith('.gz'):
+            return raw, raw
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as g:
+            data = g.read(MAX_DECOMPRESSED + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError('{}: cannot read ({}): the file is truncated or '
                         'corrupt'.format(path, e)) from e
+    if len(data) > MAX_DECOMPRESSED:
+        raise DataError('{}: decompresses to more than {} MB, which no MNIST '
+                        'file does'.format(path, MAX_DECOMPRESSED >> 20))
     return raw, data
 
 

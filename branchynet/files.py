@@ -13,6 +13,9 @@ import math
 import os
 import tempfile
 import time
+import tokenize
+import zipfile
+import zlib
 
 from branchynet.errors import FileProblem
 
@@ -63,7 +66,8 @@ def atomic_write(path, mode='wb', before_replace=None):
         os.replace(tmp, path)
     except BaseException as e:
         os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename is None:
+        if isinstance(e, OSError) and e.filename is None and \
+                e.errno is not None and e.strerror:
             e.filename = path  # a full disk's error names no file
         raise
     crash_point('replaced ' + path)
@@ -172,3 +176,48 @@ def remove_partial_files(folder, names=('*',), older_than_s=0):
             except OSError:
                 pass  # another process removed or finished it meanwhile
     return removed
+
+
+def npz_members(path, what='npz archive'):
+    """``{member: (shape, dtype)}`` of an npz file, read from the members'
+    headers alone: no array is loaded, nothing is unpickled.
+
+    Args:
+        path: the file.
+        what: what the file should be, for messages.
+
+    Raises:
+        FileProblem: the file is not a whole npz archive (every member's
+            CRC is checked) or a member is not an npy array.
+    """
+    from numpy.lib import format as npy
+    members = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            if bad is not None:
+                raise FileProblem('{}: member {} fails its check: the file '
+                                  'is damaged'.format(path, bad))
+            for info in archive.infolist():
+                if not info.filename.endswith('.npy'):
+                    raise FileProblem('{}: member {} is not an array'.format(
+                        path, info.filename))
+                with archive.open(info) as member:
+                    version = npy.read_magic(member)
+                    read_header = {(1, 0): npy.read_array_header_1_0,
+                                   (2, 0): npy.read_array_header_2_0}.get(
+                                       version)
+                    if read_header is None:
+                        raise ValueError('npy format {}'.format(version))
+                    shape, _, dtype = read_header(member)
+                members[info.filename[:-len('.npy')]] = (shape, dtype)
+    except FileProblem:
+        raise
+    except (OSError, EOFError, ValueError, SyntaxError, tokenize.TokenError,
+            zipfile.BadZipFile, zlib.error) as e:
+        # SyntaxError, TokenError: NumPy parses a header as Python (ast,
+        # then tokenize); damaged header bytes raise either
+        raise FileProblem('{}: not a readable {} ({}); the file is damaged '
+                          'or of another kind'.format(path, what, e)) \
+            from None
+    return members

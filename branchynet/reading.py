@@ -13,8 +13,6 @@ The expected shapes are written as small schemas: a dict of required keys
 """
 import numbers
 import os
-import zipfile
-import zlib
 
 from branchynet import files, protocols
 from branchynet.errors import FileProblem
@@ -358,45 +356,6 @@ def read_log(path):
     return log
 
 
-def npz_members(path):
-    """``{member: (shape, dtype)}`` of an npz file, read from the members'
-    headers alone: no array is loaded, nothing is unpickled.
-
-    Raises:
-        FileProblem: the file is not a whole npz archive (every member's
-            CRC is checked) or a member is not an npy array.
-    """
-    from numpy.lib import format as npy
-    members = {}
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-            if bad is not None:
-                raise FileProblem('{}: member {} fails its check: the file '
-                                  'is damaged'.format(path, bad))
-            for info in archive.infolist():
-                if not info.filename.endswith('.npy'):
-                    raise FileProblem('{}: member {} is not an array'.format(
-                        path, info.filename))
-                with archive.open(info) as member:
-                    version = npy.read_magic(member)
-                    read_header = {(1, 0): npy.read_array_header_1_0,
-                                   (2, 0): npy.read_array_header_2_0}.get(
-                                       version)
-                    if read_header is None:
-                        raise ValueError('npy format {}'.format(version))
-                    shape, _, dtype = read_header(member)
-                members[info.filename[:-len('.npy')]] = (shape, dtype)
-    except FileProblem:
-        raise
-    except (OSError, EOFError, ValueError, SyntaxError, zipfile.BadZipFile,
-            zlib.error) as e:
-        raise FileProblem('{}: not a readable npz archive ({}); the file is '
-                          'damaged or of another kind'.format(path, e)) \
-            from None
-    return members
-
-
 def check_snapshot(path):
     """Raise :class:`FileProblem` unless ``path`` is a whole Trainer snapshot
     that loads without unpickling anything.
@@ -415,10 +374,9 @@ def check_snapshot(path):
     advice = ('resume cannot continue from it: restore the file, or start '
               'the run again in another folder')
     try:
-        members = npz_members(path)
+        members = files.npz_members(path, 'training snapshot')
     except FileProblem as e:
-        raise FileProblem('{}: the training snapshot is damaged or not one '
-                          '({}); {}'.format(path, e, advice)) from None
+        raise FileProblem('{}; {}'.format(e, advice)) from None
     pickled = sorted(name for name, (_, dtype) in members.items()
                      if dtype.hasobject)
     if pickled:

@@ -6,13 +6,12 @@ writes) plus one extra key naming the network, so that loading a file made
 for another network fails with a message instead of a ``KeyError`` deep in
 Chainer.
 """
-import tokenize
-import zipfile
-import zlib
+import os
 
 import numpy
 from chainer import serializers
 
+from branchynet import files
 from branchynet.errors import FileProblem
 from branchynet.files import writing
 
@@ -42,6 +41,10 @@ def save_model(target, net):
 def load_model(path, net):
     """Load parameters and statistics saved by :func:`save_model` into ``net``.
 
+    The file's members are checked from their headers first (names,
+    shapes, no pickled objects), so a foreign or tampered file is refused
+    before any array is read.
+
     Raises:
         FileProblem: (a ``ValueError``) the file is missing, damaged, not a
             saved model, or was made for a different network (other name,
@@ -49,32 +52,35 @@ def load_model(path, net):
             names the file.
     """
     expected = {k: v.shape for k, v in _state(net).items()}
+    if not os.path.isfile(path):
+        raise FileProblem('{}: not found'.format(path) if not
+                          os.path.exists(path) else
+                          '{}: not a file'.format(path))
+    members = files.npz_members(path, 'saved model')
+    _check_fits(path, net, members, expected)
     try:
-        npz = numpy.load(path)
-        if not isinstance(npz, numpy.lib.npyio.NpzFile):
-            raise FileProblem('{}: a single array, not a saved model (npz)'
-                              .format(path))
-        with npz:
-            _check_fits(path, net, npz, expected)
+        with numpy.load(path) as npz:
             serializers.NpzDeserializer(npz).load(net)
-    except FileProblem:
-        raise
-    except FileNotFoundError:
-        raise FileProblem('{}: not found'.format(path)) from None
-    except (OSError, EOFError, ValueError, KeyError, AttributeError,
-            SyntaxError, tokenize.TokenError, zipfile.BadZipFile,
-            zlib.error) as e:
-        # SyntaxError, TokenError: NumPy parses an array's header as Python
-        # (ast, then tokenize); damaged header bytes raise either
+    except (OSError, EOFError, ValueError, KeyError, AttributeError) as e:
         raise FileProblem('{}: not a readable saved model ({}: {}); the file '
                           'is damaged or of another kind'.format(
                               path, type(e).__name__, e)) from None
     return net
 
 
-def _check_fits(path, net, npz, expected):
-    saved_name = str(npz[NETWORK_KEY]) if NETWORK_KEY in npz.files else None
-    found = {k: npz[k].shape for k in npz.files if k != NETWORK_KEY}
+def _check_fits(path, net, members, expected):
+    pickled = sorted(k for k, (_, dtype) in members.items()
+                     if dtype.hasobject)
+    if pickled:
+        raise FileProblem('{}: member {} holds Python objects (a pickle); '
+                          'a saved model holds numbers only'.format(
+                              path, pickled[0]))
+    saved_name = None
+    if NETWORK_KEY in members:
+        with numpy.load(path) as npz:
+            saved_name = str(npz[NETWORK_KEY])
+    found = {k: shape for k, (shape, _) in members.items()
+             if k != NETWORK_KEY}
     problems = []
     if saved_name is not None and saved_name != net.title:
         problems.append('it holds network {!r}, this is {!r}'.format(

@@ -681,3 +681,15 @@ def test_the_preprocessing_study_refuses_a_users_folder(tmp_path):
     with pytest.raises(UserError, match='not empty'):
         preprocessing_study.run(config)
     assert sorted(os.listdir(str(users))) == ['notes.txt']
+
+
+def test_a_gzip_that_inflates_beyond_any_dataset_is_refused(tmp_path,
+                                                            monkeypatch):
+    import gzip
+    from branchynet.synthetic import write_mnist
+    folder = write_mnist(str(tmp_path / 'mnist'), train=10, test=10)
+    monkeypatch.setattr(datasets, 'MAX_DECOMPRESSED', 4000)
+    with pytest.raises(datasets.DataError, match='decompresses to more'):
+        datasets.load_mnist(folder, official=False)
+    with open(os.path.join(folder, 'train-labels-idx1-ubyte.gz'), 'rb') as f:
+        assert len(gzip.decompress(f.read())) < 4000  # the labels passed
