@@ -6,7 +6,9 @@
 # Chainer 7.8.1 exists on PyPI only as an sdist whose setup.py imports
 # pkg_resources, which pip's isolated build environment no longer provides.
 # The recipe: put setuptools<70 (which still has pkg_resources) and wheel in
-# the environment, then build Chainer without build isolation.
+# the environment, then build Chainer without build isolation. That pin is
+# made only when Chainer is not installed yet, so re-running this script
+# never downgrades what an extra (PyTorch: setuptools>=77) needs.
 #
 #   PYTHON=python3.12 ./install.sh     choose the interpreter (default python3)
 #   CHAINER_WHEEL=path/to.whl ./install.sh   use a prebuilt Chainer wheel
@@ -20,14 +22,20 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 
-pip install "setuptools<70" wheel
 if ! "$VENV/bin/python" -m pip show chainer 2>/dev/null | grep -q '^Version: 7.8.1$'; then
     if [ -n "${CHAINER_WHEEL:-}" ]; then
         pip install --no-deps "$CHAINER_WHEEL"
     else
+        # only to build Chainer: later installs (PyTorch needs
+        # setuptools>=77) may upgrade it, and a re-run leaves them be
+        pip install "setuptools<70" wheel
         pip install --no-build-isolation "chainer==7.8.1"
     fi
 fi
-# the tests include the ONNX parity checks and 2-rank MPI runs (ChainerMN)
+pip install wheel
+# the tests include the ONNX parity checks, the runtime matrix (ONNX's
+# reference evaluator, OpenVINO, tract) and 2-rank MPI runs (ChainerMN)
 pip install --no-build-isolation -e ".[test,mpi]"
+# an extra installed before (PyTorch, say) must still have what it needs
+"$VENV/bin/python" -m pip check
 "$VENV/bin/python" -c "import branchynet, chainer, numpy; print('branchynet ready: chainer', chainer.__version__, '| numpy', numpy.__version__)"

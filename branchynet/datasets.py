@@ -391,6 +391,14 @@ def _cifar10_path(data_dir, batch):
     return path
 
 
+def raw_cifar10(data_dir, batch, official=True):
+    """One CIFAR-10 batch as it is stored, checked: ``(images, labels)``,
+    uint8 ``(N, 3, 32, 32)`` and int32 ``(N,)``, not preprocessed."""
+    images, labels, _ = _cifar10_batch(
+        _cifar10_path(resolve_data_dir(data_dir), batch), official)
+    return images, labels
+
+
 def zca_whiten(train, test, epsilon=0.0):
     """ZCA whitening fitted on ``train`` (N x D), applied to both; float32 out.
 
@@ -525,7 +533,7 @@ def cache_folder(cache_dir=None):
 def load_cifar10(data_dir=None, test_batch=None, preprocessing='zca',
                  train_size=None, test_size=None, cache_dir=None,
                  validation_size=0, seed=0, official=True,
-                 train_batches=None):
+                 train_batches=None, keep_raw=False, say=None):
     """CIFAR-10 as float32 ``(N, 3, 32, 32)``, preprocessed and cached.
 
     Args:
@@ -544,6 +552,11 @@ def load_cifar10(data_dir=None, test_batch=None, preprocessing='zca',
             one but ``test_batch``); no other file is read, so a study can
             validate on one training batch without opening the one held
             out for testing.
+        keep_raw: also keep the uint8 images before preprocessing, as the
+            dataset's ``raw_train_x`` and ``raw_test_x``: what a port kit
+            needs to let a port check its preprocessing.
+        say: called with a line before a preprocessing of more than a few
+            seconds and after a cache entry is written (its path and size).
 
     Returns:
         A :class:`Dataset`.
@@ -606,9 +619,15 @@ def load_cifar10(data_dir=None, test_batch=None, preprocessing='zca',
     remove_partial_files(os.path.dirname(path), ['cifar10-*.npz'],
                          older_than_s=3600)
     cached = _read_cache(path, len(train_t), len(valid_t) + len(test_t))
+    say = say or (lambda text: None)
     if cached is not None:
         train_x, held_x = cached
     else:
+        say('preprocessing CIFAR-10 ({}) for {} training and {} other '
+            'images{}'.format(preprocessing, len(train_t),
+                              len(valid_t) + len(test_t),
+                              ' (ZCA: about a minute)' if 'zca' in
+                              preprocessing else ''))
         # validation and test images are preprocessed alike, with what was
         # fitted on the training images
         train_x, held_x = preprocess(
@@ -616,9 +635,31 @@ def load_cifar10(data_dir=None, test_batch=None, preprocessing='zca',
             preprocessing)
         with atomic_write(path) as f:
             numpy.savez(f, train_x=train_x, test_x=held_x)
+        say('cached the preprocessed images in {} ({:.0f} MB; a later run '
+            'loads them from there, and they may be deleted)'.format(
+                path, os.path.getsize(path) / 1e6))
     info['cache'] = path
     valid_x, test_x = held_x[:len(valid_t)], held_x[len(valid_t):]
-    return Dataset(train_x, train_t, test_x, test_t, info, valid_x, valid_t)
+    data = Dataset(train_x, train_t, test_x, test_t, info, valid_x, valid_t)
+    if keep_raw:
+        data.raw_train_x, data.raw_test_x = raw_train_x, raw_test_x
+    return data
+
+
+def pixel_mean(raw_train, preprocessing):
+    """The per-pixel mean that ``preprocessing`` subtracts, fitted on the
+    uint8 training images ``raw_train`` ``(N, C, H, W)`` as
+    :func:`preprocess` fits it (in its scale and precision), or ``None``
+    for a preprocessing without one."""
+    flat = raw_train.reshape(len(raw_train), -1)
+    if preprocessing == 'gcn':
+        return (flat.astype(numpy.float32) / 255).mean(axis=0).reshape(
+            raw_train.shape[1:])
+    if preprocessing in ('zca', 'zca-eps'):
+        scale = 255.0 if preprocessing == 'zca-eps' else 1.0
+        return (flat.astype(numpy.float64) / scale).mean(axis=0).reshape(
+            raw_train.shape[1:])
+    return None
 
 
 # --- download fallback ---------------------------------------------------------

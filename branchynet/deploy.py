@@ -4,15 +4,16 @@
 any ONNX runtime with opset 11) runs as BranchyNet runs:
 
 - inputs ``images`` (``(batch, C, H, W)`` float32, any batch size) and
-  ``thresholds`` (``(num_exits - 1,)`` float64: the entropy threshold of
-  each non-final exit, a runtime input, so thresholds change without
-  exporting again);
+  ``thresholds`` (``(num_exits - 1,)`` float32: the entropy threshold of
+  each non-final exit, rounded to float32, a runtime input, so thresholds
+  change without exporting again);
 - outputs ``label`` and ``exit`` (``(batch,)`` int64: the predicted class
   and the 0-based index of the exit that answered).
 
 Inside, trunk stage ``n`` and exit head ``n`` run, then ``entropy = -sum
-p ln p`` of ``p = softmax(logits)`` (``0 ln 0 = 0``, float32), cast to
-float64 and compared with ``thresholds[n]`` strictly (``<``): the samples
+p ln p`` of ``p = softmax(logits)`` (``0 ln 0 = 0``, float32), compared
+with ``thresholds[n]`` strictly (``<``) in float32, as
+:class:`~branchynet.exit_rule.EntropyThresholds` compares: the samples
 below leave with ``argmax(logits)`` (the first maximum on ties). The others
 are gathered, and only they run through the next stage, inside an ``If``
 node that runs nothing when none is left: for a batch of one, nothing past
@@ -33,7 +34,7 @@ import os
 import chainer
 import numpy
 
-from branchynet import environment, files
+from branchynet import environment, files, onnx_graph
 from branchynet.exit_rule import EntropyThresholds
 from branchynet.port_kit import OPSET, trace_onnx
 
@@ -60,11 +61,17 @@ class _Builder:
                                            name=self.name(op), **attributes))
         return names[0] if outputs == 1 else names
 
-    def constant(self, value, dtype, stem='const'):
+    def constant(self, nodes, value, dtype, stem='const'):
+        """A ``Constant`` node in ``nodes``: inside the (sub)graph that
+        reads it, not an initializer of the outer graph (tract read an
+        outer scalar initializer inside an ``If`` branch as another
+        one's value)."""
         from onnx import numpy_helper
         name = self.name(stem)
-        self.initializers.append(numpy_helper.from_array(
-            numpy.asarray(value, dtype=dtype), name))
+        nodes.append(self.helper.make_node(
+            'Constant', [], [name], name=self.name('Constant'),
+            value=numpy_helper.from_array(numpy.asarray(value, dtype=dtype),
+                                          name)))
         return name
 
     def inline(self, nodes, model, input_name, prefix):
@@ -95,27 +102,27 @@ def _traces(net, sample):
 
 def _decide(b, nodes, logits, n, thresholds):
     """Label, exit index and the 'leaves here' mask of exit ``n``."""
+    def const(value, dtype):
+        return b.constant(nodes, value, dtype)
     label = b.node(nodes, 'ArgMax', [logits], 'label', axis=1, keepdims=0)
-    exit_ = b.node(nodes, 'Expand', [b.constant(n, numpy.int64),
+    exit_ = b.node(nodes, 'Expand', [const(n, numpy.int64),
                                      b.node(nodes, 'Shape', [label], 'n')],
                    'exit')
     if thresholds is None:
         return label, exit_, None
     p = b.node(nodes, 'Softmax', [logits], 'p', axis=1)
-    positive = b.node(nodes, 'Greater', [p, b.constant(0, numpy.float32)],
+    positive = b.node(nodes, 'Greater', [p, const(0, numpy.float32)],
                       'positive')
-    safe = b.node(nodes, 'Where', [positive, p,
-                                   b.constant(1, numpy.float32)], 'safe')
+    safe = b.node(nodes, 'Where', [positive, p, const(1, numpy.float32)],
+                  'safe')
     terms = b.node(nodes, 'Mul', [p, b.node(nodes, 'Log', [safe], 'log')],
                    'terms')
     entropy = b.node(nodes, 'Neg', [b.node(nodes, 'ReduceSum', [terms],
                                            'sum', axes=[1], keepdims=0)],
                      'entropy')
-    threshold = b.node(nodes, 'Gather', [thresholds,
-                                         b.constant(n, numpy.int64)], 't')
-    leaves = b.node(nodes, 'Less', [b.node(nodes, 'Cast', [entropy], 'e64',
-                                           to=b.TensorProto.DOUBLE),
-                                    threshold], 'leaves')
+    threshold = b.node(nodes, 'Gather', [thresholds, const(n, numpy.int64)],
+                       't')
+    leaves = b.node(nodes, 'Less', [entropy, threshold], 'leaves')
     return label, exit_, leaves
 
 
@@ -137,8 +144,9 @@ def _level(b, nodes, h, n, stages, heads, thresholds):
     stay = b.node(nodes, 'NonZero', [b.node(nodes, 'Not', [leaves], 'stay')],
                   'where')
     index = b.node(nodes, 'Squeeze', [stay], 'index', axes=[0])
-    left = b.node(nodes, 'Greater', [b.node(nodes, 'Size', [index], 'left'),
-                                     b.constant(0, numpy.int64)], 'any')
+    left = b.node(nodes, 'Greater', [
+        b.node(nodes, 'Size', [index], 'left'),
+        b.constant(nodes, 0, numpy.int64)], 'any')
     deeper = []
     rest = b.node(deeper, 'Gather', [h, index], 'rest', axis=0)
     rest_label, rest_exit = _level(b, deeper, rest, n + 1, stages, heads,
@@ -159,7 +167,45 @@ def _level(b, nodes, h, n, stages, heads, thresholds):
                   else_branch=branch(kept, same, 'kept'))
 
 
-def _model(net, sample, early_exit):
+def _level_portable(b, nodes, h, n, stages, heads, thresholds):
+    """Exit ``n`` of the portable form (one sample): if it takes the sample,
+    its answer; else the deeper levels', inside the ``else`` branch of an
+    ``If`` on a scalar condition. No shape depends on the data. An answer
+    is one ``(1, 2)`` int64 tensor, ``[[label, exit]]``: an ``If`` with one
+    output (tract gave the second output of a two-output ``If`` from the
+    wrong branch)."""
+    helper = b.helper
+    h = b.inline(nodes, stages[n], h, 's{}_'.format(n))
+    logits = b.inline(nodes, heads[n], h, 'h{}_'.format(n))
+    last = n == len(stages) - 1
+    label, exit_, leaves = _decide(b, nodes, logits, n,
+                                   None if last else thresholds)
+    answer = b.node(nodes, 'Concat', [
+        b.node(nodes, 'Unsqueeze', [label], 'label', axes=[1]),
+        b.node(nodes, 'Unsqueeze', [exit_], 'exit', axes=[1])], 'answer',
+        axis=1)
+    if last:
+        return answer
+    here = b.node(nodes, 'Squeeze', [leaves], 'here', axes=[0])
+    taken = []
+    same = b.node(taken, 'Identity', [answer], 'answer')
+    deeper = []
+    deeper_answer = _level_portable(b, deeper, h, n + 1, stages, heads,
+                                    thresholds)
+
+    def branch(branch_nodes, output, stem):
+        return helper.make_graph(branch_nodes, b.name(stem), [], [
+            helper.make_tensor_value_info(output, b.TensorProto.INT64,
+                                          [1, 2])])
+    return b.node(nodes, 'If', [here], 'answer',
+                  then_branch=branch(taken, same, 'taken'),
+                  else_branch=branch(deeper, deeper_answer, 'deeper'))
+
+
+FORMS = ('batched', 'portable')
+
+
+def _model(net, sample, early_exit, form='batched'):
     import onnx
     helper = onnx.helper
     sample = numpy.asarray(sample if sample is not None else numpy.zeros(
@@ -168,7 +214,16 @@ def _model(net, sample, early_exit):
     b = _Builder()
     nodes = []
     thresholds = THRESHOLDS if early_exit and net.num_exits > 1 else None
-    if early_exit:
+    if form not in FORMS:
+        raise ValueError('form must be one of {}, got {!r}'.format(
+            ', '.join(FORMS), form))
+    if early_exit and form == 'portable':
+        answer = _level_portable(b, nodes, IMAGES, 0, stages, heads,
+                                 thresholds)
+        label, exit_ = (b.node(nodes, 'Gather', [
+            answer, b.constant(nodes, k, numpy.int64)], stem, axis=1)
+            for k, stem in ((0, 'label'), (1, 'exit')))
+    elif early_exit:
         label, exit_ = _level(b, nodes, IMAGES, 0, stages, heads, thresholds)
     else:  # the main path: every stage, then the final head
         h = IMAGES
@@ -178,13 +233,14 @@ def _model(net, sample, early_exit):
         label, exit_, _ = _decide(b, nodes, logits, net.num_exits - 1, None)
     nodes.append(helper.make_node('Identity', [label], [LABEL]))
     nodes.append(helper.make_node('Identity', [exit_], [EXIT]))
+    batch = 'batch' if form == 'batched' else 1
     inputs = [helper.make_tensor_value_info(
-        IMAGES, onnx.TensorProto.FLOAT, ['batch'] + list(net.input_shape))]
+        IMAGES, onnx.TensorProto.FLOAT, [batch] + list(net.input_shape))]
     if thresholds:
         inputs.append(helper.make_tensor_value_info(
-            THRESHOLDS, onnx.TensorProto.DOUBLE, [net.num_exits - 1]))
+            THRESHOLDS, onnx.TensorProto.FLOAT, [net.num_exits - 1]))
     outputs = [helper.make_tensor_value_info(name, onnx.TensorProto.INT64,
-                                             ['batch'])
+                                             [batch])
                for name in (LABEL, EXIT)]
     graph = helper.make_graph(nodes, '{}_{}'.format(
         net.title, 'early_exit' if early_exit else 'main_path'), inputs,
@@ -197,7 +253,9 @@ def _model(net, sample, early_exit):
         'input_shape': json.dumps(list(net.input_shape)),
         'classes': str(_classes(net)),
         'kind': 'early_exit' if early_exit else 'main_path',
+        'form': form,
         'branchynet_commit': str(environment.describe()['git_commit'])})
+    onnx_graph.unique_node_names(model)
     onnx.checker.check_model(model)
     return model
 
@@ -206,18 +264,23 @@ def _classes(net):
     return int(net.heads[-1].layers()[-1].W.shape[0])
 
 
-def export(net, target, sample=None):
+def export(net, target, sample=None, form='batched'):
     """Write ``net`` as one early-exit ONNX model (the module's contract).
 
     Args:
         net: a BranchyNet (on the CPU).
         target: a path or an open binary file.
         sample: an input batch to trace the stages with (default: zeros).
+        form: ``'batched'`` (any batch: the samples that go on are
+            gathered with ``NonZero`` and run on in an ``If``) or
+            ``'portable'`` (one sample: an ``If`` on a scalar at each exit,
+            no shape that depends on the data, for runtimes that cannot
+            run the batched form, such as tract).
 
     Returns:
         The ``onnx.ModelProto``.
     """
-    model = _model(net, sample, early_exit=True)
+    model = _model(net, sample, early_exit=True, form=form)
     with files.writing(target) as f:
         f.write(model.SerializeToString())
     return model
@@ -268,12 +331,17 @@ class EarlyExitSession:
             self.num_exits = int(meta['num_exits'])
             self.input_shape = tuple(json.loads(meta['input_shape']))
             self.kind = meta['kind']
+            self.form = meta.get('form', 'batched')
         except (KeyError, ValueError, TypeError) as e:
             raise ValueError('{}: not a model exported by branchynet.deploy '
                              '(its metadata lacks or garbles {})'.format(
                                  name, e)) from None
-        self.takes_thresholds = any(i.name == THRESHOLDS
-                                    for i in self.session.get_inputs())
+        types = {i.name: i.type for i in self.session.get_inputs()}
+        self.takes_thresholds = THRESHOLDS in types
+        # models exported before the comparison was float32 take float64
+        # thresholds: fed the float32-rounded values, they decide alike
+        self._threshold_dtype = numpy.float64 if types.get(
+            THRESHOLDS) == 'tensor(double)' else numpy.float32
         self._checked = (None, None)
 
     def predict(self, x, thresholds=None):
@@ -307,28 +375,46 @@ class EarlyExitSession:
             feed[THRESHOLDS] = self._thresholds(thresholds)
         elif thresholds is not None:
             raise ValueError('a main-path model takes no thresholds')
+        if self.form == 'portable':  # one sample a call
+            answers = [self.session.run([LABEL, EXIT], dict(
+                feed, **{IMAGES: x[i:i + 1]})) for i in range(len(x))]
+            return tuple(numpy.concatenate(a) for a in zip(*answers))
         label, exit_ = self.session.run([LABEL, EXIT], feed)
         return label, exit_
 
     def _thresholds(self, thresholds):
         """The thresholds as the model's input, checked once per vector."""
-        if thresholds is None:
-            raise ValueError('an early-exit model needs thresholds')
-        if isinstance(thresholds, EntropyThresholds):
-            if thresholds.num_exits != self.num_exits:
-                raise ValueError('{} has {} exits; these thresholds are for '
-                                 '{}'.format(self.network, self.num_exits,
-                                             thresholds.num_exits))
-            key = tuple(thresholds.values)
-        elif numpy.ndim(thresholds) != 1:
-            raise ValueError('thresholds: one value per non-final exit of {} '
-                             '({}), got {!r}'.format(self.network,
-                                                     self.num_exits - 1,
-                                                     thresholds))
-        else:
-            key = tuple(thresholds)
-        if key != self._checked[0]:
-            rule = thresholds if isinstance(thresholds, EntropyThresholds) \
-                else EntropyThresholds(thresholds, self.num_exits)
-            self._checked = (key, numpy.asarray(rule.values, numpy.float64))
+        key = tuple(getattr(thresholds, 'values', numpy.atleast_1d(
+            thresholds) if thresholds is not None else ()))
+        if key != self._checked[0] or thresholds is None:
+            self._checked = (key, threshold_feed(
+                thresholds, self.num_exits, self.network,
+                self._threshold_dtype))
         return self._checked[1]
+
+
+def threshold_feed(thresholds, num_exits, network, dtype=numpy.float32):
+    """``thresholds`` as an early-exit model's ``thresholds`` input: one
+    float32-rounded value per non-final exit, checked as
+    ``BranchyNet.predict`` checks them.
+
+    Raises:
+        ValueError: none given, a scalar, or values of the wrong length or
+            value (or an :class:`EntropyThresholds` for another number of
+            exits).
+    """
+    if thresholds is None:
+        raise ValueError('an early-exit model needs thresholds')
+    if isinstance(thresholds, EntropyThresholds):
+        if thresholds.num_exits != num_exits:
+            raise ValueError('{} has {} exits; these thresholds are for '
+                             '{}'.format(network, num_exits,
+                                         thresholds.num_exits))
+        rule = thresholds
+    elif numpy.ndim(thresholds) != 1:
+        raise ValueError('thresholds: one value per non-final exit of {} '
+                         '({}), got {!r}'.format(network, num_exits - 1,
+                                                 thresholds))
+    else:
+        rule = EntropyThresholds(thresholds, num_exits)
+    return rule.compared.astype(dtype)

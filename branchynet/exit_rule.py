@@ -46,7 +46,13 @@ def _check_values(values, num_exits, what):
 class EntropyThresholds:
     """Exit ``n`` takes a sample whose softmax entropy is below ``thresholds[n]``.
 
-    Thresholds are compared in double precision.
+    The comparison is made in float32, strictly: the entropy (a float32)
+    against the threshold rounded to the nearest float32. That is what the
+    deployed ONNX graph computes, and what every runtime that follows the
+    ONNX spec computes from it (OpenVINO, for one, compares in float32
+    whatever the input's type), so a sample cannot leave in one runtime and
+    stay in another because of the comparison. A sample whose entropy
+    equals the rounded threshold stays.
 
     Args:
         thresholds: one non-negative number per non-final exit. ``0`` sends
@@ -57,6 +63,7 @@ class EntropyThresholds:
     def __init__(self, thresholds, num_exits):
         self.values = _check_values(thresholds, num_exits, 'thresholds')
         self.num_exits = num_exits
+        self.compared = numpy.asarray(self.values, numpy.float32)
 
     def takes(self, n, entropy):
         """Which samples leave at exit ``n``.
@@ -69,9 +76,7 @@ class EntropyThresholds:
         Returns:
             Boolean mask ``(B,)`` of the same array module.
         """
-        # In double precision, as a Python float on the host compares: a
-        # float32 entropy must not exit in one path and stay in another.
-        return entropy.astype(numpy.float64) < self.values[n]
+        return entropy.astype(numpy.float32) < self.compared[n]
 
     def __repr__(self):
         return 'EntropyThresholds({})'.format(list(self.values))

@@ -396,8 +396,10 @@ def holds_work(out):
 
 # --- 2. data ------------------------------------------------------------------
 
-def load_data(protocol, config):
-    """The protocol's dataset as the configuration splits it."""
+def load_data(protocol, config, say=None, keep_raw=False):
+    """The protocol's dataset as the configuration splits it (see
+    :func:`branchynet.datasets.load_cifar10` for ``say`` and
+    ``keep_raw``)."""
     if protocol.dataset == 'mnist':
         return datasets.load_mnist(config.data_dir, config.train_size,
                                    config.test_size, config.validation_size,
@@ -408,7 +410,8 @@ def load_data(protocol, config):
                                  config.test_size, config.cache_dir,
                                  validation_size=config.validation_size,
                                  seed=config.seed,
-                                 official=not config.unofficial_data)
+                                 official=not config.unofficial_data,
+                                 keep_raw=keep_raw, say=say)
 
 
 # --- 3. training ----------------------------------------------------------------
@@ -779,7 +782,7 @@ def run(config, extra_extensions=()):
         say.enabled = False
     folder = open_output(config, state) if cluster.is_root else None
     try:
-        data = load_data(protocol, config)
+        data = load_data(protocol, config, say)
         check_training_set(config, data, cluster)
         with chainer.using_config('branchynet_kernels', config.kernels):
             return _run_steps(protocol, config, data, device, say, cluster,

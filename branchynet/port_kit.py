@@ -35,8 +35,10 @@ import numpy
 from chainer import serializers
 
 from branchynet import (_compat, datasets, entropy, environment, files,
+                        onnx_graph,
                         protocols, reading, sweep, synthetic)
 from branchynet.errors import FileProblem
+from branchynet.exit_rule import EntropyThresholds
 from branchynet.layers import FunctionLayer
 from branchynet.ownership import OutputFolder
 from branchynet.serialization import load_model
@@ -44,6 +46,10 @@ from branchynet.serialization import load_model
 OPSET = 11
 KIT_FILES = ('model.onnx', 'weights.npz', 'reference.npz')
 MAX_BATCH = 10000  # a reference batch larger than a test set is a typo
+# A port passes a kit when every exit's logits are within this share of the
+# largest reference logit (PORTING.md: honest float32 ports measured at most
+# 1.3e-6; ONNX's LRN alpha/n mistake 6.6e-6 to 1.9e-5).
+PASS_TOLERANCE = 5e-6
 ADAM = {'name': 'Adam (Chainer 7)', 'alpha': 0.001, 'beta1': 0.9,
         'beta2': 0.999, 'eps': 1e-8,
         'update': 'm += (1 - beta1) * (g - m); v += (1 - beta2) * (g*g - v); '
@@ -197,6 +203,7 @@ def trace_onnx(link, x, input_names, output_names):
             shape[0] = 0
             constant.attribute[0].t.CopyFrom(numpy_helper.from_array(
                 shape, constant.attribute[0].t.name))
+    onnx_graph.unique_node_names(model)
     initializers = {i.name for i in model.graph.initializer}
     kept = [i for i in model.graph.input if i.name not in initializers]
     del model.graph.input[:]
@@ -221,19 +228,44 @@ def export_onnx(net, x, target):
     return model
 
 
-def reference_batch(protocol, data_dir, size, seed, test_batch=None):
-    """``(x, t, source)``: real test images if ``data_dir``, else seeded noise."""
-    net_shape = protocol.input_shape
+def reference_batch(protocol, data_dir, size, seed, test_batch=None,
+                    run=None):
+    """The reference batch: real test images if ``data_dir``, preprocessed
+    as the run ``run`` (a :class:`~branchynet.config.RunConfig`, or
+    ``None``: the protocol's defaults) preprocessed its own, else seeded
+    noise.
+
+    Returns:
+        ``(x, t, source, preprocessing)``: ``preprocessing`` holds, for
+        CIFAR-10, what a port needs to check its own preprocessing (the
+        rule, the training batches it was fitted on, the raw uint8 images
+        of the batch and, where the rule subtracts one, the per-pixel
+        mean), else ``None``.
+    """
+    from branchynet import pipeline
+    from branchynet.config import RunConfig
     if data_dir is None:
-        return synthetic.random_batch(net_shape, size, seed) + (
-            'uniform noise in [0, 1), seed {}'.format(seed),)
+        return synthetic.random_batch(protocol.input_shape, size, seed) + (
+            'uniform noise in [0, 1), seed {}'.format(seed), None)
     if protocol.dataset == 'mnist':
         data = datasets.load_mnist(data_dir, test_size=size)
-    else:
-        data = datasets.load_cifar10(data_dir, test_batch=test_batch,
-                                     test_size=size)
+        return data.test_x, data.test_t, 'the first {} images of {} ({})'.format(
+            size, data.info['test'], data.info['preprocessing']), None
+    run = run or RunConfig.for_protocol(protocol.key, out='')
+    data = pipeline.load_data(protocol, run.replace(
+        data_dir=data_dir, test_size=size,
+        test_batch=test_batch or run.test_batch), keep_raw=True)
+    mean = datasets.pixel_mean(data.raw_train_x, run.preprocessing)
+    preprocessing = {
+        'key': run.preprocessing,
+        'rule': datasets.PREPROCESSINGS[run.preprocessing],
+        'fitted_on': {'batches': data.info['train'],
+                      'images': len(data.train_t),
+                      'validation_held_out': data.info['validation']},
+        'arrays': {'x_raw': data.raw_test_x,
+                   **({'pixel_mean': mean} if mean is not None else {})}}
     return data.test_x, data.test_t, 'the first {} images of {} ({})'.format(
-        size, data.info['test'], data.info['preprocessing'])
+        size, data.info['test'], data.info['preprocessing']), preprocessing
 
 
 def exit_arrays(net, x, threshold_sets):
@@ -262,11 +294,41 @@ def lower_third_thresholds(net, x):
         e = numpy.sort(outputs.entropies[n, remaining].astype(numpy.float64))
         if len(e) < 2:
             thresholds.append(0.0)
-            continue
-        i = max(0, len(e) // 3 - 1)
-        thresholds.append(float(e[i] + e[i + 1]) / 2)
-        remaining &= ~(outputs.entropies[n].astype(numpy.float64) <
-                       thresholds[-1])
+        else:
+            i = max(0, len(e) // 3 - 1)
+            thresholds.append(float(e[i] + e[i + 1]) / 2)
+        rule = EntropyThresholds(thresholds + [0.0] * (
+            net.num_exits - 2 - n), net.num_exits)
+        remaining &= ~rule.takes(n, outputs.entropies[n])
+    return thresholds
+
+
+# Threshold sets that test a port's exit rule alone, on the kit's own
+# entropies: a port's entropies differ from these in the last bits, and a
+# tie may then fall either way through its own forward pass.
+RULE_ONLY_SETS = ('ties', 'above_ties')
+
+
+def tie_thresholds(net, x, above=False):
+    """Thresholds that tie: at each non-final exit, the entropy (a float32)
+    of the median sample of those that reach it, exactly; with ``above``, a
+    quarter of a float32 step above it, which rounds back to it. Under the
+    exit rule (strictly below, in float32) that sample stays in both sets,
+    so a port that compares with ``<=``, or in float64, fails them."""
+    outputs = sweep.exit_outputs(net, x, numpy.zeros(len(x), numpy.int32))
+    thresholds, remaining = [], numpy.ones(len(x), bool)
+    for n in range(net.num_exits - 1):
+        reaching = numpy.flatnonzero(remaining)
+        e = outputs.entropies[n, reaching].astype(numpy.float32)
+        tie = e[numpy.argsort(e, kind='stable')[(len(e) - 1) // 2]] \
+            if len(e) else numpy.float32(0)
+        value = float(tie)
+        if above:
+            value += float(numpy.spacing(tie)) / 4
+        thresholds.append(value)
+        rule = EntropyThresholds(thresholds + [0.0] * (
+            net.num_exits - 2 - n), net.num_exits)
+        remaining &= ~rule.takes(n, outputs.entropies[n])
     return thresholds
 
 
@@ -321,26 +383,41 @@ def export(key, out, model_path=None, data_dir=None, batch=16, seed=0,
     if model_path is not None:
         load_model(model_path, net)
     knee = knee_of_run(model_path, key)
-    x, t, source = reference_batch(protocol, data_dir, batch, seed, test_batch)
+    x, t, source, preprocessing = reference_batch(
+        protocol, data_dir, batch, seed, test_batch, run_of_model(model_path))
     # a kit is Chainer's own computation: the reference a port must meet
     with OutputFolder.open(out, 'port-kit', foreign_ok=False) as folder, \
             chainer.using_config('branchynet_kernels', 'stock'):
         return _write_kit(folder, key, net, x, t, source, model_path, seed,
-                          knee)
+                          knee, preprocessing)
 
 
-def _write_kit(folder, key, net, x, t, source, model_path, seed, knee):
+def run_of_model(model_path):
+    """The configuration of the run whose folder holds ``model_path``
+    (its ``run.json``), or ``None``."""
+    if model_path is None:
+        return None
+    from branchynet import pipeline
+    return pipeline.stored_config(os.path.dirname(os.path.abspath(
+        model_path)))
+
+
+def _write_kit(folder, key, net, x, t, source, model_path, seed, knee,
+               preprocessing=None):
     protocol = protocols.get(key)
     with folder.open_file('model.onnx') as f:
         export_onnx(net, x, f)
     with folder.open_file('weights.npz') as f:
         numpy.savez(f, **weights(net))
     sets = {'paper': list(protocol.paper.thresholds),
-            'split': lower_third_thresholds(net, x)}
+            'split': lower_third_thresholds(net, x),
+            'ties': tie_thresholds(net, x),
+            'above_ties': tie_thresholds(net, x, above=True)}
     if knee is not None:
         sets['knee'] = knee
+    extra = preprocessing['arrays'] if preprocessing else {}
     with folder.open_file('reference.npz') as f:
-        numpy.savez(f, x=x, t=t, **exit_arrays(net, x, sets))
+        numpy.savez(f, x=x, t=t, **extra, **exit_arrays(net, x, sets))
     import onnx
     manifest = {
         'kind': 'branchynet-port-kit',
@@ -351,6 +428,8 @@ def _write_kit(folder, key, net, x, t, source, model_path, seed, knee):
         'weights': 'model file {} (trained)'.format(model_path) if model_path
                    else 'initial weights, numpy.random.seed({})'.format(seed),
         'reference_batch': source,
+        'preprocessing': None if preprocessing is None else {
+            k: v for k, v in preprocessing.items() if k != 'arrays'},
         'threshold_sets': sets,
         'protocol': {
             'epochs': {'main': protocol.epoch_main,
@@ -363,7 +442,8 @@ def _write_kit(folder, key, net, x, t, source, model_path, seed, knee):
             'branch_weights': list(net.branch_weights),
             'threshold_list': list(protocol.threshold_list),
             'exit_rule': 'exit n takes a sample when entropy(softmax(logits)) '
-                         '< T_n, compared in float64; the last exit takes '
+                         '< T_n, both in float32 (T_n rounded to the '
+                         'nearest float32), strictly; the last exit takes '
                          'the rest',
             'initialisation': 'see PORTING.md (LeCun-normal; ResNet stem '
                               'and residual convs scaled by 2**0.25)'},

@@ -1,6 +1,7 @@
 """Deploy early exit: one ONNX file per network, checked and timed under ONNX Runtime.
 
     python experiments/deploy.py export figures/b_lenet            # -> figures/b_lenet/b_lenet_early_exit.onnx
+    python experiments/deploy.py export figures/b_lenet --form portable   # -> b_lenet_early_exit_portable.onnx
     OPENBLAS_NUM_THREADS=1 python experiments/deploy.py measure --run figures/b_lenet --data-dir ../shared/data --out results/deploy
 
 export writes a run's early-exit model (thresholds a runtime input) and its
@@ -23,17 +24,23 @@ def export(args):
     if not state.is_run:
         raise UserError('RUN_DIR {} holds no run of this program'.format(
             args.run))
-    names = [deploy_report.model_file(stored.protocol, kind)
-             for kind in ('early_exit', 'main_path')]
+    early = 'early_exit' if args.form == 'batched' else 'early_exit_portable'
+    writers = {deploy_report.model_file(stored.protocol, early):
+               lambda n, f: deploy.export(n, f, form=args.form),
+               deploy_report.model_file(stored.protocol, 'main_path'):
+               deploy.export_main_path}
     with pipeline.open_run_folder(args.run, state, 'RUN_DIR') as folder:
-        folder.check_replaceable(names)
-        present = [n for n in names if os.path.lexists(folder.file(n))]
-        if present and not args.replace:
-            raise UserError('{} exist(s) already: pass --replace to write '
-                            'the models again'.format(', '.join(
-                                folder.file(n) for n in present)))
-        for name, write in zip(names, (deploy.export,
-                                       deploy.export_main_path)):
+        folder.check_replaceable(list(writers))
+        present = [n for n in writers if os.path.lexists(folder.file(n))]
+        model = next(iter(writers))
+        if model in present and not args.replace:
+            raise UserError('{} exists already: pass --replace to write it '
+                            '(and the main path) again'.format(
+                                folder.file(model)))
+        for name, write in writers.items():
+            if name in present and not args.replace:
+                print('{} (kept)'.format(folder.file(name)))
+                continue
             with folder.open_file(name) as f:
                 write(net, f)
             print(folder.file(name))
@@ -53,6 +60,11 @@ def main(argv=None):
     one = commands.add_parser('export', help='write a run\'s early-exit and '
                               'main-path models into its folder')
     one.add_argument('run', metavar='RUN_DIR')
+    one.add_argument('--form', choices=deploy.FORMS, default='batched',
+                     help='batched: any batch (ONNX Runtime, OpenVINO, '
+                          'ONNX\'s reference evaluator); portable: one sample, '
+                          'no data-dependent shape (tract too); see '
+                          'PORTING.md')
     one.add_argument('--replace', action='store_true',
                      help='write the models again where this program '
                           'exported them before (a committed run\'s models '

@@ -44,8 +44,10 @@ def test_the_model_keeps_its_contract(exported):
     assert list(inputs) == ['images', 'thresholds']
     assert inputs['images'].elem_type == onnx.TensorProto.FLOAT
     assert inputs['images'].shape.dim[0].dim_param == 'batch'
-    assert inputs['thresholds'].elem_type == onnx.TensorProto.DOUBLE
+    assert inputs['thresholds'].elem_type == onnx.TensorProto.FLOAT
     assert inputs['thresholds'].shape.dim[0].dim_value == net.num_exits - 1
+    from branchynet import onnx_graph
+    assert onnx_graph.spec_problems(model) == []
     outputs = {o.name: o.type.tensor_type.elem_type
                for o in model.graph.output}
     assert outputs == {'label': onnx.TensorProto.INT64,
@@ -93,7 +95,7 @@ def test_for_one_sample_nothing_past_the_exit_taken_runs(exported, tmp_path):
     options.profile_file_prefix = str(tmp_path / 'profile')
     session = onnxruntime.InferenceSession(str(folder / 'ee.onnx'), options,
                                            providers=['CPUExecutionProvider'])
-    every = numpy.full(net.num_exits - 1, numpy.inf)
+    every = numpy.full(net.num_exits - 1, numpy.inf, numpy.float32)
     label, exit_ = session.run(['label', 'exit'], {'images': x[:1],
                                                    'thresholds': every})
     assert exit_[0] == 0

@@ -24,11 +24,20 @@ def test_threshold_extremes():
     numpy.testing.assert_array_equal(huge, [0] * b)
 
 
-def test_thresholds_compare_in_double_precision():
-    # float32(1e-4) is just below 1e-4: it exits, as a host float would.
-    e = numpy.array([[numpy.float32(1e-4)]], dtype=numpy.float32)
-    assert assign_exits(e, EntropyThresholds([1e-4], 2))[0] == 0
-    assert float(e[0, 0]) < 1e-4
+def test_thresholds_compare_in_float32_strictly():
+    """float32(1e-4) is just below 1e-4. Compared in float32, an entropy of
+    exactly that value ties with the rounded threshold and stays (a float64
+    comparison would let it leave: OpenVINO and ONNX Runtime would then
+    disagree); a quarter of a float32 step above it rounds to the same
+    threshold; the next float32 below leaves."""
+    tie = numpy.float32(1e-4)
+    assert float(tie) < 1e-4
+    below = numpy.nextafter(tie, numpy.float32(0))
+    e = numpy.array([[tie, below, tie]], dtype=numpy.float32)
+    quarter_above = float(tie) + float(numpy.spacing(tie)) / 4
+    for threshold in (1e-4, float(tie), quarter_above):
+        numpy.testing.assert_array_equal(
+            assign_exits(e, EntropyThresholds([threshold], 2)), [1, 0, 1])
 
 
 def test_fraction_rule_takes_share_of_remaining_lowest_first():

@@ -655,6 +655,7 @@ def test_an_export_into_an_older_run_folder_keeps_it_a_run(finished,
     assert 'run.json' in record_of(run)['files']
     message = stop_message(deploy_script.main, ['export', run])
     assert '--replace' in message
+    deploy_script.main(['export', run, '--form', 'portable'])
     deploy_script.main(['export', run, '--replace'])
     cli.main('b_lenet', ['--data-dir', data, '--models', run, '-o', run] +
              QUICK)

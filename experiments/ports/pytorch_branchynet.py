@@ -97,6 +97,12 @@ def build_layer(spec, weights):
     raise ValueError('unknown layer type {!r}'.format(kind))
 
 
+def leaves(sample_entropy, threshold):
+    """PORTING.md's exit rule: the entropy and the threshold both rounded
+    to float32, strictly below."""
+    return numpy.float32(sample_entropy) < numpy.float32(threshold)
+
+
 def entropy(p):
     """PORTING.md: -sum p ln p over classes, with 0 ln 0 = 0."""
     return -(p * torch.log(torch.where(p > 0, p, torch.ones_like(p)))).sum(-1)
@@ -148,8 +154,7 @@ class BranchyNetPort(nn.Module):
             y = head(x)
             if n == self.num_exits - 1:
                 break
-            # the entropy in float32, compared in double precision
-            if float(entropy(F.softmax(y, dim=1))[0]) < thresholds[n]:
+            if leaves(entropy(F.softmax(y, dim=1))[0].item(), thresholds[n]):
                 break
         return int(y[0].argmax()), n
 
