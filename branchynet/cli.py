@@ -21,8 +21,8 @@ from branchynet import datasets, distributed, kernels, pipeline, protocols
 from branchynet.config import QUICK, RunConfig
 from branchynet.errors import UserError
 
-# Quick runs go to results/quick/<network> by default, apart from real runs.
-QUICK_FOLDER = 'quick'
+# Smoke runs go to results/smoke/<network> by default, apart from real runs.
+SMOKE_FOLDER = 'smoke'
 # argparse's sentinel for "this flag was not on the command line".
 _UNSET = object()
 
@@ -96,10 +96,11 @@ def one_line_errors(prog, interrupted=None):
     """Every error a user can act on ends the program with one line.
 
     The project's errors (:class:`~branchynet.errors.UserError`: data,
-    folders, damaged files), operating-system errors (a full or read-only
-    disk, a missing path) and ``KeyboardInterrupt`` become
-    ``<prog>: error: ...`` and exit status 1. Anything else is a defect and
-    keeps its traceback.
+    folders, damaged files) and operating-system errors (a full or read-only
+    disk, a missing path) become ``<prog>: error: ...`` and exit status 1;
+    Ctrl-C (``KeyboardInterrupt``) prints ``<prog>: <what was kept and how
+    to continue>`` and exits with 130, as a shell reports it. Anything else
+    is a defect and keeps its traceback.
 
     Args:
         prog: the program's name, for the message.
@@ -115,12 +116,15 @@ def one_line_errors(prog, interrupted=None):
     except KeyboardInterrupt:
         if callable(interrupted):
             interrupted = interrupted()
-        _stop(prog, interrupted or 'interrupted', prefix='\n')
+        sys.stderr.flush()
+        print('\n{}: {}'.format(prog, interrupted or 'interrupted'),
+              file=sys.stderr, flush=True)
+        raise SystemExit(130) from None  # a shell's status after Ctrl-C
 
 
-def _stop(prog, message, prefix=''):
+def _stop(prog, message):
     sys.stderr.flush()
-    raise SystemExit('{}{}: error: {}'.format(prefix, prog, message)) from None
+    raise SystemExit('{}: error: {}'.format(prog, message)) from None
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -166,7 +170,24 @@ def add_device_flags(parser):
                         help='GPU id (negative: CPU); an alias of --device')
 
 
-def build_parser(protocol, skip_timing_flag=True):
+def add_timing_flags(parser, timing_by_default=True):
+    """``--timing`` and ``--no-timing`` (into ``skip_timing``), every
+    script's one pair of timing flags, with the old spellings
+    ``--skip-timing`` and ``--with-timing`` kept."""
+    parser.add_argument('--timing', '--with-timing', dest='skip_timing',
+                        action='store_false',
+                        help='time the models at batch 1 (Table I, Fig. 3){}'
+                        .format(' (the default)' if timing_by_default
+                                else '; slow on a CPU'))
+    parser.add_argument('--no-timing', '--skip-timing', dest='skip_timing',
+                        action='store_true',
+                        help='no timing: accuracy and exit shares only, no '
+                             'Table I{}'.format('' if timing_by_default
+                                                else ' (the default)'))
+    parser.set_defaults(skip_timing=not timing_by_default)
+
+
+def build_parser(protocol, timing_by_default=True):
     """The argument parser of one protocol's run script, with its defaults.
 
     Its types only convert text to numbers: the configuration checks every
@@ -175,8 +196,8 @@ def build_parser(protocol, skip_timing_flag=True):
 
     Args:
         protocol: a :class:`~branchynet.protocols.Protocol`.
-        skip_timing_flag: offer ``--skip-timing`` (Fig. 5 offers the
-            opposite, ``--with-timing``, instead).
+        timing_by_default: time unless --no-timing (Fig. 5: only with
+            --timing).
 
     Returns:
         An ``argparse.ArgumentParser`` whose parsed namespace has one
@@ -277,12 +298,7 @@ def build_parser(protocol, skip_timing_flag=True):
                    help='untimed samples run first')
     p.add_argument('--no-cpu-timing', action='store_true',
                    help='with a GPU, time on the GPU only')
-    if skip_timing_flag:
-        p.add_argument('--skip-timing', action='store_true',
-                       help='no timing: accuracy and exit shares only, no '
-                            'Table I')
-    else:
-        p.set_defaults(skip_timing=True)
+    add_timing_flags(p, timing_by_default)
     p.add_argument('--train-size', type=integer,
                    help='use only the first N training samples (default: all)')
     p.add_argument('--test-size', type=integer,
@@ -292,11 +308,12 @@ def build_parser(protocol, skip_timing_flag=True):
                    help='hold out N training samples (class-stratified, '
                         'seeded by --seed) as a validation set; 0 keeps the '
                         'paper\'s protocol')
-    p.add_argument('--quick', action='store_true',
-                   help='smoke run, into results/quick/ unless --out says '
-                        'otherwise: ' + ', '.join(
-                            '--{} {}'.format(k.replace('_', '-'), v)
-                            for k, v in QUICK.items()))
+    p.add_argument('--smoke', '--quick', dest='quick', action='store_true',
+                   help='a smoke run of minutes, into results/smoke/ unless '
+                        '--out says otherwise; flags given explicitly win: '
+                        + ', '.join('--{} {}'.format(k.replace('_', '-'), v)
+                                    for k, v in QUICK.items()) +
+                        ' (--quick: the old spelling)')
     p.add_argument('--no-progress', action='store_true',
                    help='no progress bar or per-epoch table')
     p.add_argument('--communicator', choices=distributed.COMMUNICATORS,
@@ -319,9 +336,9 @@ def build_parser(protocol, skip_timing_flag=True):
 def parse(parser, key, argv=None, extra=()):
     """Parse ``argv`` into a :class:`RunConfig` for protocol ``key``.
 
-    ``--quick`` is read first and changes the defaults it names (and the
-    default ``--out``: ``results/quick/<network>``), so an explicit flag
-    still wins over it.
+    ``--smoke`` (or its old spelling ``--quick``) is read first and changes
+    the defaults it names (and the default ``--out``:
+    ``results/smoke/<network>``), so an explicit flag still wins over it.
 
     Args:
         parser: from :func:`build_parser`, possibly with more flags.
@@ -336,12 +353,13 @@ def parse(parser, key, argv=None, extra=()):
         ``extra`` values.
     """
     early = argparse.ArgumentParser(add_help=False)
-    early.add_argument('--quick', action='store_true')
+    early.add_argument('--smoke', '--quick', dest='quick',
+                       action='store_true')
     if early.parse_known_args(argv)[0].quick:
         # a smoke run goes apart from the real runs unless told otherwise
         out = parser.get_default('out')
         parser.set_defaults(out=os.path.join(
-            os.path.dirname(out), QUICK_FOLDER, os.path.basename(out)),
+            os.path.dirname(out), SMOKE_FOLDER, os.path.basename(out)),
             **QUICK)
     values = vars(parser.parse_args(argv))
     extras = {name: values.pop(name) for name in extra}
@@ -448,14 +466,14 @@ def fig5_main(argv=None):
     """Fig. 5: every B-AlexNet variant with 0-4 convs in exit 1, then the figure.
 
     Every flag of ``run_b_alexnet.py`` applies to each variant; each runs in
-    ``--out/exit1_<k>conv``; timing is skipped unless ``--with-timing``.
+    ``--out/exit1_<k>conv``; timing is skipped unless ``--timing``.
 
     Returns:
         The summary dictionary (the content of ``summary.json``).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     base = protocols.PROTOCOLS['b_alexnet']
-    parser = build_parser(base, skip_timing_flag=False)
+    parser = build_parser(base, timing_by_default=False)
     parser.description = ('Fig. 5: B-AlexNet with 0-4 conv layers in exit 1 '
                           '(and no exit 2), each with the full protocol.')
     parser.set_defaults(out=os.path.join('results', 'alexnet_branch_layers'))
@@ -463,18 +481,15 @@ def fig5_main(argv=None):
                         default=list(protocols.FIG5_CONVS),
                         choices=protocols.FIG5_CONVS,
                         help='conv layers in exit 1, one run each')
-    parser.add_argument('--with-timing', action='store_true',
-                        help='also time each variant (slow on CPU)')
     # every variant has two exits: flags are checked against variant 0
     common, explicit, extras = parse(parser, protocols.fig5_variant(0).key,
-                                     argv, extra=('convs', 'with_timing'))
+                                     argv, extra=('convs',))
     if len(set(extras['convs'])) != len(extras['convs']):
         parser.error('--convs {}: each variant once'.format(
             ' '.join(map(str, extras['convs']))))
     with one_line_errors(parser.prog, _interrupted(common, argv)):
         configs = [_resolved(parser, common.replace(
             protocol=protocols.fig5_variant(convs).key,
-            out=os.path.join(common.out, pipeline.FIG5_FOLDER.format(convs)),
-            skip_timing=not extras['with_timing']),
+            out=os.path.join(common.out, pipeline.FIG5_FOLDER.format(convs))),
             explicit | {'out', 'skip_timing'}) for convs in extras['convs']]
         return pipeline.run_fig5(configs, common.out)

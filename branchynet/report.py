@@ -81,7 +81,7 @@ def schedule(results):
     if config.get('test_size') is not None:
         short.append('first {} test samples'.format(config['test_size']))
     if config.get('quick'):
-        short.append('--quick')
+        short.append('--smoke')
     if not short:
         return 'full ({}+{} epochs)'.format(config['epoch_main'],
                                             config['epoch_joint'])
@@ -98,7 +98,7 @@ def caveat(results):
     ``''``, or e.g. ``'SHORTENED, UNOFFICIAL DATA'``."""
     words = []
     if schedule(results).startswith('SHORTENED'):
-        words.append('QUICK RUN' if results['config'].get('quick')
+        words.append('SMOKE RUN' if results['config'].get('quick')
                      else 'SHORTENED')
     if not official_data(results):
         words.append('UNOFFICIAL DATA')

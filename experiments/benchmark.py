@@ -28,9 +28,17 @@ def main(argv=None):
     parser.add_argument('--profile', choices=sorted(benchmark.PROFILES),
                         help='sizes: quick (default on CPU) or full (default '
                              'on a GPU: the paper\'s batch sizes)')
+    parser.add_argument('--smoke', action='store_true',
+                        help='the smoke profile (seconds; a test that the '
+                             'command works): --profile smoke')
     parser.add_argument('--no-progress', action='store_true',
                         help='no progress messages')
     args = parser.parse_args(argv)
+    if args.smoke:
+        if args.profile not in (None, 'smoke'):
+            parser.error('--smoke is --profile smoke, not --profile {}'
+                         .format(args.profile))
+        args.profile = 'smoke'
     try:
         spec = config.usable_device(args.device)
         config.check_writable(args.out)

@@ -17,7 +17,7 @@ import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
 from branchynet import cli, datasets, preprocessing_study
 from branchynet.preprocessing_study import StudyConfig
 
-SMOKE = {'epochs': 1, 'train_size': 1024, 'validation_size': 256}
+SMOKE = {'epoch_main': 1, 'train_size': 1024, 'validation_size': 256}
 
 
 def parse(argv=None):
@@ -35,7 +35,7 @@ def parse(argv=None):
                         choices=sorted(datasets.PREPROCESSINGS),
                         default=list(defaults.candidates),
                         help='preprocessings to compare, in this order')
-    parser.add_argument('--epochs', '-e', type=cli.positive_int,
+    parser.add_argument('--epoch-main', type=cli.positive_int,
                         default=defaults.epochs,
                         help='main-network epochs per candidate')
     parser.add_argument('--train-size', type=cli.positive_int,
@@ -61,7 +61,7 @@ def parse(argv=None):
     args = parser.parse_args(argv)
     values = dict(out=args.out, data_dir=datasets.resolve_data_dir(
                       args.data_dir),
-                  candidates=args.candidates, epochs=args.epochs,
+                  candidates=args.candidates, epochs=args.epoch_main,
                   train_size=args.train_size,
                   validation_size=args.validation_size, seed=args.seed,
                   device=args.device, cache_dir=args.cache_dir,

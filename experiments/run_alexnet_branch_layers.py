@@ -4,7 +4,7 @@ Trains each variant with the full protocol (main network, then joint) into
 ``--out/exit1_<k>conv``, then writes ``summary.json`` (final-exit and exit-1
 test accuracy per variant) and the figure into ``--out``. Every flag of
 run_b_alexnet.py applies to each variant; timing is skipped unless
---with-timing is given.
+--timing is given.
 
     python experiments/run_alexnet_branch_layers.py --data-dir ../shared/data --test-batch data_batch_5 -g 0
 """

@@ -3,7 +3,7 @@
     python experiments/run_b_lenet.py --data-dir ../shared/data        # CPU
     python experiments/run_b_lenet.py --data-dir ../shared/data -g 0   # GPU (+ CPU timing)
 
-Run with --help for every option; --quick is a one-minute smoke test.
+Run with --help for every option; --smoke is a one-minute smoke test.
 """
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
 from branchynet import cli

@@ -21,8 +21,8 @@ from networks import elastic_cifar10
 
 # a smoke run's test set is 1000 images: with all 10000, each of its eight
 # evaluations took minutes and the run about a quarter of an hour
-SMOKE = {'train_size': 256, 'test_size': 1000, 'epochs_backbone': 1,
-         'epochs_heads': 1, 'epochs_joint': 1, 'batchsize': 64,
+SMOKE = {'train_size': 256, 'test_size': 1000, 'epoch_backbone': 1,
+         'epoch_heads': 1, 'epoch_joint': 1, 'batchsize': 64,
          'timing_samples': 8}
 
 
@@ -47,16 +47,17 @@ def parse(argv=None):
                         help='first training images used')
     parser.add_argument('--test-size', type=cli.positive_int, default=None,
                         help='first test images used (default: all)')
-    parser.add_argument('--epochs-backbone', type=cli.positive_int,
+    parser.add_argument('--epoch-backbone', '--epochs-backbone', type=cli.positive_int,
                         default=Schedule.backbone,
                         help='epochs of the backbone phase')
-    parser.add_argument('--epochs-heads', type=cli.positive_int,
+    parser.add_argument('--epoch-heads', '--epochs-heads', type=cli.positive_int,
                         default=Schedule.heads,
                         help='epochs of the heads-only phase (the backbone '
                              'frozen)')
-    parser.add_argument('--epochs-joint', type=cli.positive_int,
+    parser.add_argument('--epoch-joint', '--epochs-joint', type=cli.positive_int,
                         default=Schedule.joint,
-                        help='epochs of the joint phase')
+                        help='epochs of the joint phase (--epochs-<phase>: '
+                             'the old spellings)')
     parser.add_argument('--batchsize', '-b', type=cli.positive_int,
                         default=Schedule.batchsize,
                         help='training batch size')
@@ -115,8 +116,8 @@ def parse(argv=None):
             out=args.out, data_dir=args.data_dir, backbones=args.backbones,
             test_batch=args.test_batch, train_size=args.train_size,
             test_size=args.test_size,
-            schedule=Schedule(args.epochs_backbone, args.epochs_heads,
-                              args.epochs_joint, args.batchsize),
+            schedule=Schedule(args.epoch_backbone, args.epoch_heads,
+                              args.epoch_joint, args.batchsize),
             width=args.width, resnet_n=args.resnet_n,
             preprocessing=args.preprocessing, seed=args.seed,
             timing_samples=args.timing_samples, cache_dir=args.cache_dir,

@@ -155,7 +155,7 @@ def test_only_rank_0_writes(data, tmp_path):
     folders = [tmp_path / 'rank0', tmp_path / 'rank1']
     for folder in folders:
         folder.mkdir()
-    flags = ['--data-dir', data, '-o', 'run', '--quick', '--no-progress',
+    flags = ['--data-dir', data, '-o', 'run', '--smoke', '--no-progress',
              '--unofficial-data', '-b', '64', '--timing-samples', '4',
              '--communicator', 'naive']
     command = [MPIEXEC] + EXTRA
@@ -176,7 +176,7 @@ def test_only_rank_0_writes(data, tmp_path):
 def test_a_killed_distributed_run_resumes_and_finishes(data, tmp_path):
     out = tmp_path / 'run'
     flags = ['--data-dir', data, '-o', str(out), '--unofficial-data',
-             '--no-progress', '--skip-timing', '-b', '64', '--epoch-main',
+             '--no-progress', '--no-timing', '-b', '64', '--epoch-main',
              '4', '--epoch-joint', '2', '--communicator', 'naive']
     process = subprocess.Popen([MPIEXEC] + EXTRA + ['-n', '2', sys.executable,
                                                     LENET] + flags,
@@ -211,7 +211,7 @@ def test_a_killed_distributed_run_resumes_and_finishes(data, tmp_path):
 def test_a_bad_launch_fails_clearly_on_every_rank(data, tmp_path, flags,
                                                   message):
     done = mpiexec([sys.executable, LENET, '--data-dir', data, '-o',
-                    str(tmp_path / 'run'), '--quick', '--no-progress',
+                    str(tmp_path / 'run'), '--smoke', '--no-progress',
                     '--unofficial-data', '-b', '64', '--communicator', 'naive']
                    + flags,
                    timeout=120)
@@ -225,9 +225,9 @@ def test_without_mpi_nothing_changes(data, tmp_path):
     """The same script without mpiexec trains in one process, as always."""
     from branchynet import cli
     results = cli.main('b_lenet', ['--data-dir', data, '-o',
-                                   str(tmp_path / 'one'), '--quick',
+                                   str(tmp_path / 'one'), '--smoke',
                                    '--no-progress', '--unofficial-data',
-                                   '--skip-timing', '-b', '64'])
+                                   '--no-timing', '-b', '64'])
     assert results['distributed'] == {'communicator': None, 'ranks': 1,
                                       'sync_batchnorm': False}
     assert chainer.config.train

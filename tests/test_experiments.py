@@ -16,7 +16,7 @@ from conftest import synthetic_data_dir
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.join(ROOT, '..', 'shared', 'data', 'mnist')
 # synthetic sets of 128-256 training images: a batch that fits them
-FAST = ['--quick', '--no-progress', '--unofficial-data', '-b', '64']
+FAST = ['--smoke', '--no-progress', '--unofficial-data', '-b', '64']
 
 
 SCRIPTS = ['run_b_lenet', 'run_b_alexnet', 'run_b_resnet110',
@@ -217,7 +217,7 @@ class Interrupted(Exception):
 def test_resume_after_interruption_gives_the_same_weights(data, tmp_path,
                                                           monkeypatch):
     flags = ['--data-dir', data, '--epoch-main', '2', '--epoch-joint', '3',
-             '-b', '64', '--skip-timing'] + FAST  # 4 steps per epoch
+             '-b', '64', '--no-timing'] + FAST  # 4 steps per epoch
     cli.main('b_lenet', ['-o', str(tmp_path / 'straight')] + flags)
 
     calls = []
@@ -267,7 +267,7 @@ def test_b_lenet_learns_real_mnist(tmp_path):
     results = cli.main('b_lenet', [
         '--data-dir', SHARED_MNIST, '-o', str(tmp_path / 'real'),
         '--train-size', '10000', '--test-size', '1000', '--epoch-main', '1',
-        '--epoch-joint', '1', '-b', '32', '--skip-timing', '--no-progress'])
+        '--epoch-joint', '1', '-b', '32', '--no-timing', '--no-progress'])
     # chance is 10 %; one pass over 10000 images gives about 92 and 95 %
     assert results['baseline']['accuracy'] > 0.9
     assert results['exit_accuracy'][-1] > 0.9

@@ -17,7 +17,7 @@ from branchynet.ownership import OutputFolder
 from conftest import synthetic_data_dir
 
 # synthetic sets of 128-256 training images: a batch that fits them
-FAST = ['--quick', '--no-progress', '--unofficial-data', '-b', '64']
+FAST = ['--smoke', '--no-progress', '--unofficial-data', '-b', '64']
 
 
 @pytest.fixture(scope='module')
@@ -108,7 +108,7 @@ def test_a_diverged_run_still_writes_its_results(data, tmp_path, monkeypatch,
 def finished(data, tmp_path_factory):
     out = str(tmp_path_factory.mktemp('finished') / 'run')
     lenet(['--data-dir', data, '-o', out, '--epoch-main', '2',
-           '--epoch-joint', '1', '-b', '64', '--skip-timing'] + FAST)
+           '--epoch-joint', '1', '-b', '64', '--no-timing'] + FAST)
     return out
 
 
@@ -163,7 +163,7 @@ def test_models_of_a_run_are_evaluated_without_training(finished, data,
     monkeypatch.setattr(pipeline, 'train', must_not_train)
     out = tmp_path / 'evaluated'
     results = lenet(['--models', finished, '-o', str(out), '--no-progress',
-                     '--data-dir', data, '--skip-timing'])
+                     '--data-dir', data, '--no-timing'])
     assert results['config']['models'] == finished
     assert results['config']['epoch_main'] == 2  # the run's, from run.json
     assert [len(results['training'][p]) for p in ('main', 'joint')] == [2, 1]
@@ -176,7 +176,7 @@ def test_models_of_a_run_are_evaluated_without_training(finished, data,
     # under figures/) can be evaluated in place: its logs survive
     assert not (out / 'main_phase').exists()
     again = lenet(['--models', str(out), '-o', str(out), '--no-progress',
-                   '--data-dir', data, '--skip-timing'])
+                   '--data-dir', data, '--no-timing'])
     assert again['training'] == results['training']
 
 
@@ -197,7 +197,7 @@ def test_models_trained_on_two_ranks_are_evaluated_on_one_process(
         'communicator': 'naive', 'ranks': 2, 'sync_batchnorm': True})
     (run / 'run.json').write_text(json.dumps(stored))
     results = lenet(['--models', str(run), '-o', str(tmp_path / 'evaluated'),
-                     '--no-progress', '--data-dir', data, '--skip-timing'])
+                     '--no-progress', '--data-dir', data, '--no-timing'])
     assert results['config']['communicator'] is None
     assert results['distributed']['ranks'] == 1
     recorded = json.load(open(tmp_path / 'evaluated' / 'run.json'))
@@ -206,7 +206,7 @@ def test_models_trained_on_two_ranks_are_evaluated_on_one_process(
     # evaluated again from that evaluation: still the training's ranks
     lenet(['--models', str(tmp_path / 'evaluated'), '-o',
            str(tmp_path / 'again'), '--no-progress', '--data-dir', data,
-           '--skip-timing'])
+           '--no-timing'])
     again = json.load(open(tmp_path / 'again' / 'run.json'))
     assert again['training_distributed']['ranks'] == 2
     # an evaluation recorded before the key existed: unknown, not its own
@@ -214,7 +214,7 @@ def test_models_trained_on_two_ranks_are_evaluated_on_one_process(
     (tmp_path / 'evaluated' / 'run.json').write_text(json.dumps(recorded))
     lenet(['--models', str(tmp_path / 'evaluated'), '-o',
            str(tmp_path / 'third'), '--no-progress', '--data-dir', data,
-           '--skip-timing'])
+           '--no-timing'])
     third = json.load(open(tmp_path / 'third' / 'run.json'))
     assert third['training_distributed'] is None
     original = json.load(open(os.path.join(finished, 'results.json')))
@@ -272,7 +272,7 @@ def test_a_phase_of_zero_epochs_is_skipped(data, tmp_path):
     """--epoch-joint 0 trains the main network alone: the joint log is
     empty and the final exit is the main network, untouched; --epoch-main 0
     trains jointly from the initial weights."""
-    args = ['--data-dir', data, '--skip-timing'] + FAST
+    args = ['--data-dir', data, '--no-timing'] + FAST
     main_only = lenet(args + ['-o', str(tmp_path / 'a'), '--epoch-joint', '0'])
     assert [e['epoch'] for e in main_only['training']['main']] == [1]
     assert main_only['training']['joint'] == []
@@ -283,7 +283,7 @@ def test_a_phase_of_zero_epochs_is_skipped(data, tmp_path):
 
 
 @pytest.mark.parametrize('steps_before', [0, 2])
-def test_interrupt_says_how_to_go_on(data, tmp_path, monkeypatch,
+def test_interrupt_says_how_to_go_on(data, tmp_path, monkeypatch, capsys,
                                      steps_before):
     """Ctrl-C ends with the command to paste: the same one again when
     nothing was kept, with --resume when an epoch was (2 steps: one epoch
@@ -299,11 +299,13 @@ def test_interrupt_says_how_to_go_on(data, tmp_path, monkeypatch,
         return real(self, x, t)
     monkeypatch.setattr(BranchyLoss, 'main_loss', interrupting)
     out = tmp_path / 'run'
-    args = (['--data-dir', data, '-o', str(out), '--skip-timing',
+    args = (['--data-dir', data, '-o', str(out), '--no-timing',
              '--epoch-main', '2'] + FAST)
     with pytest.raises(SystemExit) as stop:
         lenet(args)
-    message = str(stop.value.code)
+    assert stop.value.code == 130  # as a shell reports Ctrl-C, not an error
+    message = capsys.readouterr().err.strip()
+    assert 'error' not in message.split(':')[1]
     if steps_before == 0:
         assert 'before anything was kept' in message
         assert message.endswith(shlex.join(args))
@@ -331,7 +333,7 @@ def test_partial_files_of_a_killed_run_are_cleared(finished, data):
     leftover = os.path.join(finished, '.partial-results.json-x1.tmp')
     open(leftover, 'w').close()
     lenet(['-o', finished, '--resume', '--no-progress', '--data-dir', data,
-           '--skip-timing'])
+           '--no-timing'])
     assert not os.path.exists(leftover)
 
 

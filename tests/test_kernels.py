@@ -308,8 +308,8 @@ def test_a_run_records_which_kernels_trained_which_epochs(tmp_path,
     data = str(tmp_path / 'data')
     write_mnist(os.path.join(data, 'mnist'), train=256, test=32)
     flags = ['--data-dir', data, '-o', str(tmp_path / 'run'), '-b', '64',
-             '--epoch-main', '2', '--epoch-joint', '1', '--skip-timing',
-             '--quick', '--no-progress', '--unofficial-data']
+             '--epoch-main', '2', '--epoch-joint', '1', '--no-timing',
+             '--smoke', '--no-progress', '--unofficial-data']
     forward, calls = BranchyLoss.main_loss, []
 
     class Stop(Exception):

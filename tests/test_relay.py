@@ -27,7 +27,7 @@ MPIEXEC = shutil.which('mpiexec', path=os.path.dirname(sys.executable)) or \
     shutil.which('mpiexec')
 LENET = os.path.join(ROOT, 'experiments', 'run_b_lenet.py')
 FLAGS = ['--epoch-main', '2', '--epoch-joint', '3', '-b', '64',
-         '--skip-timing', '--quick', '--no-progress', '--unofficial-data']
+         '--no-timing', '--smoke', '--no-progress', '--unofficial-data']
 
 
 @pytest.fixture(scope='module')

@@ -46,8 +46,8 @@ def run_tiny(key, data_dir, out):
     # Chainer's own functions: the stored numbers are its exact path; the
     # fast kernels are held to them by tests/test_kernels.py
     return cli.main(key, TINY_RUNS[key] + [
-        '--data-dir', data_dir, '-o', out, '--quick', '--no-progress',
-        '--skip-timing', '--unofficial-data', '--kernels', 'stock'])
+        '--data-dir', data_dir, '-o', out, '--smoke', '--no-progress',
+        '--no-timing', '--unofficial-data', '--kernels', 'stock'])
 
 
 def write_data(root):

@@ -23,8 +23,8 @@ from conftest import synthetic_data_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, 'experiments')
-Q = ['--quick', '--no-progress', '--unofficial-data', '-b', '64',
-     '--skip-timing', '--train-size', '128', '--test-size', '32']
+Q = ['--smoke', '--no-progress', '--unofficial-data', '-b', '64',
+     '--no-timing', '--train-size', '128', '--test-size', '32']
 
 
 def tree(path):
@@ -88,7 +88,7 @@ def data(tmp_path_factory):
 def finished(data, tmp_path_factory):
     """A finished quick B-LeNet run with its tables and figures."""
     out = str(tmp_path_factory.mktemp('finished') / 'run')
-    cli.main('b_lenet', ['--data-dir', data, '-o', out, '--quick',
+    cli.main('b_lenet', ['--data-dir', data, '-o', out, '--smoke',
                          '--no-progress', '--unofficial-data', '-b', '64',
                          '--timing-samples', '4', '--timing-repeats', '1'])
     return out
@@ -131,7 +131,7 @@ def test_1_a_file_this_program_wrote_and_a_user_changed_is_left_alone(
         f.write('my notes\n')
     before = tree(run)
     stops(['--data-dir', data, '-o', run, '--resume', '--no-progress',
-           '--skip-timing'], 'table1.md was changed since this program '
+           '--no-timing'], 'table1.md was changed since this program '
           'wrote it')
     assert tree(run) == before  # the record of outputs too: nothing written
 
@@ -164,7 +164,7 @@ def test_3_models_into_a_folder_of_another_run_is_refused(
     source = copy_of(finished, tmp_path, 'source')
     before = tree(other)
     stops(['--data-dir', data, '--models', source, '-o', other,
-           '--no-progress', '--skip-timing'], 'already holds a b_lenet run')
+           '--no-progress', '--no-timing'], 'already holds a b_lenet run')
     assert tree(other) == before
 
 
@@ -173,14 +173,14 @@ def test_3_models_in_place_and_again_into_its_own_evaluation(
     source = copy_of(finished, tmp_path, 'source')
     evaluation = str(tmp_path / 'evaluation')
     flags = ['--data-dir', data, '--models', source, '--no-progress',
-             '--skip-timing']
+             '--no-timing']
     cli.main('b_lenet', flags + ['-o', evaluation])
     cli.main('b_lenet', flags + ['-o', evaluation])  # the same models again
     cli.main('b_lenet', flags + ['-o', source])  # in place
     link = tmp_path / 'link'
     link.symlink_to(source)  # --models LINK --out DIR, LINK -> DIR
     cli.main('b_lenet', ['--data-dir', data, '--models', str(link), '-o',
-                         source, '--no-progress', '--skip-timing'])
+                         source, '--no-progress', '--no-timing'])
 
 
 def test_no_script_writes_into_the_committed_figures_by_default():
@@ -191,13 +191,14 @@ def test_no_script_writes_into_the_committed_figures_by_default():
         assert 'default: results' in text, name
 
 
-def test_quick_and_smoke_runs_go_apart_from_real_runs():
-    parser = cli.build_parser(cli.protocols.get('b_lenet'))
-    quick, _, _ = cli.parse(parser, 'b_lenet', ['--quick'])
-    parser = cli.build_parser(cli.protocols.get('b_lenet'))
-    real, _, _ = cli.parse(parser, 'b_lenet', [])
-    assert quick.out == os.path.join('results', 'quick', 'b_lenet')
-    assert real.out == os.path.join('results', 'b_lenet')
+def test_smoke_runs_go_apart_from_real_runs():
+    runs = {}
+    for argv in (['--smoke'], ['--quick'], []):  # --quick: the old spelling
+        parser = cli.build_parser(cli.protocols.get('b_lenet'))
+        runs[' '.join(argv)], _, _ = cli.parse(parser, 'b_lenet', argv)
+    assert runs['--smoke'].out == os.path.join('results', 'smoke', 'b_lenet')
+    assert runs['--quick'] == runs['--smoke'] and runs['--smoke'].quick
+    assert runs[''].out == os.path.join('results', 'b_lenet')
     assert 'results/smoke' in script('reproduce_paper.py', '--help').stdout
 
 
@@ -205,7 +206,7 @@ def test_a_quick_run_says_so_in_its_figures_and_table(finished):
     results = reading.read_results(os.path.join(finished, 'results.json'))
     from branchynet import figures, table1
     head, run = figures.title(results, 'x').split('\n')
-    assert head == '[QUICK RUN, UNOFFICIAL DATA] x'
+    assert head == '[SMOKE RUN, UNOFFICIAL DATA] x'
     # the run's folder and schedule: one run's figure is not another's
     assert run.startswith(os.path.basename(finished) + ': SHORTENED: ')
     rows = table1.our_rows(results, 'run')
@@ -227,8 +228,8 @@ def test_4_reproduce_refuses_another_networks_run_in_a_part_folder(
     out = tmp_path / 'paper'
     cli.main('b_alexnet', ['--data-dir', data, '-o', str(out / 'b_lenet'),
                            '--test-batch', 'data_batch_5', '-b', '16',
-                           '--quick', '--no-progress', '--unofficial-data',
-                           '--skip-timing', '--train-size', '32',
+                           '--smoke', '--no-progress', '--unofficial-data',
+                           '--no-timing', '--train-size', '32',
                            '--test-size', '8'])
     done = script('reproduce_paper.py', '--smoke', '--only', 'lenet',
                   '--out', out, '--no-progress')
@@ -275,11 +276,11 @@ def test_5_make_table1_refuses_what_is_not_a_run(tmp_path, content):
 def test_6_a_training_set_smaller_than_the_batch_is_refused(
         stops, data, tmp_path):
     out = tmp_path / 'run'
-    stops(['--data-dir', data, '-o', str(out), '--quick', '--no-progress',
+    stops(['--data-dir', data, '-o', str(out), '--smoke', '--no-progress',
            '--unofficial-data', '--train-size', '128', '--validation-size',
            '127', '-b', '64'], 'the training set has 1 sample(s), fewer than '
           'the batch of 64')
-    stops(['--data-dir', data, '-o', str(out), '--quick', '--no-progress',
+    stops(['--data-dir', data, '-o', str(out), '--smoke', '--no-progress',
            '--unofficial-data'], 'fewer than the batch of 512')
     assert not out.exists()
 
@@ -336,7 +337,7 @@ def test_damaged_or_foreign_models_are_one_line_naming_the_file(
     for kind, folder in damaged_models(finished, tmp_path).items():
         out = tmp_path / ('out_' + kind)
         stops(['--data-dir', data, '--models', folder, '-o', str(out),
-               '--no-progress', '--skip-timing'],
+               '--no-progress', '--no-timing'],
               os.path.join(folder, 'branchynet.npz'))
         assert not out.exists(), kind
 
@@ -344,7 +345,7 @@ def test_damaged_or_foreign_models_are_one_line_naming_the_file(
 def test_another_networks_models_are_refused(stops, finished, data, tmp_path):
     stops(['--data-dir', data, '--models', finished, '-o',
            str(tmp_path / 'o'), '--test-batch', 'data_batch_5',
-           '--no-progress', '--skip-timing'], 'holds a b_lenet run, not '
+           '--no-progress', '--no-timing'], 'holds a b_lenet run, not '
           'b_alexnet', key='b_alexnet')
 
 

@@ -20,7 +20,7 @@ from conftest import synthetic_data_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, 'experiments')
-QUICK = ['--quick', '--no-progress', '--unofficial-data', '-b', '64',
+QUICK = ['--smoke', '--no-progress', '--unofficial-data', '-b', '64',
          '--train-size', '128', '--test-size', '32', '--timing-samples', '4',
          '--timing-repeats', '1', '--timing-warmup', '0']
 
@@ -427,7 +427,7 @@ def test_the_elastic_study_refuses_a_users_folder_and_smoke_keeps_flags(
     for extra in ([], ['--resume']):
         stop_message(elastic_main, flags + extra)
         assert sorted(os.listdir(str(users))) == ['notes.txt']
-    study = elastic_main(elastic_flags + ['--epochs-joint', '2'])
+    study = elastic_main(elastic_flags + ['--epoch-joint', '2'])
     assert study['config']['schedule']['joint'] == 2  # --smoke did not win
     assert len(study['backbones'][0]['training']['joint']) == 2
 
