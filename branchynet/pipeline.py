@@ -423,6 +423,50 @@ def seed_generators(device, seed):
         device.xp.random.seed(seed)
 
 
+class RunEstimate(chainer.training.Extension):
+    """After every epoch, the time left for the whole run, both phases.
+
+    A phase's epoch takes what its epochs so far took (Chainer's
+    ``elapsed_time``, restored on resume); a joint epoch not yet timed is
+    estimated from a main epoch by the ratio of their multiply-adds (every
+    exit's forward and backward against the main network's).
+    """
+    trigger = (1, 'epoch')
+    priority = chainer.training.PRIORITY_READER
+
+    def __init__(self, phase, epochs, done, joint_ratio, say):
+        self.phase, self.epochs, self.done = phase, epochs, done
+        self.joint_ratio, self.say = joint_ratio, say
+        self.seconds = {}  # per epoch, by phase, once measured
+
+    def __call__(self, trainer):
+        self.done[self.phase] = trainer.updater.epoch
+        self.seconds[self.phase] = trainer.elapsed_time / max(
+            trainer.updater.epoch_detail, 1e-9)
+        main = self.seconds.get('main')
+        joint = self.seconds.get('joint') or (
+            main * self.joint_ratio if main else None)
+        if joint is None:
+            return
+        left = sum(max(self.epochs[p] - self.done[p], 0) * rate for p, rate
+                   in (('main', main or 0), ('joint', joint)))
+        self.say('whole run: main {} of {}, joint {} of {} epochs done; '
+                 'about {} left{}'.format(
+                     self.done['main'], self.epochs['main'],
+                     self.done['joint'], self.epochs['joint'],
+                     timing.duration_text(left), '' if 'joint' in self.seconds else
+                     ' (a joint epoch estimated at {:.1f} main epochs until '
+                     'one is timed)'.format(self.joint_ratio)))
+
+
+def joint_cost_ratio(net):
+    """A joint step's multiply-adds over a main step's (the main network is
+    the trunk and the final head; a joint step runs every head too)."""
+    from branchynet import benchmark
+    stages, heads = benchmark.multiply_adds(net)
+    return (sum(stages) + sum(heads)) / max(sum(stages) + heads[-1], 1)
+
+
 def trainable(protocol, device, cluster, seed, alpha, adam_beta1,
               branch_weights=None, percent_train_keeps=1.0):
     """The protocol's network drawn with ``seed``, on ``device``, in its
@@ -459,6 +503,11 @@ def train(protocol, config, data, device, say, folder,
         config.adam_beta1, config.branch_weights, config.percent_train_keeps)
     net = policy.net
     logs, models = {}, {}
+    epochs = {'main': config.epoch_main, 'joint': config.epoch_joint}
+    done = {phase: len(read_log(os.path.join(config.out, phase + '_phase'))
+                       or []) if cluster.is_root else 0 for phase in PHASES}
+    ratio = joint_cost_ratio(net) if cluster.is_root and \
+        not config.no_progress else None
     # A joint phase that has begun needs nothing of the main phase but its
     # model and log (the joint snapshot holds the whole state): a relay
     # (branchynet.relay) carries one snapshot only.
@@ -469,25 +518,26 @@ def train(protocol, config, data, device, say, folder,
             config.out, MODEL_FILES['main']), protocol.network())
         models['main'].to_device(device)
         say('training phase "main": done (its model and log are kept)')
-    for phase, epochs in (('main', config.epoch_main),
-                          ('joint', config.epoch_joint)):
+    for phase, phase_epochs in epochs.items():
         if phase == 'main' and skip_main:
             continue
         if phase == 'joint':
             # The trunk and the final head keep their state; a resumed joint
             # phase then loads the saved state over this.
             fresh_optimizer_state(net.heads[:-1])
-        say('training phase "{}": {} epochs'.format(phase, epochs))
+        say('training phase "{}": {} epochs'.format(phase, phase_epochs))
         loss_func = policy.main_loss if phase == 'main' else policy
         phase_out = os.path.join(config.out, phase + '_phase')
         if cluster.is_root:
             folder.make_folder(phase + '_phase')
+        estimate = [RunEstimate(phase, epochs, done, ratio, say)] \
+            if ratio is not None else []
         logs[phase] = train_phase(
             policy, optimizer, loss_func, (data.train_x, data.train_t),
-            (data.test_x, data.test_t), epochs, phase_out, config.batchsize,
-            device, seed=config.seed, resume=config.resume,
+            (data.test_x, data.test_t), phase_epochs, phase_out,
+            config.batchsize, device, seed=config.seed, resume=config.resume,
             progress=not config.no_progress, phase=phase, cluster=cluster,
-            extra_extensions=extra_extensions)
+            extra_extensions=tuple(extra_extensions) + tuple(estimate))
         if cluster.is_root:
             with folder.open_file(MODEL_FILES[phase]) as f:
                 save_model(f, net)

@@ -37,7 +37,7 @@ import chainer
 import numpy
 
 from branchynet import (benchmark, distributed, gpu_check, ownership,
-                        pipeline, protocols, synthetic, table1)
+                        pipeline, protocols, synthetic, table1, timing)
 from branchynet.config import QUICK, RunConfig
 from branchynet.errors import UserError
 
@@ -240,6 +240,12 @@ def estimate(plan, device, say=print):
                     'a minute or more on a CPU)'.format(key))
                 measured[key] = network_estimate(plan, key, device,
                                                  steps=1 if plan.smoke else 3)
+                say('estimated {}: {} ({:.3g} s a main step, {:.3g} s a '
+                    'joint step)'.format(
+                        key, timing.duration_text(
+                            60 * measured[key]['minutes']),
+                        measured[key]['step_s']['main'],
+                        measured[key]['step_s']['joint']))
             guess = dict(measured[key])
             if part == 'fig5':
                 count = len(SMOKE_FIG5_CONVS if plan.smoke
@@ -271,27 +277,19 @@ def _quiet(*_):
     """``say`` of the further ranks of an MPI launch."""
 
 
-def duration_text(minutes):
-    """``minutes`` as a person reads a duration: ``'48 min'``,
-    ``'5.3 h'``, ``'341 days'``."""
-    if minutes < 90:
-        return '{:.0f} min'.format(minutes)
-    if minutes < 48 * 60:
-        return '{:.1f} h'.format(minutes / 60)
-    return '{:.0f} days'.format(minutes / (24 * 60))
-
-
 def estimate_text(estimates):
     """The estimates as a short table, with the total of those estimated."""
     lines = ['part        estimate    how']
     for part, e in estimates.items():
-        shown = '-' if e['minutes'] is None else duration_text(e['minutes'])
+        shown = '-' if e['minutes'] is None else \
+            timing.duration_text(60 * e['minutes'])
         lines.append('{:<11} {:<11} {}'.format(part, shown, e['how']))
     known = [e['minutes'] for e in estimates.values()
              if e['minutes'] is not None]
     if known:
         lines.append('{:<11} {:<11} {}'.format(
-            'total', duration_text(sum(known)), 'of the parts estimated'
+            'total', timing.duration_text(60 * sum(known)),
+            'of the parts estimated'
             + (', the others not included' if len(known) < len(estimates)
                else '')))
     return '\n'.join(lines)

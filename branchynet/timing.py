@@ -179,3 +179,15 @@ def reference_style_costs(net, baseline, samples, repeats=3, warmup=10):
         [baseline.main_forward] + [trunk_to(n) for n in range(net.num_exits)],
         on_device, repeats, warmup)
     return {'baseline': timed[0], 'trunk_to_exit': timed[1:]}
+
+
+def duration_text(seconds):
+    """``seconds`` as a person reads a duration: ``'40 s'``, ``'48 min'``,
+    ``'5.3 h'``, ``'341 days'``."""
+    if seconds < 90:
+        return '{:.0f} s'.format(seconds)
+    if seconds < 90 * 60:
+        return '{:.0f} min'.format(seconds / 60)
+    if seconds < 48 * 3600:
+        return '{:.1f} h'.format(seconds / 3600)
+    return '{:.0f} days'.format(seconds / 86400)

@@ -214,8 +214,16 @@ class Interrupted(Exception):
     pass
 
 
-def test_resume_after_interruption_gives_the_same_weights(data, tmp_path,
-                                                          monkeypatch):
+@pytest.mark.parametrize('snapshot_minutes', [None, 0])
+def test_resume_after_interruption_gives_the_same_weights(
+        data, tmp_path, monkeypatch, snapshot_minutes):
+    """Interrupted in the joint phase's second epoch, resumed: the same
+    weights as a run that never stopped, from the epoch's start (snapshots
+    at epoch ends) or from the last iteration before the interrupt (a
+    snapshot after every iteration: minutes 0)."""
+    from branchynet import training
+    if snapshot_minutes is not None:
+        monkeypatch.setattr(training, 'SNAPSHOT_MINUTES', snapshot_minutes)
     flags = ['--data-dir', data, '--epoch-main', '2', '--epoch-joint', '3',
              '-b', '64', '--no-timing'] + FAST  # 4 steps per epoch
     cli.main('b_lenet', ['-o', str(tmp_path / 'straight')] + flags)
@@ -234,6 +242,10 @@ def test_resume_after_interruption_gives_the_same_weights(data, tmp_path,
     with pytest.raises(Interrupted):
         cli.main('b_lenet', ['-o', str(tmp_path / 'resumed')] + flags)
     assert not (tmp_path / 'resumed' / 'branchynet.npz').exists()
+    snapshot, = (tmp_path / 'resumed' / 'joint_phase').glob('snapshot_*')
+    with numpy.load(snapshot) as saved:  # 5 joint steps were made, or 4
+        assert int(saved['updater/iteration']) == (
+            5 if snapshot_minutes == 0 else 4)
     monkeypatch.setattr(BranchyLoss, 'forward', joint_loss)
     results = cli.main('b_lenet', ['-o', str(tmp_path / 'resumed'),
                                           '--resume'] + flags)

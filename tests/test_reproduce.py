@@ -130,9 +130,10 @@ def test_estimate_only_runs_nothing(tmp_path):
 
 
 def test_estimates_read_as_durations_with_a_total():
-    from branchynet import reproduce
-    assert [reproduce.duration_text(m) for m in (0.4, 89, 90, 2879, 491094)] \
-        == ['0 min', '89 min', '1.5 h', '48.0 h', '341 days']
+    from branchynet import reproduce, timing
+    assert [timing.duration_text(60 * m)
+            for m in (0.4, 89, 90, 2879, 491094)] \
+        == ['24 s', '89 min', '1.5 h', '48.0 h', '341 days']
     text = reproduce.estimate_text({
         'lenet': {'minutes': 100.0, 'how': 'a'},
         'check': {'minutes': None, 'how': 'b'},
