@@ -131,14 +131,16 @@ def selections(timing):
                                          'selected_on': 'test'}]
 
 
-def chosen_points(timing):
+def chosen_points(timing, paper_thresholds=None):
     """The timed choices of one device in Table I order: ``(label, point)``.
 
     The knee first (Table I's B-network row), then every other selection
     rule, each chosen on validation followed by its oracle (the same rule
     applied to the test set) when there is a validation split, then the
-    user's thresholds. Results written before selection rules existed hold
-    only ``knee`` and ``user``.
+    thresholds given with ``--thresholds``: labelled "at the paper's T"
+    when they are ``paper_thresholds``, else "at --thresholds". Results
+    written before selection rules existed hold only ``knee`` and
+    ``user``.
     """
     labelled = []
     for chosen in selections(timing):
@@ -152,7 +154,12 @@ def chosen_points(timing):
                              timing.get(rule)))
             labelled.append((' [{}, oracle: chosen on test]'.format(rule),
                              timing.get(rule + ' oracle')))
-    labelled.append((' (user T)', timing.get('user')))
+    given = timing.get('user')
+    if given is not None:
+        labelled.append((" at the paper's T" if paper_thresholds is not None
+                         and list(given['thresholds']) ==
+                         list(paper_thresholds) else ' at --thresholds',
+                         given))
     return [(label, point) for label, point in labelled if point is not None]
 
 
@@ -191,7 +198,9 @@ def table1_rows(results):
                          'Acc. (%)': _percent(after_joint['accuracy']),
                          'Time (ms)': '-', 'Gain': '-', 'Thrshld. T': '-',
                          'Exit (%)': '-'})
-        for label, point in chosen_points(timing):
+        paper = protocols.get(results['protocol']).paper
+        for label, point in chosen_points(
+                timing, paper.thresholds if paper else None):
             measured = point['measured']['median_ms']
             rows.append({
                 'Device': device.upper(),
