@@ -17,12 +17,16 @@ the port kit and PORTING.md alone (:func:`load_port`).
 """
 import importlib.util
 import os
+import shutil
+import tempfile
+import time
 
 import chainer
 import numpy
 
 from branchynet import markdown as md
-from branchynet import port_kit, protocols, synthetic, timing
+from branchynet import (datasets, environment, port_kit, protocols, synthetic,
+                        timing)
 from branchynet.exit_rule import EntropyThresholds
 from branchynet.loss import BranchyLoss
 
@@ -341,3 +345,56 @@ def markdown(results):
             if 'chainer_fast' in step else '-',
             '{:.1f}x'.format(fast / step['pytorch'])]))
     return '\n'.join(lines) + '\n'
+
+
+def run(networks, kit=None, data_dir=None, lockstep_steps=50,
+        lockstep_batch=64, train_batch=None, repeats=5, say=print):
+    """Every comparison of ``experiments/compare_port.py``: the report's
+    dict. ``kit``: an existing kit of the one network in ``networks``
+    (``None``: seeded kits exported to a scratch folder); ``data_dir``:
+    real MNIST for B-LeNet's kit and lockstep batches."""
+    import torch
+    results = {'kind': 'port-comparison', 'torch': torch.__version__,
+               'torch_threads': torch.get_num_threads(),
+               'environment': environment.describe(), 'networks': {}}
+    scratch = tempfile.mkdtemp(prefix='branchynet-kits-')
+    try:
+        for key in networks:
+            results['networks'][key] = compare_network(
+                key, kit or os.path.join(scratch, key), kit is not None,
+                data_dir, lockstep_steps, lockstep_batch, train_batch,
+                repeats, say)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # made above, scratch
+    return results
+
+
+def compare_network(key, kit, given, data_dir, lockstep_steps,
+                    lockstep_batch, train_batch, repeats, say):
+    """Parity, lockstep training and speed of one network's port."""
+    mnist = data_dir if protocols.get(key).dataset == 'mnist' else None
+    if not given:
+        say('[compare_port] {}: exporting a seeded kit to {}'.format(key,
+                                                                     kit))
+        port_kit.export(key, kit, data_dir=mnist)
+    start = time.perf_counter()
+    entry = {'kit': kit if given else 'seeded initial weights (seed 0)',
+             'kit_files': port_kit.read(kit)[0]['files'],
+             'parity': parity(kit)}
+    # ResNet-110 trains slowly on a CPU: fewer, smaller steps
+    steps, lock_batch = ((lockstep_steps, lockstep_batch)
+                         if key != 'b_resnet110' else
+                         (min(lockstep_steps, 10), 16))
+    say('[compare_port] {}: lockstep training, {} steps at batch {}'.format(
+        key, steps, lock_batch))
+    data = None
+    if mnist is not None:
+        train = datasets.load_mnist(mnist, train_size=4096, test_size=1)
+        data = (train.train_x, train.train_t)
+    entry['lockstep'] = lockstep(kit, steps, lock_batch, data=data,
+                                 data_name='real MNIST')
+    batch = train_batch or protocols.get(key).batchsize
+    say('[compare_port] {}: speed at batch 1 and {}'.format(key, batch))
+    entry['speed'] = speed(kit, batch, repeats)
+    entry['seconds'] = time.perf_counter() - start
+    return entry

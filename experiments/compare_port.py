@@ -19,14 +19,10 @@ temporary folder) or reads --kit, then measures:
 The report goes to --out as compare_port.json and compare_port.md.
 """
 import os
-import shutil
-import tempfile
-import time
 
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
-from branchynet import cli, datasets, environment, port_kit, protocols
+from branchynet import cli, port_compare, protocols
 from branchynet.ownership import OutputFolder
-from branchynet.port_compare import lockstep, markdown, parity, speed
 
 def main(argv=None):
     parser = cli.ArgumentParser(
@@ -54,71 +50,27 @@ def main(argv=None):
                         'seeded noise)')
     args = parser.parse_args(argv)
     try:
-        import torch
+        import torch  # noqa: F401  (the comparison needs it)
     except ImportError:
         parser.error('PyTorch is not installed (the CPU build: pip install '
-                     'torch==2.13.0+cpu --index-url '
-                     'https://download.pytorch.org/whl/cpu)')
+                     'torch==2.13.0+cpu)')
     if args.kit and len(args.networks) != 1:
         parser.error('--kit applies to one network: give --networks too')
     with cli.one_line_errors(parser.prog), \
             OutputFolder.open(args.out, 'files') as folder:
         folder.check_replaceable(REPORT_FILES)  # before minutes of work
-        results = compare(args, torch)
+        results = port_compare.run(
+            args.networks, args.kit, args.data_dir, args.lockstep_steps,
+            args.lockstep_batch, args.train_batch, args.repeats,
+            say=lambda text: print(text, flush=True))
         folder.write_json(REPORT_FILES[0], results)
-        text = markdown(results)
+        text = port_compare.markdown(results)
         folder.write_text(REPORT_FILES[1], text)
     print(text)
     return results
 
 
 REPORT_FILES = ('compare_port.json', 'compare_port.md')
-
-
-def compare(args, torch):
-    """Every comparison the command line asks for: the report's dict."""
-    results = {'kind': 'port-comparison', 'torch': torch.__version__,
-               'torch_threads': torch.get_num_threads(),
-               'environment': environment.describe(), 'networks': {}}
-    scratch = tempfile.mkdtemp(prefix='branchynet-kits-')
-    try:
-        for key in args.networks:
-            results['networks'][key] = compare_network(args, key, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)  # made above, scratch
-    return results
-
-
-def compare_network(args, key, scratch):
-    """Parity, lockstep training and speed of one network's port."""
-    kit = args.kit or os.path.join(scratch, key)
-    mnist = args.data_dir if protocols.get(key).dataset == 'mnist' else None
-    if not args.kit:
-        print('[compare_port] {}: exporting a seeded kit to {}'.format(
-            key, kit), flush=True)
-        port_kit.export(key, kit, data_dir=mnist)
-    start = time.perf_counter()
-    entry = {'kit': args.kit or 'seeded initial weights (seed 0)',
-             'kit_files': port_kit.read(kit)[0]['files'],
-             'parity': parity(kit)}
-    # ResNet-110 trains slowly on a CPU: fewer, smaller steps
-    steps, lock_batch = ((args.lockstep_steps, args.lockstep_batch)
-                         if key != 'b_resnet110' else
-                         (min(args.lockstep_steps, 10), 16))
-    print('[compare_port] {}: lockstep training, {} steps at batch {}'
-          .format(key, steps, lock_batch), flush=True)
-    data = None
-    if mnist is not None:
-        train = datasets.load_mnist(mnist, train_size=4096, test_size=1)
-        data = (train.train_x, train.train_t)
-    entry['lockstep'] = lockstep(kit, steps, lock_batch, data=data,
-                                 data_name='real MNIST')
-    batch = args.train_batch or protocols.get(key).batchsize
-    print('[compare_port] {}: speed at batch 1 and {}'.format(key, batch),
-          flush=True)
-    entry['speed'] = speed(kit, batch, args.repeats)
-    entry['seconds'] = time.perf_counter() - start
-    return entry
 
 
 if __name__ == '__main__':
