@@ -1,11 +1,12 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name='branchynet',
     version='0.1.0',
     description='BranchyNet (ICPR 2016) early-exit networks on Chainer 7.8.1 '
                 'and CuPy, for NumPy 2 and Python 3.11/3.12',
-    packages=['branchynet', 'networks'],
+    packages=find_packages(include=['branchynet', 'branchynet.*',
+                                    'networks']),
     python_requires='>=3.11',
     # Chainer 7.8.1 is only on PyPI as an sdist whose setup.py needs
     # pkg_resources: install it first as install.sh does (see README).

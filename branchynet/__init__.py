@@ -5,7 +5,10 @@ _compat.apply()  # must run before anything imports chainer
 
 from branchynet.entropy import entropy  # noqa: E402
 from branchynet.exit_rule import (  # noqa: E402
-    EntropyThresholds, LowestEntropyFractions, assign_exits)
+           EntropyThresholds,
+           LowestEntropyFractions,
+           assign_exits,
+)
 from branchynet.loss import BranchyLoss  # noqa: E402
 from branchynet.model import Branch, BranchyNet  # noqa: E402
 from branchynet.selection import choose_thresholds  # noqa: E402

@@ -32,7 +32,7 @@ from chainer import training
 from chainer.backends import cuda
 from chainer.datasets import TupleDataset
 
-from branchynet.errors import UserError
+from branchynet.utils.errors import UserError
 
 GPU_COMMUNICATORS = ('pure_nccl', 'flat', 'non_cuda_aware')
 COMMUNICATORS = ('naive',) + GPU_COMMUNICATORS
@@ -273,8 +273,8 @@ def connect(config):
     if name is None:
         return SINGLE
     try:
-        import mpi4py  # noqa: F401  (ChainerMN finds it only when used)
         import chainermn
+        import mpi4py  # noqa: F401  (ChainerMN finds it only when used)
     except ImportError as e:
         raise UserError('a distributed run (--communicator, or mpiexec) '
                         'needs ChainerMN with mpi4py: pip install -e '

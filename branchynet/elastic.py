@@ -26,7 +26,7 @@ import chainer.functions as F
 import chainer.links as L
 import numpy
 
-from branchynet import layers, timing
+from branchynet import costs, layers, timing
 from branchynet.model import Branch, BranchyNet
 
 # backbone: the main network alone (our stand-in for ImageNet pretraining);
@@ -230,9 +230,8 @@ def time_each_output(net, samples, repeats=3, warmup=10):
 
 def path_multiply_adds(net):
     """Per-sample multiply-adds of answering at each exit with the exit
-    rule (:func:`branchynet.benchmark.path_costs`)."""
-    from branchynet import benchmark
-    return benchmark.path_costs(*benchmark.multiply_adds(net))
+    rule (:func:`branchynet.costs.path_costs`)."""
+    return costs.path_costs(*costs.multiply_adds(net))
 
 
 def shared_threshold_sweep(outputs, threshold_list):

@@ -5,7 +5,6 @@ The paper prints the formula without the minus sign; the reference code (and
 this module) use the correct, non-negative one.
 """
 import numpy
-
 from chainer.backends import cuda
 
 _gpu_kernel = None

@@ -18,7 +18,6 @@ import math
 import numbers
 
 import numpy
-
 from chainer.backends import cuda
 
 

@@ -89,6 +89,30 @@ def _most_accurate(candidates, accuracies, times):
     return min(candidates, key=lambda i: (-accuracies[i], times[i], i))
 
 
+def select_knee(accuracies, times, frontier_indices, baseline_accuracy,
+                tolerance):
+    """Index of the knee point: the fastest frontier point whose accuracy is
+    within ``tolerance`` of a target accuracy; the target is the baseline's
+    accuracy, or the frontier's best accuracy if that is lower (a
+    BranchyNet that never reaches its baseline is then judged against its
+    own best).
+
+    Args:
+        accuracies, times: of every point (accuracies as fractions).
+        frontier_indices: the frontier (:func:`branchynet.sweep.frontier`).
+        baseline_accuracy: the main network's accuracy (a fraction).
+        tolerance: in accuracy points (0.1 = 0.001 as a fraction), the unit
+            of ``--knee-tolerance``.
+
+    Returns:
+        An index into ``accuracies``.
+    """
+    best = max(accuracies[i] for i in frontier_indices)
+    target = min(baseline_accuracy, best) - tolerance / 100
+    eligible = [i for i in frontier_indices if accuracies[i] >= target]
+    return min(eligible, key=lambda i: (times[i], -accuracies[i]))
+
+
 def select(rule, points, times, baseline_accuracy, knee_tolerance=0.1):
     """Index of the point ``rule`` picks.
 
@@ -115,9 +139,9 @@ def select(rule, points, times, baseline_accuracy, knee_tolerance=0.1):
     accuracies = [p['accuracy'] for p in points]
     everything = range(len(points))
     if rule.kind == 'knee':
-        return sweep.select_knee(accuracies, times,
-                                 sweep.frontier(accuracies, times),
-                                 baseline_accuracy, knee_tolerance / 100)
+        return select_knee(accuracies, times,
+                           sweep.frontier(accuracies, times),
+                           baseline_accuracy, knee_tolerance)
     if rule.kind == 'accuracy-drop':
         floor = baseline_accuracy - rule.value / 100
         feasible = [i for i in everything if accuracies[i] >= floor]

@@ -11,9 +11,9 @@ import os
 import numpy
 from chainer import serializers
 
-from branchynet import files
-from branchynet.errors import FileProblem
-from branchynet.files import writing
+from branchynet.utils import files
+from branchynet.utils.errors import FileProblem
+from branchynet.utils.files import writing
 
 NETWORK_KEY = '_branchynet/network'
 

@@ -13,10 +13,8 @@ accuracy exceeds the last kept point's minus a tolerance: 0.0001 as a
 fraction (0.01 points), what every reference experiment passes as
 ``inc_amt`` to its ``get_inc_points``.
 
-Knee (Table I): the fastest frontier point whose accuracy is within
-``tolerance`` of a target accuracy; the target is the baseline's accuracy,
-or the frontier's best accuracy if that is lower (a BranchyNet that never
-reaches its baseline is then judged against its own best).
+The knee (Table I) is chosen from the frontier by
+:func:`branchynet.selection.select_knee`, beside the other selection rules.
 """
 import dataclasses
 import itertools
@@ -27,7 +25,7 @@ import numpy
 
 from branchynet.entropy import entropy
 from branchynet.exit_rule import EntropyThresholds, assign_exits
-from branchynet.files import writing
+from branchynet.utils.files import writing
 
 # Every reference experiment calls its frontier function with inc_amt=-0.0001
 # on accuracy fractions: 0.01 percentage points.
@@ -161,25 +159,6 @@ def frontier(accuracies, times, tolerance=FRONTIER_TOLERANCE):
         if accuracies[i] > accuracies[kept[-1]] - tolerance:
             kept.append(int(i))
     return kept
-
-
-def select_knee(accuracies, times, frontier_indices, baseline_accuracy,
-                tolerance):
-    """Index of the knee point (see the module docstring for the rule).
-
-    Args:
-        accuracies, times: of every point.
-        frontier_indices: the frontier (:func:`frontier`).
-        baseline_accuracy: the main network's accuracy (a fraction).
-        tolerance: as a fraction (0.001 = 0.1 points).
-
-    Returns:
-        An index into ``accuracies``.
-    """
-    best = max(accuracies[i] for i in frontier_indices)
-    target = min(baseline_accuracy, best) - tolerance
-    eligible = [i for i in frontier_indices if accuracies[i] >= target]
-    return min(eligible, key=lambda i: (times[i], -accuracies[i]))
 
 
 def exit1_curve(outputs, points=101):

@@ -20,9 +20,10 @@ from chainer import training
 from chainer.iterators import SerialIterator, ShuffleOrderSampler
 from chainer.training import extensions
 
-from branchynet import reading
 from branchynet.distributed import SINGLE
-from branchynet.errors import FileProblem
+from branchynet.utils import files
+from branchynet.utils.errors import FileProblem
+from branchynet.utils.schema import Integer, ListOf, check
 
 SNAPSHOT = 'snapshot_epoch_{.updater.epoch}'
 # A snapshot is also taken within an epoch once this many minutes have
@@ -155,7 +156,7 @@ def check_snapshot_fits(path, trainer, optimizer):
     pickle. Chainer's loader would otherwise broadcast a wrong shape into a
     parameter, or unpickle an object member. Members the trainer does not
     load (of an extension this version no longer has) are left unread."""
-    members = reading.check_snapshot(path)
+    members = check_snapshot(path)
     serializer = chainer.serializers.DictionarySerializer()
     serializer.save(trainer)
     expected = {name: numpy.asarray(value)
@@ -194,13 +195,25 @@ def check_snapshot_fits(path, trainer, optimizer):
                     len(problems) - 1) if len(problems) > 1 else ''))
 
 
-def read_log(out):
-    """The per-epoch log a phase wrote to ``out`` (a list), or ``None``.
+LOG = 'log'  # the file LogReport writes in a phase's folder
+
+
+def read_log(path):
+    """A Trainer log file (a list of per-epoch dicts), or ``None`` if absent.
 
     Raises:
         FileProblem: the log is damaged.
     """
-    return reading.read_log(os.path.join(out, 'log'))
+    if not os.path.lexists(path):
+        return None
+    log = files.read_json(path)
+    check(log, ListOf({'epoch': Integer}), path)
+    return log
+
+
+def phase_log(out):
+    """The per-epoch log a phase wrote to its folder ``out``, or ``None``."""
+    return read_log(os.path.join(out, LOG))
 
 
 def train_phase(target, optimizer, loss_func, train, test, epochs, out,
@@ -309,4 +322,38 @@ def train_phase(target, optimizer, loss_func, train, test, epochs, out,
     finally:
         if not cluster.is_root:
             shutil.rmtree(trainer_out, ignore_errors=True)
-    return read_log(out) if cluster.is_root else None
+    return phase_log(out) if cluster.is_root else None
+
+
+def check_snapshot(path):
+    """Raise :class:`FileProblem` unless ``path`` is a whole Trainer snapshot
+    that loads without unpickling anything.
+
+    Reads every member (CRC-checked), so a truncated or corrupted file is
+    found before any data is loaded. Chainer's loader allows pickles; a
+    snapshot this program wrote holds numbers and strings only, so a member
+    of object dtype (a pickle, which could run code) is refused here before
+    Chainer ever opens the file. Which members and shapes a snapshot must
+    hold is checked against the trainer when it is loaded
+    (:func:`branchynet.training.check_snapshot_fits`).
+
+    Returns:
+        ``{member: (shape, dtype)}``.
+    """
+    advice = ('resume cannot continue from it: restore the file, or start '
+              'the run again in another folder')
+    try:
+        members = files.npz_members(path, 'training snapshot')
+    except FileProblem as e:
+        raise FileProblem('{}; {}'.format(e, advice)) from None
+    pickled = sorted(name for name, (_, dtype) in members.items()
+                     if dtype.hasobject)
+    if pickled:
+        raise FileProblem('{}: member {} holds Python objects (a pickle, '
+                          'which could run code); this program never writes '
+                          'one: the snapshot is refused'.format(path,
+                                                                pickled[0]))
+    if 'updater/iteration' not in members:
+        raise FileProblem('{}: not a Trainer snapshot (no updater state)'
+                          .format(path))
+    return members

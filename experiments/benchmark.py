@@ -5,13 +5,15 @@
 
 Writes benchmark_<cpu|gpu>.json and .md to --out (default results/benchmarks).
 
-What is measured and how: branchynet/benchmark.py.
+What is measured and how: branchynet/bench/benchmark.py.
 """
 import os
 
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
 import chainer
-from branchynet import benchmark, cli, config
+
+from branchynet.bench import benchmark
+from branchynet.runs import cli, config
 
 
 def main(argv=None):

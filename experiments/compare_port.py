@@ -21,8 +21,11 @@ The report goes to --out as compare_port.json and compare_port.md.
 import os
 
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
-from branchynet import cli, port_compare, protocols
-from branchynet.ownership import OutputFolder
+from branchynet.deploy import port_compare
+from branchynet.paper import protocols
+from branchynet.runs import cli
+from branchynet.utils.ownership import OutputFolder
+
 
 def main(argv=None):
     parser = cli.ArgumentParser(

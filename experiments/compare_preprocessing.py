@@ -9,13 +9,14 @@ preprocessing on data_batch_1-3 and validates it after every epoch on
 data_batch_4; data_batch_5 is never opened. Writes comparison.json,
 comparison.md and validation_curves.png. An interrupted study continues with
 the same command and --resume, never training a finished candidate again.
-How it trains: branchynet/preprocessing_study.py.
+How it trains: branchynet/runs/preprocessing_study.py.
 """
 import os
 
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
-from branchynet import cli, datasets, preprocessing_study
-from branchynet.preprocessing_study import StudyConfig
+from branchynet.data import datasets
+from branchynet.runs import cli, preprocessing_study
+from branchynet.runs.preprocessing_study import StudyConfig
 
 SMOKE = {'epoch_main': 1, 'train_size': 1024, 'validation_size': 256}
 

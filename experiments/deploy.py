@@ -8,19 +8,22 @@ export writes a run's early-exit model (thresholds a runtime input) and its
 main path into the run folder. measure exports every network (to a scratch
 folder, or into --out with --keep-models), checks the deployed labels and
 exits against Chainer's predict at every threshold of the sweep and times
-them: branchynet/deploy_report.py. The model's contract:
-branchynet/deploy.py and PORTING.md.
+them: branchynet/deploy/deploy_report.py. The model's contract:
+branchynet/deploy/onnx_export.py and PORTING.md.
 """
 import os
 
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
-from branchynet import benchmark, cli, deploy, deploy_report, pipeline
-from branchynet.errors import UserError
+from branchynet import deploy
+from branchynet.bench import benchmark
+from branchynet.deploy import deploy_report
+from branchynet.runs import cli, run_folder
+from branchynet.utils.errors import UserError
 
 
 def export(args):
     stored, net = deploy_report.trained(args.run)
-    state = pipeline.FolderState.of(args.run)
+    state = run_folder.RunFolder(args.run)
     if not state.is_run:
         raise UserError('RUN_DIR {} holds no run of this program'.format(
             args.run))
@@ -29,7 +32,7 @@ def export(args):
                lambda n, f: deploy.export(n, f, form=args.form),
                deploy_report.model_file(stored.protocol, 'main_path'):
                deploy.export_main_path}
-    with pipeline.open_run_folder(args.run, state, 'RUN_DIR') as folder:
+    with run_folder.open_run_folder(args.run, state, 'RUN_DIR') as folder:
         folder.check_replaceable(list(writers))
         present = [n for n in writers if os.path.lexists(folder.file(n))]
         model = next(iter(writers))
@@ -47,10 +50,21 @@ def export(args):
 
 
 def measure(args):
+    measurement = deploy_report.Measurement(
+        out=args.out, runs=tuple(args.run or ()),
+        networks=tuple(args.networks) if args.networks else None,
+        at=args.at, data_dir=args.data_dir,
+        official=not args.unofficial_data, test_size=args.test_size,
+        noise_size=args.noise_size, timing_samples=args.timing_samples,
+        repeats=args.repeats, batch=args.batch, keep_models=args.keep_models)
     results = deploy_report.measure(
-        args, say=lambda text: print('[deploy] {}'.format(text), flush=True))
+        measurement,
+        say=lambda text: print('[deploy] {}'.format(text), flush=True))
     print(deploy_report.markdown(results))
     return results
+
+
+DEFAULTS = deploy_report.Measurement(out='')
 
 
 def main(argv=None):
@@ -86,15 +100,16 @@ def main(argv=None):
     many.add_argument('--unofficial-data', action='store_true',
                       help='accept data files that are not the official '
                            'ones (a subset, synthetic data)')
-    many.add_argument('--test-size', type=cli.positive_int, default=10000,
+    many.add_argument('--test-size', type=cli.positive_int, default=DEFAULTS.test_size,
                       help='test images of a run for the parity check')
-    many.add_argument('--noise-size', type=cli.positive_int, default=256,
+    many.add_argument('--noise-size', type=cli.positive_int, default=DEFAULTS.noise_size,
                       help='noise images for a network without a run')
-    many.add_argument('--timing-samples', type=cli.positive_int, default=500,
+    many.add_argument('--timing-samples', type=cli.positive_int,
+                      default=DEFAULTS.timing_samples,
                       help='images timed at batch size 1')
-    many.add_argument('--repeats', type=cli.positive_int, default=3,
+    many.add_argument('--repeats', type=cli.positive_int, default=DEFAULTS.repeats,
                       help='timed passes (the median is reported)')
-    many.add_argument('--batch', type=cli.positive_int, default=256,
+    many.add_argument('--batch', type=cli.positive_int, default=DEFAULTS.batch,
                       help='batch size of the batched comparison')
     many.add_argument('--out', '-o', default=os.path.join('results',
                                                           'deploy'),

@@ -4,10 +4,13 @@
     python experiments/export_port_kit.py --network b_lenet --model figures/b_lenet/branchynet.npz --data-dir DATA --out figures/b_lenet/port_kit
 
 Without --model, the network as initialised with --seed. What each file holds:
-branchynet/port_kit.py; what a port must compute: PORTING.md.
+branchynet/deploy/port_kit.py; what a port must compute: PORTING.md.
 """
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
-from branchynet import cli, config, datasets, port_kit, protocols
+from branchynet.data import datasets
+from branchynet.deploy import port_kit
+from branchynet.paper import protocols
+from branchynet.runs import cli, config
 
 
 def main(argv=None):

@@ -10,7 +10,7 @@ write in --out is never replaced.
 import os
 
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
-from branchynet import cli, figures
+from branchynet.runs import cli, figures
 
 
 def main(argv=None):

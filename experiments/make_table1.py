@@ -10,7 +10,7 @@ branchynet/table1.py.
 import os
 
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
-from branchynet import cli, table1
+from branchynet.runs import cli, table1
 
 
 def main(argv=None):

@@ -6,10 +6,10 @@
 save writes the run's latest snapshot (one file), logs, configuration and a
 progress report into the relay folder; restore makes a new run folder from
 it that the run script continues with --resume (on as many ranks as the run
-started with). What a relay holds: branchynet/relay.py.
+started with). What a relay holds: branchynet/runs/relay.py.
 """
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
-from branchynet import cli, relay
+from branchynet.runs import cli, relay
 
 
 def main(argv=None):

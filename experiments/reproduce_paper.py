@@ -7,14 +7,16 @@
 Each part runs into its own folder under --out with its reference protocol;
 a complete part is skipped, an interrupted one resumed. The combined Table I
 of everything under --out is written last (table1.md, table1.csv). What
-each part does: branchynet/reproduce.py.
+each part does: branchynet/reproduce/parts.py.
 """
 import argparse
 import os
 import sys
 
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
-from branchynet import cli, config, datasets, reproduce
+from branchynet import reproduce
+from branchynet.data import datasets
+from branchynet.runs import cli, config
 
 
 def parts(text):

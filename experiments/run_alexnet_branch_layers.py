@@ -9,7 +9,7 @@ run_b_alexnet.py applies to each variant; timing is skipped unless
     python experiments/run_alexnet_branch_layers.py --data-dir ../shared/data --test-batch data_batch_5 -g 0
 """
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
-from branchynet import cli
+from branchynet.runs import cli
 
 if __name__ == '__main__':
     cli.fig5_main()

@@ -6,7 +6,7 @@ Without the official test batch, --test-batch names the training batch held
 out for testing. Run with --help for every option.
 """
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
-from branchynet import cli
+from branchynet.runs import cli
 
 if __name__ == '__main__':
     cli.main('b_alexnet')

@@ -6,7 +6,7 @@
 Run with --help for every option; --smoke is a one-minute smoke test.
 """
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
-from branchynet import cli
+from branchynet.runs import cli
 
 if __name__ == '__main__':
     cli.main('b_lenet')

@@ -10,7 +10,7 @@ Long: use --resume to continue an interrupted run. Run with --help for
 every option.
 """
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
-from branchynet import cli
+from branchynet.runs import cli
 
 if __name__ == '__main__':
     cli.main('b_resnet110')

@@ -12,11 +12,12 @@ multiply-adds; the entropy early-exit frontier). The schedules are far
 shorter than the paper's (ImageNet pretraining, 224x224 inputs): every
 result is labelled SHORTENED. An interrupted study continues with the same
 command and --resume, with the settings it started with (config.json). How
-each phase trains: branchynet/elastic_study.py.
+each phase trains: branchynet/runs/elastic_study.py.
 """
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
-from branchynet import cli, datasets, elastic_study
-from branchynet.elastic_study import Schedule, StudyConfig
+from branchynet.data import datasets
+from branchynet.runs import cli, elastic_study
+from branchynet.runs.elastic_study import Schedule, StudyConfig
 from networks import elastic_cifar10
 
 # a smoke run's test set is 1000 images: with all 10000, each of its eight
@@ -75,7 +76,7 @@ def parse(argv=None):
                         default=defaults.preprocessing,
                         help='CIFAR-10 preprocessing: pixels / 255 (the '
                         'Elastic paper whitens nothing), or another of '
-                        'branchynet/datasets.py (BranchyNet\'s ZCA, fitted '
+                        'branchynet/data/datasets.py (BranchyNet\'s ZCA, fitted '
                         'without epsilon on 10000 images, generalises '
                         'poorly: MobileNet reached 50 %% on training and '
                         '22 %% on test images after 6 epochs)')

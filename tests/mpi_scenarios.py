@@ -17,7 +17,8 @@ import chainer.links as L
 import chainermn
 import numpy
 
-from branchynet import Branch, BranchyNet, distributed, port_kit
+from branchynet import Branch, BranchyNet, distributed
+from branchynet.deploy import port_kit
 from branchynet.layers import average_pool, relu
 from branchynet.loss import BranchyLoss
 from branchynet.training import train_phase

@@ -2,12 +2,13 @@
 
 import numpy
 import pytest
+from helpers import make_tiny_net, mixing_thresholds, tiny_batch
 
-from branchynet import EntropyThresholds, assign_exits, benchmark, exit_rule
-from branchynet.benchmark import one_step_each
+from branchynet import EntropyThresholds, assign_exits, costs, exit_rule
+from branchynet.bench import benchmark
+from branchynet.bench.benchmark import one_step_each
 from branchynet.loss import BranchyLoss
-from branchynet.reference import ReferenceTrainer, reference_predict
-from conftest import make_tiny_net, mixing_thresholds, tiny_batch
+from branchynet.paper.reference import ReferenceTrainer, reference_predict
 from networks import lenet_mnist
 
 
@@ -90,7 +91,7 @@ def test_thresholds_for_shares_give_those_shares():
 
 
 def test_multiply_adds_of_b_lenet():
-    stages, heads = benchmark.multiply_adds(lenet_mnist.get_network())
+    stages, heads = costs.multiply_adds(lenet_mnist.get_network())
     # conv 1->5 k5 on 30x30
     assert stages[0] == 30 * 30 * 5 * 25
     # conv 5->10 k5 on 17x17, conv 10->20 k5 on 11x11, linear 720->84
@@ -101,6 +102,6 @@ def test_multiply_adds_of_b_lenet():
 
 def test_ideal_speedup():
     # main = 10 + 20 + 1 = 31; path 0 = 10 + 5, path 1 = 30 + 6
-    assert benchmark.ideal_speedup([10, 20], [5, 1], [1.0, 0.0]) == 31 / 15
-    assert benchmark.ideal_speedup([10, 20], [5, 1], [0.5, 0.5]) == \
+    assert costs.ideal_speedup([10, 20], [5, 1], [1.0, 0.0]) == 31 / 15
+    assert costs.ideal_speedup([10, 20], [5, 1], [0.5, 0.5]) == \
         31 / (0.5 * 15 + 0.5 * 36)

@@ -3,9 +3,9 @@ import os
 import numpy
 import pytest
 
-from branchynet import datasets
-from branchynet.datasets import DataError
-from branchynet.synthetic import write_cifar10, write_mnist
+from branchynet.data import datasets
+from branchynet.data.datasets import DataError
+from branchynet.data.synthetic import write_cifar10, write_mnist
 
 SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data')
 

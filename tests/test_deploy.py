@@ -10,9 +10,12 @@ import pytest
 onnx = pytest.importorskip('onnx')
 onnxruntime = pytest.importorskip('onnxruntime')
 
-from branchynet import deploy, deploy_check, protocols  # noqa: E402
+from helpers import synthetic_data_dir, script_module  # noqa: E402
+
+from branchynet import deploy  # noqa: E402
+from branchynet.deploy import deploy_check
+from branchynet.paper import protocols
 from branchynet.serialization import load_model  # noqa: E402
-from conftest import synthetic_data_dir  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMITTED = os.path.join(ROOT, 'figures', 'b_lenet')
@@ -46,7 +49,7 @@ def test_the_model_keeps_its_contract(exported):
     assert inputs['images'].shape.dim[0].dim_param == 'batch'
     assert inputs['thresholds'].elem_type == onnx.TensorProto.FLOAT
     assert inputs['thresholds'].shape.dim[0].dim_value == net.num_exits - 1
-    from branchynet import onnx_graph
+    from branchynet.deploy import onnx_graph
     assert onnx_graph.spec_problems(model) == []
     outputs = {o.name: o.type.tensor_type.elem_type
                for o in model.graph.output}
@@ -139,7 +142,7 @@ def test_the_committed_deployed_model_is_the_committed_runs():
 @pytest.mark.skipif(not os.path.isdir(MNIST), reason='real MNIST is not in '
                     '../shared/data/mnist')
 def test_the_committed_model_on_all_of_mnist():
-    from branchynet import datasets
+    from branchynet.data import datasets
     x = datasets.load_mnist(MNIST, train_size=1).test_x
     net = load_model(os.path.join(COMMITTED, 'branchynet.npz'),
                      protocols.get('b_lenet').network())
@@ -155,8 +158,9 @@ def test_a_runs_images_are_preprocessed_as_that_run_preprocessed_them(
     """The deployed rows' accuracy is on the images the run was tested on:
     its preprocessing, its ZCA fitted on its own training images (here
     without the 20 held out for validation)."""
-    from branchynet import datasets, deploy_report
-    from branchynet.config import RunConfig
+    from branchynet.data import datasets
+    from branchynet.deploy import deploy_report
+    from branchynet.runs.config import RunConfig
     data_dir = synthetic_data_dir(tmp_path_factory, mnist=(16, 8),
                                   cifar10_per_batch=40)
     run = RunConfig.for_protocol(
@@ -172,10 +176,7 @@ def test_a_runs_images_are_preprocessed_as_that_run_preprocessed_them(
 
 
 def deploy_experiment():
-    import sys
-    sys.path.insert(0, os.path.join(ROOT, 'experiments'))
-    import deploy as experiment
-    return experiment
+    return script_module('deploy')
 
 
 @pytest.mark.parametrize('at, thresholds, label', [
@@ -187,8 +188,9 @@ def test_measure_reports_the_deployed_rows_of_table1(tmp_path, at,
     """The experiment end to end on the committed run and synthetic MNIST:
     its test accuracy is Chainer's at the thresholds asked for, and Table I
     gets both deployed rows."""
-    from branchynet import datasets, table1
-    from branchynet.synthetic import write_mnist
+    from branchynet.data import datasets
+    from branchynet.data.synthetic import write_mnist
+    from branchynet.runs import table1
     write_mnist(str(tmp_path / 'data' / 'mnist'), train=16, test=40)
     report = deploy_experiment().main([
         'measure', '--run', COMMITTED, '--networks', 'b_lenet', '--at', at,

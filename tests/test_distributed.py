@@ -15,8 +15,7 @@ import chainer
 import numpy
 import pytest
 
-from branchynet import port_kit
-from conftest import synthetic_data_dir
+from branchynet.deploy import port_kit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MPIEXEC = shutil.which('mpiexec', path=os.path.dirname(sys.executable)) or \
@@ -38,9 +37,7 @@ def mpiexec(args, ranks=2, timeout=300, **kwargs):
                           **kwargs)
 
 
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return synthetic_data_dir(tmp_path_factory, mnist=(256, 64))
+DATA_SIZES = {'mnist': (256, 64), 'cifar10_per_batch': None}
 
 
 @pytest.fixture(scope='module')
@@ -223,7 +220,7 @@ def test_a_bad_launch_fails_clearly_on_every_rank(data, tmp_path, flags,
 
 def test_without_mpi_nothing_changes(data, tmp_path):
     """The same script without mpiexec trains in one process, as always."""
-    from branchynet import cli
+    from branchynet.runs import cli
     results = cli.main('b_lenet', ['--data-dir', data, '-o',
                                    str(tmp_path / 'one'), '--smoke',
                                    '--no-progress', '--unofficial-data',

@@ -30,10 +30,13 @@ import sys
 
 import pytest
 
-from branchynet import (benchmark, datasets, deploy_report, elastic_study,
-                        pipeline, port_compare, preprocessing_study,
-                        reproduce)
-from branchynet.synthetic import write_cifar10, write_mnist
+from branchynet.runs import fig5
+from branchynet import reproduce
+from branchynet.bench import benchmark
+from branchynet.data import datasets
+from branchynet.data.synthetic import write_cifar10, write_mnist
+from branchynet.deploy import deploy_report, port_compare
+from branchynet.runs import elastic_study, pipeline, preprocessing_study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = ['README.md'] + sorted(
@@ -81,7 +84,7 @@ def _page_id(path):
 
 
 @pytest.fixture(scope='module')
-def data(tmp_path_factory):
+def page_data(tmp_path_factory):
     root = tmp_path_factory.mktemp('data')
     write_mnist(str(root / 'mnist'), train=256, test=64)
     write_cifar10(str(root / 'cifar10' / 'cifar-10-batches-bin'),
@@ -154,7 +157,7 @@ class Recorder:
                              (port_compare, 'run'),
                              (elastic_study, 'run'),
                              (preprocessing_study, 'run'),
-                             (pipeline, 'run_fig5')):
+                             (fig5, 'run_fig5')):
             monkeypatch.setattr(module, name, self.recording(module, name))
         self.real_run = pipeline.run
         monkeypatch.setattr(pipeline, 'run', self.pipeline_run)
@@ -180,7 +183,7 @@ class Recorder:
 
 
 @pytest.mark.parametrize('page', PAGES, ids=[_page_id(p) for p in PAGES])
-def test_a_page_runs_as_written(page, data, tmp_path, monkeypatch):
+def test_a_page_runs_as_written(page, page_data, tmp_path, monkeypatch):
     items = _page_items(page)
     if not items:
         pytest.skip('no command or snippet on this page')
@@ -191,7 +194,7 @@ def test_a_page_runs_as_written(page, data, tmp_path, monkeypatch):
     monkeypatch.chdir(home)
     monkeypatch.setenv(datasets.CACHE_DIR_ENV, str(tmp_path / 'cache'))
     monkeypatch.setenv('OPENBLAS_NUM_THREADS', '1')
-    recorder = Recorder(monkeypatch)
+    Recorder(monkeypatch)
     for kind, text in items:
         where = '{}: {}'.format(_page_id(page), text.strip()[:200])
         if kind == 'shell':  # git rm -rq FOLDER: the folder goes
@@ -201,7 +204,7 @@ def test_a_page_runs_as_written(page, data, tmp_path, monkeypatch):
             code = compile(text, where, 'exec')
             exec(code, {'__name__': '__doc__'})
             continue
-        name, argv = words_of(text, data, str(home))
+        name, argv = words_of(text, page_data, str(home))
         if name == 'pytest' or name not in _scripts():
             continue
         argv = quick_form(name, argv)

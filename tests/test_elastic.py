@@ -5,7 +5,8 @@ import chainer
 import numpy
 import pytest
 
-from branchynet import BranchyLoss, deploy, elastic, port_kit, sweep
+from branchynet import BranchyLoss, deploy, elastic, sweep
+from branchynet.deploy import port_kit
 from networks import elastic_cifar10
 
 
@@ -184,12 +185,10 @@ def test_the_study_runs_end_to_end_and_resumes(tmp_path):
     """The script on synthetic CIFAR-10: both arms, the table, the figure;
     run again with --resume it loads every phase's model instead."""
     import json
-    import os
-    import sys
-    from branchynet.synthetic import write_cifar10
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    sys.path.insert(0, os.path.join(root, 'experiments'))
-    import run_elastic
+
+    from branchynet.data.synthetic import write_cifar10
+    from helpers import script_module
+    run_elastic = script_module('run_elastic')
     write_cifar10(str(tmp_path / 'data' / 'cifar10' / 'cifar-10-batches-bin'),
                   per_batch=64,
                   test=False)
@@ -236,11 +235,10 @@ def test_a_folder_it_may_not_write_is_refused_before_any_data_is_read(
     """Another program's run folder: one line, before the data are read
     (the data folder here does not even exist), and nothing touched."""
     import os
-    import sys
-    from branchynet.ownership import OutputFolder
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    sys.path.insert(0, os.path.join(root, 'experiments'))
-    import run_elastic
+
+    from branchynet.utils.ownership import OutputFolder
+    from helpers import script_module
+    run_elastic = script_module('run_elastic')
     taken = tmp_path / 'a_run'
     with OutputFolder.open(str(taken), 'run', foreign_ok=False) as folder:
         folder.write_text('results.json', '{}')

@@ -8,10 +8,12 @@ import sys
 import numpy
 import pytest
 
-from branchynet import cli, figures, files, ownership, protocols, report
+from helpers import Interrupted, interrupt_training
 from branchynet import sweep
 from branchynet.loss import BranchyLoss
-from conftest import synthetic_data_dir
+from branchynet.paper import protocols
+from branchynet.runs import cli, figures, report
+from branchynet.utils import files, ownership
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.join(ROOT, '..', 'shared', 'data', 'mnist')
@@ -38,10 +40,7 @@ def test_every_script_runs_and_explains_its_flags(name):
         assert '--device' in done.stdout and '(default: ' in done.stdout
 
 
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return synthetic_data_dir(tmp_path_factory, mnist=(256, 64),
-                              cifar10_per_batch=40)
+DATA_SIZES = {'mnist': (256, 64), 'cifar10_per_batch': 40}
 
 
 @pytest.fixture(scope='module')
@@ -210,10 +209,6 @@ def test_refuses_to_overwrite_a_run_without_resume(lenet_run, data):
         cli.main('b_lenet', ['--data-dir', data, '-o', out] + FAST)
 
 
-class Interrupted(Exception):
-    pass
-
-
 @pytest.mark.parametrize('snapshot_minutes', [None, 0])
 def test_resume_after_interruption_gives_the_same_weights(
         data, tmp_path, monkeypatch, snapshot_minutes):
@@ -228,17 +223,7 @@ def test_resume_after_interruption_gives_the_same_weights(
              '-b', '64', '--no-timing'] + FAST  # 4 steps per epoch
     cli.main('b_lenet', ['-o', str(tmp_path / 'straight')] + flags)
 
-    calls = []
-    joint_loss = BranchyLoss.forward
-
-    def interrupt_in_joint_epoch_2(self, x, t):
-        import chainer
-        if chainer.config.train:
-            calls.append(1)
-            if len(calls) == 6:
-                raise Interrupted()
-        return joint_loss(self, x, t)
-    monkeypatch.setattr(BranchyLoss, 'forward', interrupt_in_joint_epoch_2)
+    joint_loss = interrupt_training(monkeypatch, 6)  # joint epoch 2
     with pytest.raises(Interrupted):
         cli.main('b_lenet', ['-o', str(tmp_path / 'resumed')] + flags)
     assert not (tmp_path / 'resumed' / 'branchynet.npz').exists()

@@ -5,10 +5,10 @@ a device is missing.
 """
 import chainer
 import numpy
+from helpers import grads, make_tiny_net, mixing_thresholds, tiny_batch
 
 from branchynet import load_model, save_model
 from branchynet.loss import BranchyLoss
-from conftest import grads, make_tiny_net, mixing_thresholds, tiny_batch
 from networks import alex_cifar10
 
 

@@ -17,7 +17,11 @@ import sys
 
 import pytest
 
-from branchynet import benchmark, datasets, pipeline, reproduce
+from branchynet.runs import fig5
+from branchynet import reproduce
+from branchynet.bench import benchmark
+from branchynet.data import datasets
+from branchynet.runs import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, 'docs', 'gpu_windows.md')
@@ -98,7 +102,7 @@ def test_a_prepared_command_reaches_its_work_on_the_cpu(
         return record
 
     monkeypatch.setattr(pipeline, 'run', recorder(lambda a, k: a[0].out))
-    monkeypatch.setattr(pipeline, 'run_fig5', recorder(
+    monkeypatch.setattr(fig5, 'run_fig5', recorder(
         lambda a, k: a[1], lambda a, k: [c.out for c in a[0]]))
     monkeypatch.setattr(reproduce, 'run', recorder(lambda a, k: a[0].out))
     monkeypatch.setattr(benchmark, 'run', recorder(lambda a, k: a[3]))

@@ -11,33 +11,21 @@ import chainer
 import numpy
 import pytest
 
-from branchynet import cli, datasets, pipeline, report
+from helpers import interrupt_training
+from branchynet.data import datasets
 from branchynet.loss import BranchyLoss
-from branchynet.ownership import OutputFolder
-from conftest import synthetic_data_dir
+from branchynet.runs import cli, pipeline, report, run_folder
+from branchynet.utils.ownership import OutputFolder
 
 # synthetic sets of 128-256 training images: a batch that fits them
 FAST = ['--smoke', '--no-progress', '--unofficial-data', '-b', '64']
 
 
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return synthetic_data_dir(tmp_path_factory, mnist=(128, 32))
+DATA_SIZES = {'cifar10_per_batch': None}
 
 
 def lenet(argv):
     return cli.main('b_lenet', argv)
-
-
-def stops_with(capsys, argv, *messages, code=2):
-    with pytest.raises(SystemExit) as stop:
-        lenet(argv)
-    err = capsys.readouterr().err + str(stop.value.code)
-    if code is not None:
-        assert stop.value.code == code, err
-    for message in messages:
-        assert message in err, err
-    return err
 
 
 # --- 1. divergence ------------------------------------------------------------
@@ -63,13 +51,13 @@ def stops_with(capsys, argv, *messages, code=2):
     (['--device', 'gpu'], '--device must be @numpy, @cupy:<id> or an integer'),
 ])
 def test_absurd_values_are_refused_before_anything_is_done(
-        data, tmp_path, capsys, monkeypatch, flags, message):
+        data, tmp_path, capsys, monkeypatch, flags, message, stops):
     def must_not_load(*args, **kwargs):
         raise AssertionError('data loaded despite a bad value')
     monkeypatch.setattr(datasets, 'load_mnist', must_not_load)
     out = tmp_path / 'run'
-    stops_with(capsys, ['--data-dir', data, '-o', str(out)] + FAST + flags,
-               message)
+    stops(['--data-dir', data, '-o', str(out)] + FAST + flags,
+               message, code=2)
     assert not out.exists()
 
 
@@ -113,10 +101,10 @@ def finished(data, tmp_path_factory):
 
 
 def test_resume_refuses_another_configuration_naming_each_difference(
-        finished, data, capsys):
+        finished, data, capsys, stops):
     """Defect: resuming with other settings rewrote the results silently."""
     before = open(os.path.join(finished, 'results.json')).read()
-    err = stops_with(capsys, FAST + ['--data-dir', data, '-o', finished,
+    err = stops(FAST + ['--data-dir', data, '-o', finished,
                                      '--resume', '--epoch-main', '1', '-b',
                                      '32', '--seed', '7', '--alpha', '0.5',
                                      '--train-size', '100'],
@@ -126,7 +114,7 @@ def test_resume_refuses_another_configuration_naming_each_difference(
                      "--seed 7 (the run has 0)",
                      "--alpha 0.5 (the run has 0.001)",
                      "--train-size 100 (the run has 1024)",
-                     '--timing-repeats')
+                     '--timing-repeats', code=2)
     assert 'Traceback' not in err
     assert open(os.path.join(finished, 'results.json')).read() == before
 
@@ -151,7 +139,7 @@ def test_resume_uses_the_stored_configuration_and_replaces_old_results(
     assert [len(results['training'][p]) for p in ('main', 'joint')] == [2, 1]
     assert not os.path.exists(stale)
     assert 'B-LeNet' in open(os.path.join(finished, 'table1.md')).read()
-    stored = pipeline.stored_config(finished)
+    stored = run_folder.stored_config(finished)
     assert stored.timing_repeats == 2 and stored.epoch_main == 2
 
 
@@ -224,7 +212,7 @@ def test_models_trained_on_two_ranks_are_evaluated_on_one_process(
 # --- 5, 6. folders, devices, interruptions --------------------------------------
 
 def test_unwritable_out_is_found_before_loading_data(data, tmp_path, capsys,
-                                                     monkeypatch):
+                                                     monkeypatch, stops):
     """Defect: a read-only --out was found only after an epoch of training."""
     folder = tmp_path / 'readonly'
     folder.mkdir()
@@ -233,19 +221,19 @@ def test_unwritable_out_is_found_before_loading_data(data, tmp_path, capsys,
         False if os.path.abspath(path) == str(folder) else
         real_access(path, mode)))
     monkeypatch.setattr(datasets, 'load_mnist', lambda *a, **k: 1 / 0)
-    stops_with(capsys, ['--data-dir', data, '-o', str(folder / 'run')] + FAST,
-               'is not writable')
+    stops(['--data-dir', data, '-o', str(folder / 'run')] + FAST,
+               'is not writable', code=2)
     a_file = tmp_path / 'file'
     a_file.write_text('')
-    stops_with(capsys, ['--data-dir', data, '-o', str(a_file)] + FAST,
-               'exists and is not a folder')
+    stops(['--data-dir', data, '-o', str(a_file)] + FAST,
+               'exists and is not a folder', code=2)
 
 
-def test_gpu_without_cupy_is_one_line(data, tmp_path, capsys):
+def test_gpu_without_cupy_is_one_line(data, tmp_path, capsys, stops):
     if chainer.backends.cuda.available:
         pytest.skip('a usable GPU is present')
-    err = stops_with(capsys, ['--data-dir', data, '-o', str(tmp_path / 'g'),
-                              '--gpu', '0'] + FAST, 'CuPy is not usable')
+    err = stops(['--data-dir', data, '-o', str(tmp_path / 'g'),
+                              '--gpu', '0'] + FAST, 'CuPy is not usable', code=2)
     assert 'Traceback' not in err and not (tmp_path / 'g').exists()
 
 
@@ -259,12 +247,12 @@ def test_unknown_test_batch_is_refused_and_leaves_nothing(data, tmp_path,
     assert not out.exists()
 
 
-def test_failed_data_leaves_no_out_folder(tmp_path, capsys):
+def test_failed_data_leaves_no_out_folder(tmp_path, capsys, stops):
     empty = tmp_path / 'nodata'
     empty.mkdir()
     out = tmp_path / 'run'
-    stops_with(capsys, ['--data-dir', str(empty), '-o', str(out)] + FAST,
-               'not found', code=None)
+    stops(['--data-dir', str(empty), '-o', str(out)] + FAST,
+               'not found')
     assert not out.exists()
 
 
@@ -288,16 +276,8 @@ def test_interrupt_says_how_to_go_on(data, tmp_path, monkeypatch, capsys,
     """Ctrl-C ends with the command to paste: the same one again when
     nothing was kept, with --resume when an epoch was (2 steps: one epoch
     of 128 samples at batch 64), and that command finishes the run."""
-    real = BranchyLoss.main_loss
-    steps = []
-
-    def interrupting(self, x, t):
-        if chainer.config.train:  # a training step, not the evaluation
-            if len(steps) == steps_before:
-                raise KeyboardInterrupt
-            steps.append(1)
-        return real(self, x, t)
-    monkeypatch.setattr(BranchyLoss, 'main_loss', interrupting)
+    interrupt_training(monkeypatch, steps_before + 1, 'main_loss',
+                       raising=KeyboardInterrupt)
     out = tmp_path / 'run'
     args = (['--data-dir', data, '-o', str(out), '--no-timing',
              '--epoch-main', '2'] + FAST)
@@ -341,7 +321,7 @@ def test_a_machine_without_matplotlib_still_writes_results(data, tmp_path,
                                                            monkeypatch,
                                                            capsys):
     """A bare GPU host may lack matplotlib: results first, figures later."""
-    from branchynet import figures
+    from branchynet.runs import figures
     monkeypatch.setattr(figures, 'available', lambda: False)
     out = tmp_path / 'bare'
     lenet(['--data-dir', data, '-o', str(out), '--timing-samples', '4'] + FAST)
@@ -353,8 +333,9 @@ def test_a_machine_without_matplotlib_still_writes_results(data, tmp_path,
 def test_the_command_line_defaults_are_the_configurations():
     """One source of truth: every flag of a run script that names a
     RunConfig field defaults to that field's default for the protocol."""
-    from branchynet import cli, protocols
-    from branchynet.config import RunConfig
+    from branchynet.paper import protocols
+    from branchynet.runs import cli
+    from branchynet.runs.config import RunConfig
     for key in protocols.PROTOCOLS:
         protocol = protocols.get(key)
         parser = cli.build_parser(protocol)

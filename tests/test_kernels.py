@@ -13,10 +13,12 @@ import chainer.functions as F
 import numpy
 import pytest
 
-from branchynet import kernels, protocols
-from branchynet.port_kit import relative_error as relative
+from branchynet import kernels
+from branchynet.data.synthetic import random_batch
+from branchynet.deploy.port_kit import relative_error as relative
 from branchynet.loss import BranchyLoss
-from branchynet.synthetic import random_batch
+from branchynet.paper import protocols
+from branchynet.runs import run_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST = os.path.join(ROOT, '..', 'shared', 'data', 'mnist')
@@ -277,7 +279,7 @@ def test_b_lenet_trains_in_lockstep_with_the_stock_functions():
     bound does not hold: 50 steps drove parameters 10 alpha apart on an AMD
     EPYC host, as B-AlexNet's noise test below explains; that test covers
     the kernels without data.)"""
-    from branchynet import datasets
+    from branchynet.data import datasets
     data = datasets.load_mnist(MNIST, train_size=4096, test_size=1)
     result = lockstep('b_lenet', 50, 64, (data.train_x, data.train_t))
     assert result['max_loss_relative_difference'] <= 1e-4, result
@@ -303,8 +305,8 @@ def test_a_run_records_which_kernels_trained_which_epochs(tmp_path,
                                                           monkeypatch):
     """--kernels may change when resuming (the relay switches at a resume
     point); results.json says which kernels trained which epochs."""
-    from branchynet import cli
-    from branchynet.synthetic import write_mnist
+    from branchynet.data.synthetic import write_mnist
+    from branchynet.runs import cli
     data = str(tmp_path / 'data')
     write_mnist(os.path.join(data, 'mnist'), train=256, test=32)
     flags = ['--data-dir', data, '-o', str(tmp_path / 'run'), '-b', '64',
@@ -335,13 +337,12 @@ def test_a_run_records_which_kernels_trained_which_epochs(tmp_path,
 
 def test_a_run_from_before_the_kernels_trained_on_chainers_functions(
         tmp_path):
-    from branchynet import pipeline
-    from branchynet.config import RunConfig
+    from branchynet.runs.config import RunConfig
     out = tmp_path / 'run'
     (out / 'main_phase').mkdir(parents=True)
     (out / 'main_phase' / 'log').write_text('[{"epoch": 1}, {"epoch": 2}]')
     config = RunConfig.for_protocol('b_lenet', out=str(out), epoch_main=3)
-    assert pipeline.kernel_history(config, None) == [
+    assert run_folder.kernel_history(config, None) == [
         {'phase': 'main', 'first_epoch': 1, 'kernels': 'stock'},
         {'phase': 'main', 'first_epoch': 3, 'kernels': 'fast'},
         {'phase': 'joint', 'first_epoch': 1, 'kernels': 'fast'}]

@@ -3,10 +3,10 @@ import chainer
 import chainer.functions as F
 import numpy
 import pytest
+from helpers import make_tiny_net, tiny_batch
 
 from branchynet import entropy
 from branchynet.loss import BranchyLoss, joint_loss, main_loss
-from conftest import make_tiny_net, tiny_batch
 
 
 def test_loss_link_wraps_the_network_like_a_classifier():

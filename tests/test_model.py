@@ -5,14 +5,18 @@ import chainer.functions as F
 import chainer.links as L
 import numpy
 import pytest
+from helpers import (
+    exit_entropies,
+    grads,
+    make_tiny_net,
+    mixing_thresholds,
+    tiny_batch,
+)
 
 from branchynet import Branch, BranchyNet, assign_exits
 from branchynet.exit_rule import EntropyThresholds, LowestEntropyFractions
 from branchynet.loss import BranchyLoss
-from conftest import (exit_entropies, grads, make_tiny_net, mixing_thresholds,
-                      tiny_batch)
-from branchynet.reference import ReferenceTrainer
-
+from branchynet.paper.reference import ReferenceTrainer
 
 # --- structure -------------------------------------------------------------
 

@@ -4,8 +4,8 @@ import chainer.links as L
 import numpy
 import pytest
 
-from branchynet import protocols
 from branchynet.layers import FunctionLayer
+from branchynet.paper import protocols
 from networks import alex_cifar10, lenet_mnist, resnet_cifar10
 from networks.resnet_cifar10 import ResBlock
 

@@ -1,5 +1,4 @@
 """The port kit, PORTING.md's statements, ONNX parity and the PyTorch port."""
-import importlib.util
 import json
 import math
 import os
@@ -10,17 +9,11 @@ import chainer.links as L
 import numpy
 import pytest
 
-from branchynet import port_kit, protocols
+from branchynet.deploy import port_kit
+from branchynet.paper import protocols
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.join(ROOT, '..', 'shared', 'data', 'mnist')
-
-
-def load_script(path, name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')
@@ -212,13 +205,13 @@ def test_the_tie_sets_fail_a_rule_with_another_comparison(kits):
 def port():
     pytest.importorskip('torch', reason='PyTorch is not installed: pip '
                                         'install torch==2.13.0+cpu (CPU build)')
-    return load_script(os.path.join('experiments', 'ports',
-                                    'pytorch_branchynet.py'), 'pytorch_port')
+    from branchynet.deploy import port_compare
+    return port_compare.load_port()
 
 
 @pytest.fixture(scope='module')
 def compare(port):
-    from branchynet import port_compare
+    from branchynet.deploy import port_compare
     return port_compare
 
 
@@ -236,7 +229,7 @@ def test_pytorch_port_trains_in_lockstep(kits, compare):
     """50 joint steps of B-LeNet from the same weights on the same batches."""
     data = None
     if os.path.isdir(SHARED_MNIST):
-        from branchynet import datasets
+        from branchynet.data import datasets
         train = datasets.load_mnist(SHARED_MNIST, train_size=4096, test_size=1)
         data = (train.train_x, train.train_t)
     result = compare.lockstep(kits['b_lenet'][0], steps=50, batch=64,

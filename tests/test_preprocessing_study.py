@@ -3,14 +3,14 @@ never training a finished candidate again."""
 import json
 import os
 
-import chainer
 import pytest
 
-from branchynet import preprocessing_study
-from branchynet.errors import UserError
+from helpers import Interrupted, interrupt_training
+from branchynet.data.synthetic import write_cifar10
 from branchynet.loss import BranchyLoss
-from branchynet.preprocessing_study import StudyConfig
-from branchynet.synthetic import write_cifar10
+from branchynet.runs import preprocessing_study
+from branchynet.runs.preprocessing_study import StudyConfig
+from branchynet.utils.errors import UserError
 
 
 @pytest.fixture
@@ -22,10 +22,6 @@ def study(tmp_path):
                        candidates=('scale', 'gcn'), epochs=2, batchsize=32,
                        cache_dir=str(tmp_path / 'cache'), official=False,
                        progress=False)
-
-
-class Interrupted(Exception):
-    pass
 
 
 def test_every_candidate_is_validated_on_batch_4_and_the_best_chosen(study):
@@ -51,17 +47,8 @@ def test_every_candidate_is_validated_on_batch_4_and_the_best_chosen(study):
 
 def test_an_interrupted_study_resumes_without_training_again(study,
                                                              monkeypatch):
-    main_loss = BranchyLoss.main_loss
-    steps = []
-
-    def interrupt_in_the_second_candidate(self, x, t):
-        if chainer.config.train:
-            steps.append(1)
-            if len(steps) == 2 * 6 + 8:  # 6 steps an epoch: gcn's epoch 2
-                raise Interrupted()
-        return main_loss(self, x, t)
-    monkeypatch.setattr(BranchyLoss, 'main_loss',
-                        interrupt_in_the_second_candidate)
+    # 6 steps an epoch: the second candidate's (gcn's) epoch 2
+    main_loss = interrupt_training(monkeypatch, 2 * 6 + 8, 'main_loss')
     with pytest.raises(Interrupted):
         preprocessing_study.run(study)
     first_log = open(os.path.join(study.out, 'scale', 'log')).read()
@@ -70,7 +57,6 @@ def test_an_interrupted_study_resumes_without_training_again(study,
 
     with pytest.raises(UserError, match='pass --resume'):
         preprocessing_study.run(study)
-    steps.clear()
     monkeypatch.setattr(BranchyLoss, 'main_loss', main_loss)
     trained = []
     real_train = preprocessing_study.train_candidate

@@ -12,14 +12,13 @@ import shutil
 import subprocess
 import sys
 
-import chainer
 import numpy
 import pytest
 
-from branchynet import cli, relay
-from branchynet.errors import UserError
+from helpers import Interrupted, interrupt_training, run_main
 from branchynet.loss import BranchyLoss
-from conftest import synthetic_data_dir
+from branchynet.runs import cli, relay
+from branchynet.utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, 'tests', 'data', 'relay_b_lenet_2ranks')
@@ -30,27 +29,12 @@ FLAGS = ['--epoch-main', '2', '--epoch-joint', '3', '-b', '64',
          '--no-timing', '--smoke', '--no-progress', '--unofficial-data']
 
 
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return synthetic_data_dir(tmp_path_factory, mnist=(256, 64))
-
-
-class Interrupted(Exception):
-    pass
+DATA_SIZES = {'mnist': (256, 64), 'cifar10_per_batch': None}
 
 
 def interrupt_in_joint_epoch_2(monkeypatch):
-    calls = []
-    forward = BranchyLoss.forward
-
-    def interrupted(self, x, t):
-        if chainer.config.train:
-            calls.append(1)
-            if len(calls) == 6:  # 4 steps per epoch: the joint phase's 6th
-                raise Interrupted()
-        return forward(self, x, t)
-    monkeypatch.setattr(BranchyLoss, 'forward', interrupted)
-    return forward
+    # 4 steps per epoch: the joint phase's 6th
+    return interrupt_training(monkeypatch, 6)
 
 
 def test_a_relayed_run_ends_as_one_that_never_stopped(data, tmp_path,
@@ -64,10 +48,14 @@ def test_a_relayed_run_ends_as_one_that_never_stopped(data, tmp_path,
         cli.main('b_lenet', ['-o', str(tmp_path / 'first')] + flags)
     monkeypatch.setattr(BranchyLoss, 'forward', forward)
 
-    saved = relay.save(str(tmp_path / 'first'), str(tmp_path / 'relay'))
+    # as a sitting does it: the script's save, then its restore elsewhere
+    saved = run_main('relay', ['save', str(tmp_path / 'first'),
+                               str(tmp_path / 'relay'), '--note', 'one'])
     assert saved['phase'] == 'joint'
     assert saved['epochs_done'] == {'main': 2, 'joint': 1}
-    relay.restore(str(tmp_path / 'relay'), str(tmp_path / 'second'))
+    assert saved['sittings'][-1]['note'] == 'one'
+    run_main('relay', ['restore', str(tmp_path / 'relay'),
+                       str(tmp_path / 'second')])
     assert not (tmp_path / 'second' / 'main_phase' / 'snapshot_epoch_2').exists()
     resumed = cli.main('b_lenet', ['-o', str(tmp_path / 'second'),
                                    '--resume'] + flags)

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from branchynet import reproduce, table1
+from branchynet import reproduce
+from branchynet.runs import table1
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'experiments', 'reproduce_paper.py')

@@ -10,8 +10,8 @@ import os
 
 import pytest
 
-from branchynet import cli
-from branchynet.synthetic import write_cifar10, write_mnist
+from branchynet.data.synthetic import write_cifar10, write_mnist
+from branchynet.runs import cli
 
 EXPECTED = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
                         'tiny_runs.json')

@@ -1,7 +1,7 @@
 """Every deployed graph runs the same in every ONNX runtime installed here.
 
 For each network, the early-exit model in the form each runtime runs
-(:data:`branchynet.runtimes.FORMS`) gives ONNX Runtime's labels and exits at
+(:data:`branchynet.deploy.runtimes.FORMS`) gives ONNX Runtime's labels and exits at
 batch 1 and batch 64, at the paper's thresholds, at 0 (nothing leaves
 early) and at a large value (everything leaves at exit 1). B-LeNet and
 B-AlexNet are the committed trained runs on real test images where the
@@ -15,8 +15,10 @@ import numpy
 import onnx
 import pytest
 
-from branchynet import datasets, deploy, deploy_check, onnx_graph, protocols
-from branchynet import runtimes
+from branchynet import deploy
+from branchynet.data import datasets
+from branchynet.deploy import deploy_check, onnx_graph, runtimes
+from branchynet.paper import protocols
 from branchynet.serialization import load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,7 +82,7 @@ def test_the_committed_graphs_are_valid_by_the_spec():
 
 
 def test_the_checker_finds_what_it_should():
-    from onnx import helper, TensorProto
+    from onnx import TensorProto, helper
     inner = helper.make_graph(
         [helper.make_node('Identity', ['nowhere'], ['y'], name='a')], 'b',
         [], [helper.make_tensor_value_info('y', TensorProto.FLOAT, None)])

@@ -16,10 +16,11 @@ import sys
 import numpy
 import pytest
 
-from branchynet import cli, files, ownership, reading
-from branchynet.errors import FileProblem, OwnershipError
-from branchynet.ownership import OutputFolder
-from conftest import synthetic_data_dir
+from branchynet.runs import cli, reading
+from branchynet.utils import files, ownership
+from branchynet.utils.errors import FileProblem, OwnershipError
+from branchynet.utils.ownership import OutputFolder
+from helpers import copy_of, one_line, script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, 'experiments')
@@ -39,49 +40,6 @@ def tree(path):
     return found
 
 
-@pytest.fixture
-def stops(capsys):
-    """Run a script's main in this process; it must stop with one line.
-
-    A flag's error is printed (exit status 2); any other ends the program
-    with its message (status 1).
-    """
-    def run(argv, *messages, key='b_lenet', code=None):
-        with pytest.raises(SystemExit) as stop:
-            cli.main(key, argv)
-        printed = capsys.readouterr().err.strip()
-        text = printed if stop.value.code == 2 else str(stop.value.code)
-        if code is not None:
-            assert (stop.value.code == 2) == (code == 2), text
-        assert text and '\n' not in text.strip(), text
-        for message in messages:
-            assert message in text, text
-        return text
-    return run
-
-
-def script(name, *args, cwd=None, timeout=300):
-    """Run an experiment script; return the finished process."""
-    return subprocess.run([sys.executable, os.path.join(SCRIPTS, name)] +
-                          [str(a) for a in args], capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd)
-
-
-def one_line(done, *messages):
-    """A script that failed with one line on stderr, no traceback, no usage."""
-    assert done.returncode != 0, done.stdout[-2000:]
-    err = done.stderr.strip()
-    assert 'Traceback' not in err, err
-    assert len(err.splitlines()) == 1, err
-    for message in messages:
-        assert message in err, err
-    return err
-
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return synthetic_data_dir(tmp_path_factory, mnist=(128, 32),
-                              cifar10_per_batch=24)
 
 
 @pytest.fixture(scope='module')
@@ -92,12 +50,6 @@ def finished(data, tmp_path_factory):
                          '--no-progress', '--unofficial-data', '-b', '64',
                          '--timing-samples', '4', '--timing-repeats', '1'])
     return out
-
-
-def copy_of(folder, tmp_path, name='copy'):
-    target = str(tmp_path / name)
-    shutil.copytree(folder, target)
-    return target
 
 
 # --- 1-3. data loss ------------------------------------------------------------
@@ -171,16 +123,28 @@ def test_3_models_into_a_folder_of_another_run_is_refused(
 def test_3_models_in_place_and_again_into_its_own_evaluation(
         finished, data, tmp_path):
     source = copy_of(finished, tmp_path, 'source')
+    models = {n: files.sha256(os.path.join(source, n))
+              for n in ('baseline.npz', 'branchynet.npz')}
     evaluation = str(tmp_path / 'evaluation')
     flags = ['--data-dir', data, '--models', source, '--no-progress',
              '--no-timing']
-    cli.main('b_lenet', flags + ['-o', evaluation])
-    cli.main('b_lenet', flags + ['-o', evaluation])  # the same models again
-    cli.main('b_lenet', flags + ['-o', source])  # in place
+    first = cli.main('b_lenet', flags + ['-o', evaluation])
+    again = cli.main('b_lenet', flags + ['-o', evaluation])  # the same again
+    in_place = cli.main('b_lenet', flags + ['-o', source])
     link = tmp_path / 'link'
     link.symlink_to(source)  # --models LINK --out DIR, LINK -> DIR
-    cli.main('b_lenet', ['--data-dir', data, '--models', str(link), '-o',
-                         source, '--no-progress', '--no-timing'])
+    via_link = cli.main('b_lenet', ['--data-dir', data, '--models',
+                                    str(link), '-o', source, '--no-progress',
+                                    '--no-timing'])
+    # each evaluated the same models, which stayed as they were
+    for results in (again, in_place, via_link):
+        assert results['exit_accuracy'] == first['exit_accuracy']
+        assert results['sweep'] == first['sweep']
+    for folder in (evaluation, source):
+        for name, digest in models.items():
+            assert files.sha256(os.path.join(folder, name)) == digest
+    assert reading.read_results(os.path.join(evaluation, 'results.json'))[
+        'config']['models'] == source
 
 
 def test_no_script_writes_into_the_committed_figures_by_default():
@@ -204,7 +168,7 @@ def test_smoke_runs_go_apart_from_real_runs():
 
 def test_a_quick_run_says_so_in_its_figures_and_table(finished):
     results = reading.read_results(os.path.join(finished, 'results.json'))
-    from branchynet import figures, table1
+    from branchynet.runs import figures, table1
     head, run = figures.title(results, 'x').split('\n')
     assert head == '[SMOKE RUN, UNOFFICIAL DATA] x'
     # the run's folder and schedule: one run's figure is not another's
@@ -364,7 +328,7 @@ def test_export_port_kit_faults_are_one_line_and_leave_no_folder(
 
 
 def test_a_knee_from_another_networks_results_is_named(finished, tmp_path):
-    from branchynet import port_kit
+    from branchynet.deploy import port_kit
     folder = copy_of(finished, tmp_path)
     results = json.load(open(os.path.join(folder, 'results.json')))
     results['protocol'] = results['config']['protocol'] = 'b_alexnet'
@@ -377,7 +341,7 @@ def test_a_knee_from_another_networks_results_is_named(finished, tmp_path):
 
 def test_a_damaged_snapshot_or_log_stops_resume_before_loading(
         stops, finished, data, tmp_path, monkeypatch):
-    from branchynet import datasets
+    from branchynet.data import datasets
     monkeypatch.setattr(datasets, 'load_mnist', lambda *a, **k: 1 / 0)
     run = copy_of(finished, tmp_path, 'snap')
     snapshot = [n for n in os.listdir(os.path.join(run, 'joint_phase'))
@@ -435,7 +399,7 @@ def test_a_results_json_that_is_a_folder_is_one_line(tmp_path):
 @pytest.mark.parametrize('target', ['', 'dangling', 'loop'])
 def test_an_out_no_folder_can_be_made_at_is_refused_before_data(
         stops, data, tmp_path, monkeypatch, target):
-    from branchynet import datasets
+    from branchynet.data import datasets
     monkeypatch.setattr(datasets, 'load_mnist', lambda *a, **k: 1 / 0)
     if target == 'dangling':
         out = tmp_path / 'dangling'
@@ -452,7 +416,7 @@ def test_an_out_no_folder_can_be_made_at_is_refused_before_data(
 
 def test_an_unwritable_cache_is_found_before_preprocessing(
         stops, data, tmp_path, monkeypatch):
-    from branchynet import datasets
+    from branchynet.data import datasets
     monkeypatch.setattr(datasets, 'load_cifar10', lambda *a, **k: 1 / 0)
     blocker = tmp_path / 'a_file'
     blocker.write_text('')
@@ -573,7 +537,10 @@ def test_committed_reports_redraw_byte_identically_from_their_json(tmp_path):
     comes back byte for byte from the JSON beside it: report code can be
     reorganised without changing a committed number or its layout."""
     import json
-    from branchynet import benchmark, port_compare, report, table1
+
+    from branchynet.bench import benchmark
+    from branchynet.deploy import port_compare
+    from branchynet.runs import report, table1
     figures = os.path.join(ROOT, 'figures')
 
     def load(path):
@@ -603,7 +570,7 @@ def test_committed_reports_redraw_byte_identically_from_their_json(tmp_path):
 def test_every_recorded_value_comes_back_unchanged(tmp_path):
     """A run that can be started can be resumed: each configuration field,
     set away from its default, survives run.json."""
-    from branchynet.config import RunConfig
+    from branchynet.runs.config import RunConfig
     config = RunConfig.for_protocol(
         'b_alexnet', out='runs/a b', device='@numpy', data_dir='data dir',
         unofficial_data=True, test_batch='data_batch_5',
@@ -618,17 +585,17 @@ def test_every_recorded_value_comes_back_unchanged(tmp_path):
         communicator='naive', sync_batchnorm=False)
     with OutputFolder.open(str(tmp_path / 'run'), 'run') as folder:
         folder.write_json('run.json', config.to_dict())
-    from branchynet import pipeline
-    assert pipeline.stored_config(str(tmp_path / 'run')) == config
+    from branchynet.runs import run_folder
+    assert run_folder.stored_config(str(tmp_path / 'run')) == config
 
 
 def test_only_rank_0_looks_at_the_output_folder_and_every_rank_hears_it(
         tmp_path, monkeypatch):
     """Defect seen in CI: rank 1 checked --out after rank 0 had opened it,
     found rank 0's record, refused the run and left rank 0 waiting."""
-    from branchynet import pipeline
-    from branchynet.config import RunConfig
-    from branchynet.errors import UserError
+    from branchynet.runs import run_folder
+    from branchynet.runs.config import RunConfig
+    from branchynet.utils.errors import UserError
 
     class Rank:
         def __init__(self, root, told=None):
@@ -638,12 +605,12 @@ def test_only_rank_0_looks_at_the_output_folder_and_every_rank_hears_it(
             return value if self.is_root else self.told
 
     looked = []
-    monkeypatch.setattr(pipeline, 'check_output',
+    monkeypatch.setattr(run_folder, 'check_output',
                         lambda config: looked.append(config.out) or 'state')
     config = RunConfig.for_protocol('b_lenet', out=str(tmp_path / 'run'))
-    assert pipeline.check_output_once(config, Rank(root=False)) is None
+    assert run_folder.check_output_once(config, Rank(root=False)) is None
     assert looked == []  # rank 1 never looks
-    assert pipeline.check_output_once(config, Rank(root=True)) == 'state'
+    assert run_folder.check_output_once(config, Rank(root=True)) == 'state'
     assert looked == [config.out]
     with pytest.raises(UserError, match='holds another run'):
-        pipeline.check_output_once(config, Rank(False, 'holds another run'))
+        run_folder.check_output_once(config, Rank(False, 'holds another run'))

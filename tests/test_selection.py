@@ -73,7 +73,7 @@ def test_exact_ties_go_to_the_earlier_point():
 def test_knee_is_the_sweep_module_rule():
     frontier = sweep.frontier(ACCURACIES, TIMES)
     assert selection.select('knee', POINTS, TIMES, 0.98, knee_tolerance=0.1) \
-        == sweep.select_knee(ACCURACIES, TIMES, frontier, 0.98, 0.001)
+        == selection.select_knee(ACCURACIES, TIMES, frontier, 0.98, 0.1)
 
 
 @pytest.mark.parametrize('rule, message', [

@@ -4,10 +4,10 @@ import chainer
 import numpy
 import pytest
 from chainer import optimizers, serializers
+from helpers import make_tiny_net, tiny_batch
 
 from branchynet import load_model, save_model
 from branchynet.loss import BranchyLoss
-from conftest import make_tiny_net, tiny_batch
 from networks import alex_cifar10, lenet_mnist
 
 
@@ -109,7 +109,8 @@ def test_a_model_whose_array_header_is_damaged_is_named(tmp_path):
     which must end as the one-line FileProblem too (a damaged file once
     escaped as a traceback, depending on where the damage fell)."""
     import zipfile
-    from branchynet.errors import FileProblem
+
+    from branchynet.utils.errors import FileProblem
     header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (\x1b"
     header += b' ' * (63 - len(header)) + b'\n'
     npy = b'\x93NUMPY\x01\x00' + len(header).to_bytes(2, 'little') + header

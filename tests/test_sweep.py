@@ -1,9 +1,11 @@
 import numpy
 import pytest
+from helpers import make_tiny_net, mixing_thresholds, tiny_batch
 
-from branchynet import protocols, sweep
+from branchynet.selection import select_knee
+from branchynet import sweep
+from branchynet.paper import protocols
 from branchynet.sweep import ExitOutputs
-from conftest import make_tiny_net, mixing_thresholds, tiny_batch
 
 
 @pytest.fixture(scope='module')
@@ -96,10 +98,10 @@ def test_knee_is_fastest_point_near_baseline():
     accuracies = [0.90, 0.975, 0.985, 0.99]
     frontier = [0, 1, 2, 3]
     # baseline 0.98: fastest within 0.001 of it
-    assert sweep.select_knee(accuracies, times, frontier, 0.98, 0.001) == 2
-    assert sweep.select_knee(accuracies, times, frontier, 0.98, 0.01) == 1
+    assert select_knee(accuracies, times, frontier, 0.98, 0.1) == 2
+    assert select_knee(accuracies, times, frontier, 0.98, 1) == 1
     # a BranchyNet that never reaches a 0.999 baseline: judged by its best
-    assert sweep.select_knee(accuracies, times, frontier, 0.999, 0.0) == 3
+    assert select_knee(accuracies, times, frontier, 0.999, 0.0) == 3
 
 
 def test_exit1_curve_matches_threshold_sweep(tiny):

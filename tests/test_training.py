@@ -2,10 +2,10 @@
 import chainer
 import numpy
 import pytest
+from helpers import make_tiny_net, tiny_batch
 
 from branchynet.loss import BranchyLoss
 from branchynet.training import fresh_optimizer_state
-from conftest import make_tiny_net, tiny_batch
 
 
 def test_exit_heads_start_joint_training_with_fresh_adam_state():

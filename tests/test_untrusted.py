@@ -10,13 +10,15 @@ import sys
 
 import numpy
 import pytest
+from helpers import (copy_of, one_line, run_main, script, script_module,
+                     synthetic_data_dir)
 
-from branchynet import (cli, datasets, elastic_study, files, ownership,
-                        preprocessing_study, relay)
-from branchynet.errors import FileProblem, OwnershipError, UserError
-from branchynet.ownership import OutputFolder
-from branchynet.synthetic import write_cifar10
-from conftest import synthetic_data_dir
+from branchynet.data import datasets
+from branchynet.data.synthetic import write_cifar10
+from branchynet.runs import cli, elastic_study, preprocessing_study, relay
+from branchynet.utils import files, ownership
+from branchynet.utils.errors import FileProblem, OwnershipError, UserError
+from branchynet.utils.ownership import OutputFolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, 'experiments')
@@ -25,10 +27,6 @@ QUICK = ['--smoke', '--no-progress', '--unofficial-data', '-b', '64',
          '--timing-repeats', '1', '--timing-warmup', '0']
 
 
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return synthetic_data_dir(tmp_path_factory, mnist=(128, 32),
-                              cifar10_per_batch=24)
 
 
 @pytest.fixture(scope='module')
@@ -43,29 +41,6 @@ def finished(data, tmp_path_factory):
     out = str(tmp_path_factory.mktemp('finished') / 'run')
     cli.main('b_lenet', ['--data-dir', data, '-o', out] + QUICK)
     return out
-
-
-def copy_of(folder, tmp_path, name='copy'):
-    target = str(tmp_path / name)
-    shutil.copytree(folder, target, symlinks=True)
-    return target
-
-
-def script(name, *args, timeout=300):
-    return subprocess.run([sys.executable, os.path.join(SCRIPTS, name)] +
-                          [str(a) for a in args], capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def one_line(done, *messages):
-    """A script that failed with one line on stderr, no traceback."""
-    assert done.returncode != 0, done.stdout[-2000:]
-    err = done.stderr.strip()
-    assert 'Traceback' not in err, err
-    assert len(err.splitlines()) == 1, err
-    for message in messages:
-        assert message in err, err
-    return err
 
 
 def stop_message(run, *args, **kwargs):
@@ -277,7 +252,7 @@ def _child(argv, step=None, log=os.devnull):
         return os.waitstatus_to_exitcode(status)
     code = 0
     try:  # the child: never returns into pytest
-        from branchynet import figures
+        from branchynet.runs import figures
         stems = figures.figure_stems
         figures.figure_stems = lambda results: {
             stem: _Sketch for stem in stems(results)}
@@ -359,7 +334,7 @@ def test_a_failed_resume_keeps_the_run_it_was_asked_to_resume(
     that fails: run.json and the folder stay."""
     out = str(tmp_path / 'run')
     argv = ['--data-dir', data] + QUICK + ['-o', out]
-    from branchynet import pipeline
+    from branchynet.runs import pipeline
     pid = os.fork()
     if pid == 0:  # killed as training starts: no clean-up runs
         pipeline.train = lambda *args, **kwargs: os._exit(137)
@@ -392,12 +367,7 @@ def elastic_flags(tmp_path):
 
 
 def elastic_main(argv):
-    sys.path.insert(0, SCRIPTS)
-    try:
-        import run_elastic
-    finally:
-        sys.path.remove(SCRIPTS)
-    return run_elastic.main(argv)
+    return run_main('run_elastic', argv)
 
 
 def test_the_elastic_study_keeps_its_settings(elastic_flags, tmp_path):
@@ -466,7 +436,7 @@ def test_values_a_run_could_not_keep_are_refused_at_the_start(
 
 
 def test_every_accepted_value_round_trips_through_run_json(finished):
-    from branchynet.config import RunConfig
+    from branchynet.runs.config import RunConfig
     with open(os.path.join(finished, 'run.json')) as f:
         stored = json.load(f)
     config = RunConfig.from_dict(stored)
@@ -565,7 +535,7 @@ def test_a_deployed_model_session_refuses_what_it_cannot_run(tmp_path):
 
 
 def test_nan_images_are_refused_by_predict():
-    from conftest import make_tiny_net, tiny_batch
+    from helpers import make_tiny_net, tiny_batch
     net = make_tiny_net()
     x, _ = tiny_batch(4)
     x[2, 0, 0, 0] = numpy.inf
@@ -574,7 +544,7 @@ def test_nan_images_are_refused_by_predict():
 
 
 def test_a_port_kit_manifest_naming_other_files_is_refused(tmp_path):
-    from branchynet import port_kit
+    from branchynet.deploy import port_kit
     kit = copy_of(os.path.join(ROOT, 'figures', 'b_lenet', 'port_kit'),
                   tmp_path, 'kit')
     path = os.path.join(kit, 'manifest.json')
@@ -646,11 +616,7 @@ def test_an_export_into_an_older_run_folder_keeps_it_a_run(finished,
     for folder, _, names in os.walk(run):
         if ownership.RECORD in names:
             os.remove(os.path.join(folder, ownership.RECORD))
-    sys.path.insert(0, SCRIPTS)
-    try:
-        import deploy as deploy_script
-    finally:
-        sys.path.remove(SCRIPTS)
+    deploy_script = script_module('deploy')
     deploy_script.main(['export', run])
     assert 'run.json' in record_of(run)['files']
     message = stop_message(deploy_script.main, ['export', run])
@@ -687,7 +653,8 @@ def test_the_preprocessing_study_refuses_a_users_folder(tmp_path):
 def test_a_gzip_that_inflates_beyond_any_dataset_is_refused(tmp_path,
                                                             monkeypatch):
     import gzip
-    from branchynet.synthetic import write_mnist
+
+    from branchynet.data.synthetic import write_mnist
     folder = write_mnist(str(tmp_path / 'mnist'), train=10, test=10)
     monkeypatch.setattr(datasets, 'MAX_DECOMPRESSED', 4000)
     with pytest.raises(datasets.DataError, match='decompresses to more'):
