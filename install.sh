@@ -7,8 +7,8 @@
 # pkg_resources, which pip's isolated build environment no longer provides.
 # The recipe: put setuptools<70 (which still has pkg_resources) and wheel in
 # the environment, then build Chainer without build isolation. That pin is
-# made only when Chainer is not installed yet, so re-running this script
-# never downgrades what an extra (PyTorch: setuptools>=77) needs.
+# made only while Chainer is built and undone right after, so neither a first
+# run nor a re-run leaves setuptools below what an extra (PyTorch: >=77) needs.
 #
 #   PYTHON=python3.12 ./install.sh     choose the interpreter (default python3)
 #   CHAINER_WHEEL=path/to.whl ./install.sh   use a prebuilt Chainer wheel
@@ -26,10 +26,12 @@ if ! "$VENV/bin/python" -m pip show chainer 2>/dev/null | grep -q '^Version: 7.8
     if [ -n "${CHAINER_WHEEL:-}" ]; then
         pip install --no-deps "$CHAINER_WHEEL"
     else
-        # only to build Chainer: later installs (PyTorch needs
-        # setuptools>=77) may upgrade it, and a re-run leaves them be
         pip install "setuptools<70" wheel
         pip install --no-build-isolation "chainer==7.8.1"
+        # the pin was for the build only: put back a setuptools that
+        # extras can live with (PyTorch requires >=77; branchynet's shims
+        # stand in for the pkg_resources that newer ones lack)
+        pip install "setuptools>=77.0.3"
     fi
 fi
 pip install wheel
