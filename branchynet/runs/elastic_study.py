@@ -30,7 +30,7 @@ from branchynet.elastic import FrozenBackboneLoss
 from branchynet.loss import BranchyLoss
 from branchynet.runs import figures
 from branchynet.serialization import load_model, save_model
-from branchynet.training import read_log, train_phase
+from branchynet.training import phase_log, train_phase
 from branchynet.utils import environment, files, markdown
 from branchynet.utils.errors import UserError
 from branchynet.utils.ownership import OutputFolder
@@ -313,7 +313,7 @@ def train_arms(make_network, data, schedule, folder, device, seed=0,
         if MODELS[key] in folder:
             load_model(folder.file(MODELS[key]), net)
             for name in phases:
-                logs[name] = read_log(folder.file(name))
+                logs[name] = phase_log(folder.file(name))
             say('{}: done ({} kept)'.format(' and '.join(phases),
                                             MODELS[key]))
             return

@@ -30,7 +30,7 @@ from branchynet import distributed
 from branchynet.data import datasets
 from branchynet.paper import protocols
 from branchynet.runs import pipeline
-from branchynet.training import latest_snapshot, read_log, train_phase
+from branchynet.training import latest_snapshot, phase_log, train_phase
 from branchynet.utils import environment, files, markdown, ownership
 from branchynet.utils.errors import UserError
 
@@ -294,7 +294,7 @@ def run(config, resume=False):
         for candidate in config.candidates:
             out = os.path.join(config.out, candidate)
             done = cluster.agree(
-                len(read_log(out) or []) >= config.epochs and
+                len(phase_log(out) or []) >= config.epochs and
                 latest_snapshot(out) is None if cluster.is_root else None)
             if not done:
                 if cluster.is_root:
@@ -304,7 +304,7 @@ def run(config, resume=False):
                     # finished: the log is what the comparison needs
                     os.remove(latest_snapshot(out))
             if cluster.is_root:
-                logs[candidate] = read_log(out)
+                logs[candidate] = phase_log(out)
                 say('{}: validation accuracy {:.2f} % after {} epochs'.format(
                     candidate, 100 * logs[candidate][-1][
                         'validation/main/accuracy'], len(logs[candidate])))
