@@ -31,12 +31,17 @@ For each network (B-LeNet, B-AlexNet, B-ResNet-110) it measures:
 Weights (the networks' own initialisation) and inputs are random: the
 timings depend on the exit shares, not on what was learned, so the "knee"
 thresholds are set to give the exit shares of the paper's Table I (the
-protocol registry's ``paper.exit_shares``) on the latency samples. Networks, training batch sizes
-and threshold lists are the protocols' (:mod:`branchynet.paper.protocols`).
+protocol registry's ``paper.exit_shares``) on the latency samples.
+Networks, training batch sizes and threshold lists are the protocols'
+(:mod:`branchynet.paper.protocols`).
 
 :func:`run` writes ``benchmark_<device>.json`` and ``.md``. Medians and
 spreads are over repeats; warm-up runs are discarded; GPU work is
 synchronised.
+
+It is longer than 500 lines because the four measurements share one setup
+(the same weights, batch, timer and profile) and one report; each
+measurement is its own function, and apart they would repeat that setup.
 """
 import time
 

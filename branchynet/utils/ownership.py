@@ -22,6 +22,10 @@ there (with its SHA-256) and of the sub-folders it made. The rules:
 
 Run folders add their own rules on top (:mod:`branchynet.runs.pipeline`): a new
 run needs an empty or new folder, ``--resume`` a run of the same network.
+
+It is longer than 500 lines because the record's reading, its checks and its
+crash-consistent writing are one contract: split, each half would have to
+trust the other's rules instead of holding them.
 """
 import contextlib
 import errno
