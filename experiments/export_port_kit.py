@@ -1,7 +1,7 @@
 """Write the port kit of a network: model.onnx, weights.npz, reference.npz, manifest.json.
 
     python experiments/export_port_kit.py --network b_alexnet --out kits/b_alexnet
-    python experiments/export_port_kit.py --network b_lenet --model figures/b_lenet/branchynet.npz --data-dir DATA --out figures/b_lenet/port_kit
+    python experiments/export_port_kit.py --network b_lenet --model figures/b_lenet/branchynet.npz --data-dir DATA --out figures/b_lenet/port_kit --replace
 
 Without --model, the network as initialised with --seed. What each file holds:
 branchynet/deploy/port_kit.py; what a port must compute: PORTING.md.
@@ -33,6 +33,9 @@ def main(argv=None):
                         default=16, help='samples in the reference batch')
     parser.add_argument('--seed', type=cli.seed, default=0,
                         help='seeds the initial weights and the synthetic batch')
+    parser.add_argument('--replace', action='store_true',
+                        help='rewrite the kit this program wrote in --out '
+                             'before (refused without it)')
     args = parser.parse_args(argv)
     with cli.one_line_errors(parser.prog):
         try:
@@ -43,7 +46,7 @@ def main(argv=None):
         try:
             manifest = port_kit.export(args.network, args.out, args.model,
                                        args.data_dir, args.batch, args.seed,
-                                       args.test_batch)
+                                       args.test_batch, args.replace)
         except ImportError as e:
             raise SystemExit('{}: error: {} (pip install onnx onnxruntime, '
                              'or pip install -e ".[test]")'.format(

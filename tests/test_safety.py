@@ -614,3 +614,37 @@ def test_only_rank_0_looks_at_the_output_folder_and_every_rank_hears_it(
     assert looked == [config.out]
     with pytest.raises(UserError, match='holds another run'):
         run_folder.check_output_once(config, Rank(False, 'holds another run'))
+
+
+def test_a_kit_is_rewritten_only_when_asked(tmp_path):
+    from branchynet.deploy import port_kit
+    from branchynet.utils.errors import UserError
+    out = str(tmp_path / 'kit')
+    port_kit.export('b_lenet', out, batch=2)
+    written = os.path.getmtime(os.path.join(out, port_kit.MANIFEST))
+    with pytest.raises(UserError, match='pass --replace'):
+        port_kit.export('b_lenet', out, batch=2)
+    assert os.path.getmtime(os.path.join(out, port_kit.MANIFEST)) == written
+    port_kit.export('b_lenet', out, batch=3, replace=True)
+    with numpy.load(os.path.join(out, 'reference.npz')) as reference:
+        assert reference['x'].shape[0] == 3
+
+
+def test_a_folder_of_runs_leaves_out_what_is_not_a_finished_run(tmp_path):
+    """make_table1 over a folder of runs: a sub-folder still training (a
+    results.json that is not yet a run's) is named and left out; named
+    directly, it stops the table."""
+    from branchynet.runs import table1
+    runs = tmp_path / 'runs'
+    shutil.copytree(os.path.join(ROOT, 'figures', 'b_lenet'), runs / 'b_lenet',
+                    ignore=shutil.ignore_patterns('*.npz', 'figures',
+                                                  'port_kit'))
+    (runs / 'training').mkdir()
+    (runs / 'training' / 'results.json').write_text('{}')
+    done = script('make_table1.py', runs, '-o', tmp_path / 'table')
+    assert done.returncode == 0, done.stderr
+    assert 'B-LeNet' in done.stdout
+    assert 'left out {}'.format(runs / 'training' / 'results.json') in \
+        done.stdout
+    with pytest.raises(FileProblem, match='not the results of a network run'):
+        table1.write([str(runs / 'training')], str(tmp_path / 'other'))

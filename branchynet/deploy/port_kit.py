@@ -43,11 +43,12 @@ from branchynet.paper import protocols
 from branchynet.runs import reading, run_folder
 from branchynet.serialization import load_model
 from branchynet.utils import environment, files
-from branchynet.utils.errors import FileProblem
+from branchynet.utils.errors import FileProblem, UserError
 from branchynet.utils.ownership import OutputFolder
 
 OPSET = 11
 KIT_FILES = ('model.onnx', 'weights.npz', 'reference.npz')
+MANIFEST = 'manifest.json'
 MAX_BATCH = 10000  # a reference batch larger than a test set is a typo
 # A port passes a kit when every exit's logits are within this share of the
 # largest reference logit (PORTING.md: honest float32 ports measured at most
@@ -361,7 +362,7 @@ def knee_of_run(model_path, key):
 
 
 def export(key, out, model_path=None, data_dir=None, batch=16, seed=0,
-           test_batch=None):
+           test_batch=None, replace=False):
     """Write the port kit of protocol ``key`` into ``out``.
 
     Args:
@@ -373,9 +374,15 @@ def export(key, out, model_path=None, data_dir=None, batch=16, seed=0,
         batch: size of the reference batch.
         seed: seeds the initial weights and the noise batch.
         test_batch: CIFAR-10's test batch, as for the run scripts.
+        replace: rewrite a kit this program wrote into ``out`` before
+            (without it such a folder is refused: a committed kit is not
+            rewritten by accident).
 
     Returns:
         The manifest (a dict).
+
+    Raises:
+        UserError: ``out`` holds a kit already and ``replace`` is false.
     """
     if not 1 <= batch <= MAX_BATCH:
         raise ValueError('the reference batch needs 1 to {} samples (a test '
@@ -391,6 +398,9 @@ def export(key, out, model_path=None, data_dir=None, batch=16, seed=0,
     # a kit is Chainer's own computation: the reference a port must meet
     with OutputFolder.open(out, 'port-kit', foreign_ok=False) as folder, \
             chainer.using_config('branchynet_kernels', 'stock'):
+        if MANIFEST in folder and not replace:
+            raise UserError('{} holds a port kit already: pass --replace to '
+                            'rewrite it, or choose another --out'.format(out))
         return _write_kit(folder, key, net, x, t, source, model_path, seed,
                           knee, preprocessing)
 
@@ -458,7 +468,7 @@ def _write_kit(folder, key, net, x, t, source, model_path, seed, knee,
         'files': {name: files.sha256(folder.file(name))
                   for name in KIT_FILES},
     }
-    folder.write_json('manifest.json', manifest)
+    folder.write_json(MANIFEST, manifest)
     return manifest
 
 
@@ -469,7 +479,7 @@ def read(folder):
         FileProblem: the manifest is damaged, or a file's SHA-256 differs
             from the manifest's.
     """
-    path = os.path.join(folder, 'manifest.json')
+    path = os.path.join(folder, MANIFEST)
     manifest = files.read_json(path)
     reading.check(manifest, {'kind': reading.Equal('branchynet-port-kit'),
                              'files': reading.DictOf(str)}, path)

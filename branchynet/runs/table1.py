@@ -31,7 +31,8 @@ REPORTS = ('results.json', 'deploy.json')
 def find_results(paths):
     """Every runner ``results.json`` and deployment ``deploy.json`` in
     ``paths`` (files, run folders, or folders of run folders, searched one
-    level down), in a stable order.
+    level down), in a stable order, each with whether it was named
+    (``False``: found in a sub-folder).
 
     Raises:
         FileProblem: a path that holds no results.
@@ -41,12 +42,12 @@ def find_results(paths):
         if not os.path.exists(path):
             raise FileProblem('{}: not found'.format(path))
         if not os.path.isdir(path):
-            found.append(path)
+            found.append((path, True))
             continue
         here = [os.path.join(path, name) for name in REPORTS
                 if os.path.isfile(os.path.join(path, name))]
         if here:
-            found += here
+            found += [(p, True) for p in here]
             continue
         below = sorted(os.path.join(path, d, name)
                        for d in os.listdir(path) for name in REPORTS
@@ -54,8 +55,15 @@ def find_results(paths):
         if not below:
             raise FileProblem('{} holds no results.json or deploy.json (nor '
                               'do its sub-folders)'.format(path))
-        found += below
+        found += [(p, False) for p in below]
     return found
+
+
+def read_report(path):
+    """A ``results.json`` or ``deploy.json``, read and checked."""
+    if os.path.basename(path) == 'deploy.json':
+        return reading.read_deployment(path)
+    return reading.read_results(path)
 
 
 def run_name(path):
@@ -240,23 +248,34 @@ def to_csv(rows):
     return buffer.getvalue()
 
 
-def write(paths, out):
+def write(paths, out, skipped=None):
     """Find the results in ``paths``; write ``table1.md`` and ``table1.csv`` to ``out``.
 
     ``out`` is a folder, or an open :class:`~branchynet.utils.ownership.OutputFolder`.
 
-    Every results file is read and checked before anything is written.
+    Every results file is read and checked before anything is written. A
+    file named in ``paths`` (or found in a run folder named there) must be
+    a finished run's; one found in a sub-folder of a folder of runs that
+    cannot be read (a run still training, another kind of study) is left
+    out, and ``(path, reason)`` appended to ``skipped`` if given.
 
     Returns:
         The rows.
 
     Raises:
-        FileProblem: a results file that is damaged or not a run's.
+        FileProblem: a named results file that is damaged or not a run's,
+            or no results at all.
     """
-    rows = combined_rows(
-        (run_name(p), reading.read_deployment(p)
-         if os.path.basename(p) == 'deploy.json' else reading.read_results(p))
-        for p in find_results(paths))
+    reports = []
+    for path, named in find_results(paths):
+        try:
+            reports.append((run_name(path), read_report(path)))
+        except FileProblem as e:
+            if named:
+                raise
+            if skipped is not None:
+                skipped.append((path, str(e)))
+    rows = combined_rows(reports)
     if not rows:
         raise FileProblem('no run results in {}'.format(', '.join(paths)))
     if isinstance(out, OutputFolder):
