@@ -10,10 +10,12 @@ setup(
     python_requires='>=3.11',
     # Chainer 7.8.1 is only on PyPI as an sdist whose setup.py needs
     # pkg_resources: install it first as install.sh does (see README).
-    # numba: the compiled max-pooling loops of branchynet/kernels.py (the
-    # code falls back to NumPy loops where it is missing)
+    # numba: the compiled loops of branchynet/kernels.py (max pooling, the
+    # convolution's input gradient; NumPy loops where it is missing);
+    # threadpoolctl: holds BLAS to one thread while the convolution shares
+    # its chunks of samples among threads
     install_requires=['chainer==7.8.1', 'numpy>=2.0,<3', 'matplotlib>=3.8',
-                      'numba>=0.60'],
+                      'numba>=0.60', 'threadpoolctl>=3.1'],
     extras_require={
         # onnx and onnxruntime: the port kit's ONNX export and its parity tests
         # openvino, tract: the runtime matrix (tests/test_runtimes.py)

@@ -9,13 +9,13 @@ On a CPU those copies, not the arithmetic, take most of a training step.
 
 Here, on NumPy arrays:
 
-- **convolution**: the columns are laid out once, as the matrix
-  ``(C*kh*kw, N*oh*ow)`` read straight from a strided view of the (padded)
-  input; forward, weight gradient and input gradient are each one large
-  matrix product on them (the columns kept for the weight gradient within
-  a memory budget, built again beyond it); the input gradient is summed
-  back window
-  offset by window offset (``kh * kw`` strided additions);
+- **convolution**: the columns ``(C*kh*kw, oh*ow)`` of each sample read
+  straight from a strided view of the (padded) input, a few samples at a
+  time so that they are still in the cache when the matrix product reads
+  them; each sample's product lands in the output in NCHW order (no layout
+  change); the weight gradient sums the chunks' products, and the input
+  gradient's columns are added back window offset by window offset, chunk
+  by chunk (compiled where Numba is installed);
 - **depthwise convolution** (``groups`` = channels, MobileNet's): one
   compiled sweep per pass instead of a column matrix per channel;
 - **max pooling**: the maximum is taken window offset by window offset
@@ -32,11 +32,12 @@ shapes). Which runs is chosen by ``chainer.config.branchynet_kernels``:
 Chainer's everywhere. On a GPU Chainer's always run. Double backpropagation
 is not supported by these nodes (nothing in this project needs it).
 """
-import weakref
+import concurrent.futures
 
 import chainer
 import chainer.functions as F
 import numpy
+import threadpoolctl
 from chainer import function_node
 from chainer.utils import conv, type_check
 
@@ -80,55 +81,64 @@ def _padded(x, pad_h, pad_w, fill=0.0, extra_h=0, extra_w=0):
     return out
 
 
-def _columns(xp, kh, kw, sy, sx, oh, ow):
-    """The ``(C*kh*kw, N*oh*ow)`` column matrix of the padded input (one copy)."""
-    n, c = xp.shape[:2]
+# Columns are laid out and multiplied a few samples at a time, so that a
+# chunk's columns are still in the core's cache when the matrix product reads
+# them (a B-ResNet-110 layer's whole column matrix is 33 MB, nine times its
+# input). Each sample's product writes its output in place in NCHW order:
+# no layout change afterwards.
+CHUNK_BYTES = 2 ** 20
+
+
+# The chunks are shared among as many threads as BLAS was given (its
+# default: the cores; OPENBLAS_NUM_THREADS=1 in the distributed runs), with
+# BLAS held to one thread meanwhile: a chunk's products are too small for
+# BLAS's own threads to help, and its threads and these would contend.
+# NumPy and the compiled loops let go of the GIL while they work.
+_BLAS = threadpoolctl.ThreadpoolController()
+THREADS = max([1] + [lib['num_threads'] for lib in _BLAS.info()
+                     if lib['user_api'] == 'blas'])
+_POOL = []
+
+
+def _chunks(n, sample_bytes):
+    """``(first, end)`` sample ranges whose columns take about CHUNK_BYTES."""
+    step = max(1, CHUNK_BYTES // max(1, sample_bytes))
+    return [(a, min(n, a + step)) for a in range(0, n, step)]
+
+
+def _each_chunk(work, chunks):
+    """``[work(first, end) for first, end in chunks]``, on :data:`THREADS`
+    threads; the results in the chunks' order."""
+    if THREADS == 1 or len(chunks) == 1:
+        return [work(first, end) for first, end in chunks]
+    if not _POOL or _POOL[0][0] != THREADS:
+        _POOL[:] = [(THREADS, concurrent.futures.ThreadPoolExecutor(
+            THREADS, thread_name_prefix='branchynet-kernels'))]
+    with _BLAS.limit(limits=1, user_api='blas'):
+        return list(_POOL[0][1].map(lambda chunk: work(*chunk), chunks))
+
+
+def _columns(xp, first, end, kh, kw, sy, sx, oh, ow):
+    """The columns of samples ``first:end`` of the padded input ``xp``,
+    ``(end - first, C*kh*kw, oh*ow)`` (one copy)."""
+    c = xp.shape[1]
     s_n, s_c, s_h, s_w = xp.strides
     view = numpy.lib.stride_tricks.as_strided(
-        xp, shape=(c, kh, kw, n, oh, ow),
-        strides=(s_c, s_h, s_w, s_n, s_h * sy, s_w * sx), writeable=False)
-    return view.reshape(c * kh * kw, n * oh * ow)
+        xp[first:end], shape=(end - first, c, kh, kw, oh, ow),
+        strides=(s_n, s_c, s_h, s_w, s_h * sy, s_w * sx), writeable=False)
+    return view.reshape(end - first, c * kh * kw, oh * ow)
 
 
-class _KeptColumns:
-    """Column matrices kept from forward to backward, within a budget.
-
-    Keeping a layer's columns saves building them again for its weight
-    gradient, but a deep network's add up to gigabytes, and holding them
-    made steps slower than building them again. Kept: columns of at most
-    ``largest`` bytes while the columns held stay within ``budget``.
-    Measured (joint step, median of 5, this CPU, in turns; the figures move
-    10-20 % from run to run), keeping all / none / this rule: B-LeNet 0.31 /
-    0.35-0.37 / 0.31 s; B-AlexNet 3.2-3.6 / 2.7-3.3 / 3.3 s; B-ResNet-110
-    4.1-4.5 / 3.6-3.8 / 3.9 s. A node's share is given back after its
-    backward pass, or when the node is collected without one.
-    """
-
-    def __init__(self, budget, largest):
-        self.budget = budget
-        self.largest = largest
-        self.held = 0
-        self.finalizers = weakref.WeakKeyDictionary()
-
-    def keep(self, node, col):
-        """``col`` if it fits (then held for ``node``), else None."""
-        if col.nbytes > self.largest or self.held + col.nbytes > self.budget:
-            return None
-        self.held += col.nbytes
-        self.finalizers[node] = weakref.finalize(node, self._give_back,
-                                                 col.nbytes)
-        return col
-
-    def release(self, node):
-        finalizer = self.finalizers.pop(node, None)
-        if finalizer is not None:
-            finalizer()
-
-    def _give_back(self, nbytes):
-        self.held -= nbytes
-
-
-_COLUMNS = _KeptColumns(budget=256 * 2 ** 20, largest=64 * 2 ** 20)
+def _add_columns(gcol, sy, sx, gxp):
+    """Add the columns ``gcol`` ``(n, C, kh, kw, oh, ow)`` back into the
+    windows of the padded input gradient ``gxp`` ``(n, C, hp, wp)``."""
+    if USE_JIT:
+        _jit.add_columns(gcol, sy, sx, gxp)
+        return
+    kh, kw, oh, ow = gcol.shape[2:]
+    for i in range(kh):
+        for j in range(kw):
+            gxp[:, :, i:i + sy * oh:sy, j:j + sx * ow:sx] += gcol[:, :, i, j]
 
 
 class _ConvolutionNode(function_node.FunctionNode):
@@ -163,35 +173,24 @@ class Convolution2D(_ConvolutionNode):
     def forward(self, inputs):
         x, W = inputs[:2]
         b = inputs[2] if len(inputs) == 3 else None
-        n, c, h, w = x.shape
-        out_c, _, kh, kw = W.shape
+        n = x.shape[0]
+        out_c, c, kh, kw = W.shape
         oh, ow = self.output_size(x.shape, W.shape)
-        col = _columns(_padded(x, self.ph, self.pw), kh, kw, self.sy, self.sx,
-                       oh, ow)
-        y2 = W.reshape(out_c, -1).dot(col).reshape(out_c, n, oh, ow)
-        y = numpy.empty((n, out_c, oh, ow), dtype=x.dtype)
-        if b is None:
-            y.transpose(1, 0, 2, 3)[...] = y2
-        else:  # the bias added in the same pass as the layout change
-            numpy.add(y2, b.reshape(out_c, 1, 1, 1),
-                      out=y.transpose(1, 0, 2, 3))
+        xp = _padded(x, self.ph, self.pw)
+        W2 = W.reshape(out_c, -1)
+        y = numpy.empty((n, out_c, oh * ow), dtype=x.dtype)
+
+        def work(first, end):
+            numpy.matmul(W2, _columns(xp, first, end, kh, kw, self.sy,
+                                      self.sx, oh, ow), out=y[first:end])
+            if b is not None:  # while the chunk is in the cache
+                y[first:end] += b.reshape(out_c, 1)
+        _each_chunk(work, _chunks(n, c * kh * kw * oh * ow * x.itemsize))
         if chainer.config.enable_backprop:
             self.shapes = (x.shape, W.shape, oh, ow)
-            self.x, self.col = x, _COLUMNS.keep(self, col)
+            self.xp = xp
             self.retain_inputs((1,))
-        return y,
-
-    def columns(self):
-        """The column matrix of the forward pass: kept, or built again."""
-        if self.col is not None:
-            return self.col
-        x_shape, w_shape, oh, ow = self.shapes
-        return _columns(_padded(self.x, self.ph, self.pw), w_shape[2],
-                        w_shape[3], self.sy, self.sx, oh, ow)
-
-    def release(self):
-        self.x = self.col = None
-        _COLUMNS.release(self)
+        return y.reshape(n, out_c, oh, ow),
 
     def backward(self, indexes, grad_outputs):
         W, = self.get_retained_inputs()
@@ -205,6 +204,9 @@ class ConvolutionGrad(function_node.FunctionNode):
     """Gradients of :class:`Convolution2D` with respect to the inputs
     ``indexes`` asks for (0: x, 1: W, 2: b), in that order.
 
+    Chunk by chunk of samples, as the forward pass: the columns laid out
+    again (cheaper than keeping them), the weight gradient's products summed,
+    the input gradient's columns added back into the padded input gradient.
     The input gradient, the costliest, is not computed when x needs none
     (the first layer's input is data).
     """
@@ -216,36 +218,41 @@ class ConvolutionGrad(function_node.FunctionNode):
     def forward(self, inputs):
         W, gy = inputs
         node = self.node
+        xp, node.xp = node.xp, None  # needed once
         x_shape, w_shape, oh, ow = node.shapes
         n, c, h, w = x_shape
         out_c, _, kh, kw = w_shape
-        gy2 = numpy.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(
-            out_c, n * oh * ow)
+        gy3 = numpy.ascontiguousarray(gy).reshape(n, out_c, oh * ow)
+        W2 = W.reshape(out_c, -1)
+        need_W, need_x = 1 in self.indexes, 0 in self.indexes
+        gxp = numpy.zeros(xp.shape, dtype=gy.dtype) if need_x else None
+
+        def work(first, end):
+            gW = None
+            if need_W:
+                cols = _columns(xp, first, end, kh, kw, node.sy, node.sx,
+                                oh, ow)
+                gW = numpy.zeros(W2.shape, dtype=W.dtype)
+                for i in range(end - first):  # faster than one matmul
+                    gW += gy3[first + i].dot(cols[i].T)
+            if need_x:
+                gcol = numpy.matmul(W2.T, gy3[first:end])
+                _add_columns(gcol.reshape(end - first, c, kh, kw, oh, ow),
+                             node.sy, node.sx, gxp[first:end])
+            return gW
+        parts = _each_chunk(work, _chunks(n, c * kh * kw * oh * ow *
+                                          xp.itemsize))
+        gW = sum(parts[1:], parts[0]) if need_W else None
         grads = {}
-        if 1 in self.indexes:
-            grads[1] = gy2.dot(node.columns().T).reshape(w_shape).astype(
-                W.dtype, copy=False)
-        node.release()  # needed once
+        if gW is not None:
+            grads[1] = gW.reshape(w_shape)
         if 2 in self.indexes:
             grads[2] = gy.sum(axis=(0, 2, 3))
-        if 0 in self.indexes:
-            grads[0] = self._input_grad(W, gy2, x_shape, oh, ow)
+        if gxp is not None:
+            grads[0] = gxp if gxp.shape == x_shape else \
+                numpy.ascontiguousarray(gxp[:, :, node.ph:node.ph + h,
+                                            node.pw:node.pw + w])
         return tuple(grads[i] for i in self.indexes)
-
-    def _input_grad(self, W, gy2, x_shape, oh, ow):
-        node = self.node
-        n, c, h, w = x_shape
-        out_c, _, kh, kw = W.shape
-        gcol = W.reshape(out_c, -1).T.dot(gy2).reshape(c, kh, kw, n, oh, ow)
-        sy, sx = node.sy, node.sx
-        gxp = numpy.zeros((c, n, h + 2 * node.ph, w + 2 * node.pw),
-                          dtype=gy2.dtype)
-        for i in range(kh):
-            for j in range(kw):
-                gxp[:, :, i:i + sy * oh:sy, j:j + sx * ow:sx] += gcol[:, i, j]
-        return numpy.ascontiguousarray(gxp[:, :, node.ph:node.ph + h,
-                                           node.pw:node.pw + w].transpose(
-                                               1, 0, 2, 3))
 
     def backward(self, indexes, grad_outputs):
         raise NotImplementedError('double backpropagation through the fast '
