@@ -3,12 +3,16 @@
     python experiments/deploy.py export figures/b_lenet            # -> figures/b_lenet/b_lenet_early_exit.onnx
     python experiments/deploy.py export figures/b_lenet --form portable   # -> b_lenet_early_exit_portable.onnx
     OPENBLAS_NUM_THREADS=1 python experiments/deploy.py measure --run figures/b_lenet --data-dir ../shared/data --out results/deploy
+    python experiments/deploy.py runtimes --run figures/b_lenet --data-dir ../shared/data --out results/runtimes
 
 export writes a run's early-exit model (thresholds a runtime input) and its
 main path into the run folder. measure exports every network (to a scratch
 folder, or into --out with --keep-models), checks the deployed labels and
 exits against Chainer's predict at every threshold of the sweep and times
-them: branchynet/deploy/deploy_report.py. The model's contract:
+them: branchynet/deploy/deploy_report.py. runtimes times a run's deployed
+early exit and main path in every ONNX runtime installed (ONNX Runtime,
+OpenVINO, tract; ONNX's reference evaluator on request), in turns. The
+model's contract:
 branchynet/deploy/onnx_export.py and PORTING.md.
 """
 import os
@@ -17,6 +21,7 @@ import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
 from branchynet import deploy
 from branchynet.bench import benchmark
 from branchynet.deploy import deploy_report
+from branchynet.deploy import runtimes as runtimes_module
 from branchynet.runs import cli, run_folder
 from branchynet.utils.errors import UserError
 
@@ -65,6 +70,15 @@ def measure(args):
 
 
 DEFAULTS = deploy_report.Measurement(out='')
+
+
+def runtimes(args):
+    measured = deploy_report.runtimes_report(
+        args.run, args.runtimes, args.out, args.data_dir, args.samples,
+        args.repeats, args.at, not args.unofficial_data,
+        say=lambda text: print('[runtimes] {}'.format(text), flush=True))
+    print(deploy_report.runtimes_markdown(measured))
+    return measured
 
 
 def main(argv=None):
@@ -118,9 +132,35 @@ def main(argv=None):
     many.add_argument('--keep-models', action='store_true',
                       help='keep the measured ONNX models in --out (the '
                            'export command writes a run\'s models beside it)')
+    timed = commands.add_parser(
+        'runtimes', help='time a run\'s deployed models in every ONNX '
+        'runtime installed', formatter_class=cli.HelpFormatter)
+    timed.add_argument('--run', action='append', required=True,
+                       metavar='RUN_DIR', help='a run folder (repeat for '
+                       'several)')
+    timed.add_argument('--runtimes', nargs='+', choices=runtimes_module.RUNTIMES,
+                       default=['onnxruntime', 'openvino', 'tract'],
+                       help='ONNX\'s reference evaluator (reference) is a '
+                            'specification, slow by design: timed only '
+                            'when named')
+    timed.add_argument('--at', choices=('paper', 'knee'), default='paper',
+                       help='the thresholds, as for measure')
+    timed.add_argument('--data-dir', help='the runs\' test images (default: '
+                       'seeded noise)')
+    timed.add_argument('--unofficial-data', action='store_true',
+                       help='accept data files that are not the official '
+                            'ones')
+    timed.add_argument('--samples', type=cli.positive_int, default=200,
+                       help='images timed at batch size 1')
+    timed.add_argument('--repeats', type=cli.positive_int, default=3,
+                       help='timed passes (the median is reported)')
+    timed.add_argument('--out', '-o', default=os.path.join('results',
+                                                           'runtimes'),
+                       help='folder for runtimes.json/.md')
     args = parser.parse_args(argv)
     with cli.one_line_errors(parser.prog):
-        return export(args) if args.command == 'export' else measure(args)
+        return {'export': export, 'measure': measure,
+                'runtimes': runtimes}[args.command](args)
 
 
 if __name__ == '__main__':

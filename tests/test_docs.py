@@ -154,6 +154,7 @@ class Recorder:
         self.calls = []
         for module, name in ((reproduce, 'run'), (benchmark, 'run'),
                              (deploy_report, 'measure'),
+                             (deploy_report, 'runtimes_report'),
                              (port_compare, 'run'),
                              (elastic_study, 'run'),
                              (preprocessing_study, 'run'),
@@ -163,6 +164,8 @@ class Recorder:
         monkeypatch.setattr(pipeline, 'run', self.pipeline_run)
         monkeypatch.setattr(benchmark, 'markdown', lambda results: '')
         monkeypatch.setattr(deploy_report, 'markdown', lambda results: '')
+        monkeypatch.setattr(deploy_report, 'runtimes_markdown',
+                            lambda measured: '')
         monkeypatch.setattr(port_compare, 'markdown', lambda results: '')
         monkeypatch.setattr(elastic_study, 'table', lambda results: '')
 

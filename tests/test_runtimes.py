@@ -20,6 +20,7 @@ from branchynet.data import datasets
 from branchynet.deploy import deploy_check, onnx_graph, runtimes
 from branchynet.paper import protocols
 from branchynet.serialization import load_model
+from helpers import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(ROOT, '..', 'shared', 'data')
@@ -139,3 +140,54 @@ def test_the_portable_form_is_the_batched_one_in_onnx_runtime(deployed):
     model = onnx.load(paths['portable'])
     assert not any(n.op_type == 'NonZero'
                    for n in onnx_graph.nodes(model.graph))
+
+
+def test_runtime_timing_reports_each_runtime_in_turns(monkeypatch):
+    """The committed B-LeNet models, timed in the runtimes installed: each
+    entry's gain is its main path's median over its early exit's, its
+    answers are ONNX Runtime's, and a runtime that is not here is named
+    with the reason instead of timed."""
+    figures = os.path.join(ROOT, 'figures', 'b_lenet')
+    models = {'batched': os.path.join(figures, 'b_lenet_early_exit.onnx'),
+              'portable': os.path.join(
+                  figures, 'b_lenet_early_exit_portable.onnx'),
+              'main_path': os.path.join(figures, 'b_lenet_main_path.onnx')}
+    real = runtimes.unavailable
+    monkeypatch.setattr(runtimes, 'unavailable', lambda name: (
+        'not here (test)' if name == 'reference' else real(name)))
+    samples = [numpy.random.RandomState(i).rand(1, 1, 28, 28).astype(
+        numpy.float32) for i in range(6)]
+    timed = runtimes.time_runtimes(models, samples, [0.025],
+                                   ['onnxruntime', 'tract', 'reference'],
+                                   repeats=2, warmup=1)
+    assert timed['reference'] == {'unavailable': 'not here (test)'}
+    for name in ('onnxruntime', 'tract'):
+        if real(name):
+            continue
+        entry = timed[name]
+        assert entry['form'] == runtimes.FORMS[name][0]
+        assert entry['gain'] == pytest.approx(
+            entry['main_path']['median_ms'] /
+            entry['early_exit']['median_ms'])
+        assert len(entry['early_exit']['repeats_ms']) == 2
+        assert entry['differences_from_onnxruntime'] == 0
+        assert sum(entry['exit_shares']) == pytest.approx(1)
+    table = runtimes.markdown(timed)
+    assert 'not installed: not here (test)' in table
+    assert table.count('\n') == 4  # header, rule, three runtimes
+
+
+def test_the_runtimes_command_writes_its_report(tmp_path):
+    out = tmp_path / 'runtimes'
+    measured = run_main('deploy', [
+        'runtimes', '--run', os.path.join(ROOT, 'figures', 'b_lenet'),
+        '--runtimes', 'onnxruntime', '--samples', '3', '--repeats', '1',
+        '--out', str(out)])
+    assert [m['network'] for m in measured] == ['b_lenet']
+    assert measured[0]['thresholds'] == [0.025]  # the paper's T
+    assert measured[0]['images'].startswith('uniform noise')
+    entry = measured[0]['runtimes']['onnxruntime']
+    assert entry['differences_from_onnxruntime'] == 0
+    assert sorted(os.listdir(out)) == ['.branchynet-outputs.json',
+                                       'runtimes.json', 'runtimes.md']
+    assert 'onnxruntime ' + entry['version'] in (out / 'runtimes.md').read_text()

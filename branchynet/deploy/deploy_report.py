@@ -2,7 +2,10 @@
 ONNX, its deployed early exit checked against Chainer's predict at every
 threshold of the sweep and timed against the deployed main path, Chainer
 and the PyTorch port (if installed), batch 1 and batched, one thread each,
-in turns; the report is ``deploy.json`` and ``deploy.md``.
+in turns; the report is ``deploy.json`` and ``deploy.md``. And what
+``experiments/deploy.py runtimes`` does: a run's deployed models timed in
+every ONNX runtime of :mod:`branchynet.deploy.runtimes`
+(:func:`runtime_latency`).
 
 A network is deployed with a run's trained models (``--run``) on that run's
 test images, at the paper's thresholds or at the run's knee (``--at``), or
@@ -11,6 +14,7 @@ paper's exit shares. The model's contract: :mod:`branchynet.deploy`
 and PORTING.md; the checks: :mod:`branchynet.deploy.deploy_check`.
 """
 import dataclasses
+import functools
 import itertools
 import math
 import os
@@ -18,7 +22,7 @@ import tempfile
 
 from branchynet import deploy, timing
 from branchynet.data import synthetic
-from branchynet.deploy import deploy_check, port_compare, port_kit
+from branchynet.deploy import deploy_check, port_compare, port_kit, runtimes
 from branchynet.exit_rule import EntropyThresholds
 from branchynet.paper import protocols
 from branchynet.runs import pipeline, reading, report, run_folder
@@ -29,6 +33,7 @@ from branchynet.utils.errors import UserError
 from branchynet.utils.ownership import OutputFolder
 
 REPORT = ('deploy.json', 'deploy.md')
+RUNTIMES_REPORT = ('runtimes.json', 'runtimes.md')
 
 
 def model_file(key, kind):
@@ -346,3 +351,62 @@ def measure(args, say=print):
         folder.write_json(REPORT[0], results)
         folder.write_text(REPORT[1], markdown(results))
     return results
+
+
+def runtime_latency(run_dir, names, data_dir=None, samples=200, repeats=3,
+                    at='paper', official=True, say=print):
+    """Batch-1 time of a run's deployed early exit and main path in each
+    runtime of ``names`` (:func:`branchynet.deploy.runtimes.time_runtimes`),
+    on its first ``samples`` test images (seeded noise without
+    ``data_dir``), at the paper's thresholds or its knee (``at``)."""
+    stored, net = trained(run_dir)
+    protocol = protocols.get(stored.protocol)
+    thresholds, chosen, _ = run_thresholds(run_dir, protocol, at)
+    x, _, source = test_images(stored.protocol, stored, data_dir, samples,
+                               official=official)
+    with tempfile.TemporaryDirectory() as scratch:
+        models = {}
+        for kind, write in (
+                ('batched', deploy.export),
+                ('portable', functools.partial(deploy.export,
+                                               form='portable')),
+                ('main_path', deploy.export_main_path)):
+            models[kind] = os.path.join(scratch, kind + '.onnx')
+            with open(models[kind], 'wb') as f:
+                write(net, f, x[:2])
+        say('{}: timing {} in turns, {} samples, {} repeats'.format(
+            protocol.key, ', '.join(names), len(x), repeats))
+        timed = runtimes.time_runtimes(models, timing.as_samples(x),
+                                       thresholds, names, repeats)
+    return {'network': protocol.key, 'run': run_dir, 'images': source,
+            'thresholds': list(thresholds), 'thresholds_chosen': chosen,
+            'runtimes': timed, 'environment': environment.describe()}
+
+
+def runtimes_markdown(measured):
+    """:func:`runtime_latency` entries (a list) as Markdown."""
+    lines = []
+    for entry in measured:
+        lines += ['## {} at T = {} ({})'.format(
+            protocols.get(entry['network']).title,
+            ', '.join('{:g}'.format(t) for t in entry['thresholds']),
+            entry['thresholds_chosen']), '',
+            'Run `{}`; {}; ms per sample at batch 1 (median of the '
+            'repeats), one thread each, timed in turns; {}.'.format(
+                entry['run'], entry['images'],
+                entry['environment'].get('cpu', 'CPU')), '',
+            runtimes.markdown(entry['runtimes']), '']
+    return '\n'.join(lines)
+
+
+def runtimes_report(runs, names, out, data_dir=None, samples=200, repeats=3,
+                    at='paper', official=True, say=print):
+    """:func:`runtime_latency` of each run folder in ``runs``, written to
+    ``runtimes.json`` and ``runtimes.md`` in ``out``; the list."""
+    with OutputFolder.open(out, 'files') as folder:
+        folder.check_replaceable(list(RUNTIMES_REPORT))
+        measured = [runtime_latency(run, names, data_dir, samples, repeats,
+                                    at, official, say) for run in runs]
+        folder.write_json(RUNTIMES_REPORT[0], measured)
+        folder.write_text(RUNTIMES_REPORT[1], runtimes_markdown(measured))
+    return measured

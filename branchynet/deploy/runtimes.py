@@ -24,9 +24,13 @@ A runtime that is not installed is named by :func:`unavailable` with the
 reason, so that tests can skip.
 """
 import importlib
+import importlib.metadata
 import json
 
+import chainer
 import numpy
+
+from branchynet import timing
 
 from branchynet.deploy import (
     EXIT,
@@ -36,6 +40,7 @@ from branchynet.deploy import (
     EarlyExitSession,
     threshold_feed,
 )
+from branchynet.utils import markdown as md
 
 RUNTIMES = ('onnxruntime', 'reference', 'openvino', 'tract')
 MODULES = {'onnxruntime': 'onnxruntime', 'reference': 'onnx.reference',
@@ -54,6 +59,12 @@ def unavailable(name):
         return '{} is not installed ({}); pip install -e ".[test]"'.format(
             name, e)
     return None
+
+
+def version(name):
+    """The installed version of runtime ``name`` (its package's)."""
+    package = {'reference': 'onnx', 'openvino': 'openvino'}.get(name, name)
+    return importlib.metadata.version(package)
 
 
 def _metadata(path):
@@ -198,3 +209,77 @@ def load(name, path):
         raise ValueError('runtime must be one of {}, got {!r}'.format(
             ', '.join(RUNTIMES), name))
     return _RUNNERS[name](path)
+
+
+def time_runtimes(models, samples, thresholds, names, repeats=3, warmup=10):
+    """Batch-1 time of the deployed early exit and main path in each runtime.
+
+    All the runtimes' models are timed in turns in one loop, so that their
+    figures share the machine's state; each runtime's answers on the timed
+    samples are compared with ONNX Runtime's.
+
+    Args:
+        models: paths by kind: ``'batched'`` and ``'portable'`` (the
+            early-exit model in each form) and ``'main_path'``.
+        samples: ``(1, ...)`` float32 arrays.
+        thresholds: the threshold vector of the early exit.
+        names: the runtimes to time (of :data:`RUNTIMES`); one that is not
+            installed is reported with the reason, not timed.
+        repeats, warmup: as :func:`branchynet.timing.time_in_turns`.
+
+    Returns:
+        ``{runtime: entry}``: ``form``, ``early_exit`` and ``main_path``
+        (timing summaries, ms per sample), ``gain`` (main path over early
+        exit, medians), ``exit_shares``, ``differences_from_onnxruntime``
+        (samples whose label or exit differ); or ``{'unavailable': why}``.
+    """
+    results, runners = {}, []
+    for name in names:
+        why = unavailable(name)
+        if why:
+            results[name] = {'unavailable': why}
+            continue
+        form = FORMS[name][0]
+        runners.append((name, form, load(name, models[form]),
+                        load(name, models['main_path'])))
+    functions = []
+    for _, _, early, main in runners:
+        functions += [lambda s, e=early: e.predict(s, thresholds),
+                      lambda s, m=main: m.predict(s)]
+    measured = timing.time_in_turns(functions, samples,
+                                    chainer.get_device('@numpy'), repeats,
+                                    warmup)
+    x = numpy.concatenate(samples)
+    expected = load('onnxruntime', models['batched']).predict(x, thresholds)
+    for i, (name, form, early, _) in enumerate(runners):
+        labels, exits = early.predict(x, thresholds)
+        early_ms, main_ms = measured[2 * i], measured[2 * i + 1]
+        results[name] = {
+            'version': version(name),
+            'form': form, 'early_exit': early_ms, 'main_path': main_ms,
+            'gain': main_ms['median_ms'] / early_ms['median_ms'],
+            'exit_shares': [float(s) for s in numpy.bincount(
+                exits, minlength=early.num_exits) / len(exits)],
+            'differences_from_onnxruntime': int(numpy.sum(
+                (labels != expected[0]) | (exits != expected[1])))}
+    return results
+
+
+def markdown(results):
+    """One network's :func:`time_runtimes` as a Markdown table."""
+    rows = []
+    for name, entry in results.items():
+        if 'unavailable' in entry:
+            rows.append([name, '-', 'not installed: ' + entry['unavailable'],
+                         '', '', '', ''])
+            continue
+        rows.append(['{} {}'.format(name, entry['version']), entry['form'],
+                     '{:.3g}'.format(entry['early_exit']['median_ms']),
+                     '{:.3g}'.format(entry['main_path']['median_ms']),
+                     '{:.2f}x'.format(entry['gain']),
+                     ', '.join('{:.1f}'.format(100 * s)
+                               for s in entry['exit_shares']),
+                     str(entry['differences_from_onnxruntime'])])
+    return '\n'.join(md.table(['runtime', 'form', 'early exit (ms)', 'main path (ms)',
+                     'gain', 'exits (%)', 'answers unlike ONNX Runtime'],
+                    rows))
