@@ -152,7 +152,7 @@ def test_the_committed_model_on_all_of_mnist():
     assert all(c['unexplained'] == [] for c in checked)
 
 
-@pytest.mark.parametrize('preprocessing', ['scale', 'zca'])
+@pytest.mark.parametrize('preprocessing', ['scale', 'zca', 'gcn'])
 def test_a_runs_images_are_preprocessed_as_that_run_preprocessed_them(
         tmp_path_factory, preprocessing):
     """The deployed rows' accuracy is on the images the run was tested on:
