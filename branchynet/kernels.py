@@ -33,6 +33,7 @@ Chainer's everywhere. On a GPU Chainer's always run. Double backpropagation
 is not supported by these nodes (nothing in this project needs it).
 """
 import concurrent.futures
+import os
 
 import chainer
 import chainer.functions as F
@@ -98,6 +99,8 @@ _BLAS = threadpoolctl.ThreadpoolController()
 THREADS = max([1] + [lib['num_threads'] for lib in _BLAS.info()
                      if lib['user_api'] == 'blas'])
 _POOL = []
+# a forked child has the pool but not its threads: it makes its own
+os.register_at_fork(after_in_child=_POOL.clear)
 
 
 def _chunks(n, sample_bytes):

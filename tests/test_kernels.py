@@ -7,6 +7,8 @@ magnitude; then 50 joint training steps of B-LeNet and B-AlexNet in
 lockstep with the stock functions, judged as PORTING.md judges a port.
 """
 import os
+import signal
+import time
 
 import chainer
 import chainer.functions as F
@@ -384,3 +386,31 @@ def test_the_padded_input_is_let_go_after_the_backward_pass():
     with chainer.using_config('enable_backprop', False):
         y = kernels.convolution_2d(x, W, b, 1, 1)
     assert y.creator is None
+
+
+def test_a_forked_child_convolves_with_threads_of_its_own(monkeypatch):
+    """The run scripts' crash tests fork a process that trains: the
+    child must not wait on the parent's pool threads, which it lacks."""
+    monkeypatch.setattr(kernels, 'THREADS', 2)
+    monkeypatch.setattr(kernels, 'CHUNK_BYTES', 1)
+    x, W, b = conv_case((4, 3, 9, 9), (4, 3, 3, 3), (1, 1), (1, 1), True)
+    expected = kernels.convolution_2d(x, W, b, 1, 1).array  # makes the pool
+    assert kernels._POOL
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if it convolves, and alike
+        try:
+            got = kernels.convolution_2d(x, W, b, 1, 1).array
+            os._exit(0 if numpy.array_equal(got, expected) else 1)
+        finally:
+            os._exit(2)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail('the forked child hung on the parent\'s pool')
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0
