@@ -441,7 +441,8 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(
 
 def test_a_distributed_run_without_mpi4py_is_one_line(data, tmp_path):
     code = ('import sys; sys.modules["mpi4py"] = None; '
-            'from branchynet import cli; cli.main("b_lenet", sys.argv[1:])')
+            'from branchynet.runs import cli; '
+            'cli.main("b_lenet", sys.argv[1:])')
     done = subprocess.run(
         [sys.executable, '-c', code, '--data-dir', data, '-o',
          str(tmp_path / 'r'), '--communicator', 'naive'] + Q,
