@@ -49,6 +49,16 @@ QUICK = {'--smoke': None, '--unofficial-data': None, '--no-progress': None,
          '--timing-samples': '4', '--timing-repeats': '1',
          '--timing-warmup': '0'}
 DATA_NAMES = ('DATA', '../shared/data', '/tmp/data')
+# scripts that need the optional PyTorch build (CI installs it)
+NEEDS_PYTORCH = ('compare_port',)
+
+
+def _has_pytorch():
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError:
+        return False
+    return True
 DEVICE_FLAGS = ('-d', '--device', '-g', '--gpu')
 
 
@@ -210,6 +220,8 @@ def test_a_page_runs_as_written(page, page_data, tmp_path, monkeypatch):
         name, argv = words_of(text, page_data, str(home))
         if name == 'pytest' or name not in _scripts():
             continue
+        if name in NEEDS_PYTORCH and not _has_pytorch():
+            continue  # it stops with a line saying so (test_port.py)
         argv = quick_form(name, argv)
         if _done_before(name, argv):
             continue
