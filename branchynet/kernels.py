@@ -141,7 +141,7 @@ def _add_columns(gcol, sy, sx, gxp):
     kh, kw, oh, ow = gcol.shape[2:]
     for i in range(kh):
         for j in range(kw):
-            gxp[:, :, i:i + sy * oh:sy, j:j + sx * ow:sx] += gcol[:, :, i, j]
+            _windows(gxp, i, j, sy, sx, oh, ow)[...] += gcol[:, :, i, j]
 
 
 class _ConvolutionNode(function_node.FunctionNode):
@@ -188,10 +188,11 @@ class Convolution2D(_ConvolutionNode):
                                       self.sx, oh, ow), out=y[first:end])
             if b is not None:  # while the chunk is in the cache
                 y[first:end] += b.reshape(out_c, 1)
-        _each_chunk(work, _chunks(n, c * kh * kw * oh * ow * x.itemsize))
+        chunks = _chunks(n, c * kh * kw * oh * ow * x.itemsize)
+        _each_chunk(work, chunks)
         if chainer.config.enable_backprop:
             self.shapes = (x.shape, W.shape, oh, ow)
-            self.xp = xp
+            self.xp, self.chunks = xp, chunks
             self.retain_inputs((1,))
         return y.reshape(n, out_c, oh, ow),
 
@@ -243,8 +244,7 @@ class ConvolutionGrad(function_node.FunctionNode):
                 _add_columns(gcol.reshape(end - first, c, kh, kw, oh, ow),
                              node.sy, node.sx, gxp[first:end])
             return gW
-        parts = _each_chunk(work, _chunks(n, c * kh * kw * oh * ow *
-                                          xp.itemsize))
+        parts = _each_chunk(work, node.chunks)
         gW = sum(parts[1:], parts[0]) if need_W else None
         grads = {}
         if gW is not None:

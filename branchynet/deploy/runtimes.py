@@ -63,8 +63,7 @@ def unavailable(name):
 
 def version(name):
     """The installed version of runtime ``name`` (its package's)."""
-    package = {'reference': 'onnx', 'openvino': 'openvino'}.get(name, name)
-    return importlib.metadata.version(package)
+    return importlib.metadata.version(MODULES[name].split('.')[0])
 
 
 def _metadata(path):
@@ -280,6 +279,6 @@ def markdown(results):
                      ', '.join('{:.1f}'.format(100 * s)
                                for s in entry['exit_shares']),
                      str(entry['differences_from_onnxruntime'])])
-    return '\n'.join(md.table(['runtime', 'form', 'early exit (ms)', 'main path (ms)',
-                     'gain', 'exits (%)', 'answers unlike ONNX Runtime'],
-                    rows))
+    return '\n'.join(md.table(
+        ['runtime', 'form', 'early exit (ms)', 'main path (ms)', 'gain',
+         'exits (%)', 'answers unlike ONNX Runtime'], rows))
