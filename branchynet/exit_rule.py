@@ -211,6 +211,13 @@ def assign_exits(entropies, rule):
     return exits
 
 
+def exit_shares(exits, num_exits):
+    """The share of the samples each exit took (0-based exit per sample), a
+    list of ``num_exits`` floats."""
+    return [float(s) for s in numpy.bincount(
+        numpy.asarray(exits), minlength=num_exits) / len(exits)]
+
+
 def thresholds_for_shares(entropies, shares):
     """Thresholds under which the given shares of all samples leave each exit.
 

@@ -107,8 +107,8 @@ def parity(net, session, x, threshold_vectors):
                         'exit_differences': int((ours[1] != theirs[1]).sum()),
                         'within_rounding': explained,
                         'unexplained': unexplained,
-                        'exit_shares': [float(s) for s in numpy.bincount(
-                            theirs[1], minlength=net.num_exits) / len(x)]})
+                        'exit_shares': exit_rule.exit_shares(
+                            theirs[1], net.num_exits)})
     return results
 
 
@@ -131,8 +131,8 @@ def test_accuracy(early_exit, main_path, x, t, thresholds, chunk=1000):
     return {'samples': len(x), 'thresholds': [float(v) for v in thresholds],
             'early_exit_accuracy': float(100 * (labels == t).mean()),
             'main_path_accuracy': float(100 * (main == t).mean()),
-            'exit_shares': [float(s) for s in numpy.bincount(
-                exits, minlength=early_exit.num_exits) / len(x)]}
+            'exit_shares': exit_rule.exit_shares(exits,
+                                                 early_exit.num_exits)}
 
 
 def _top_gap(z):

@@ -30,7 +30,7 @@ import json
 import chainer
 import numpy
 
-from branchynet import timing
+from branchynet import exit_rule, timing
 
 from branchynet.deploy import (
     EXIT,
@@ -257,8 +257,7 @@ def time_runtimes(models, samples, thresholds, names, repeats=3, warmup=10):
             'version': version(name),
             'form': form, 'early_exit': early_ms, 'main_path': main_ms,
             'gain': main_ms['median_ms'] / early_ms['median_ms'],
-            'exit_shares': [float(s) for s in numpy.bincount(
-                exits, minlength=early.num_exits) / len(exits)],
+            'exit_shares': exit_rule.exit_shares(exits, early.num_exits),
             'differences_from_onnxruntime': int(numpy.sum(
                 (labels != expected[0]) | (exits != expected[1])))}
     return results
