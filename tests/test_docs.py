@@ -9,7 +9,7 @@ it; ``/tmp/`` names a folder inside). A command runs in its quick form:
   real (their results are what later commands of the page read);
 - work that takes minutes and has tests of its own elsewhere (the whole
   paper, the benchmark, deploy's measurements, the port comparison, the
-  elastic and preprocessing studies, Fig. 5, and continuing or evaluating a
+  elastic, preprocessing and depth studies, Fig. 5, and continuing or evaluating a
   committed run) up to the library call that starts it, which is recorded
   instead: its flags are accepted and its configuration is valid;
 - everything else (figures, tables, relays, kits, exports) for real.
@@ -36,6 +36,7 @@ from branchynet.bench import benchmark
 from branchynet.data import datasets
 from branchynet.data.synthetic import write_cifar10, write_mnist
 from branchynet.deploy import deploy_report, port_compare
+from branchynet.depth import deep_shallow, ebcle
 from branchynet.runs import elastic_study, pipeline, preprocessing_study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -168,6 +169,7 @@ class Recorder:
                              (port_compare, 'run'),
                              (elastic_study, 'run'),
                              (preprocessing_study, 'run'),
+                             (deep_shallow, 'run'), (ebcle, 'run'),
                              (fig5, 'run_fig5')):
             monkeypatch.setattr(module, name, self.recording(module, name))
         self.real_run = pipeline.run
@@ -178,6 +180,9 @@ class Recorder:
                             lambda measured: '')
         monkeypatch.setattr(port_compare, 'markdown', lambda results: '')
         monkeypatch.setattr(elastic_study, 'table', lambda results: '')
+        monkeypatch.setattr(deep_shallow, 'table2_markdown',
+                            lambda summary: '')
+        monkeypatch.setattr(ebcle, 'results_markdown', lambda summary: '')
 
     def recording(self, module, name):
         def record(*args, **kwargs):
@@ -284,5 +289,6 @@ def test_every_page_with_commands_is_followed():
     assert found['docs/reproducing.md'].count('command') >= 10
     assert 'python' in found['docs/api.md']
     for page in ('docs/deploying.md', 'docs/elastic.md',
-                 'docs/distributed.md'):
+                 'docs/distributed.md', 'docs/deep_shallow.md',
+                 'docs/ebcle.md'):
         assert 'command' in found[page], page

@@ -9,8 +9,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, 'branchynet')
 # lowest first; the package root (the method) is ''
-FLOORS = ['utils', '', 'data', 'paper', 'bench', 'runs', 'deploy',
-          'reproduce']
+FLOORS = ['utils', '', 'data', 'paper', 'bench', 'runs', 'depth',
+          'deploy', 'reproduce']
 # without a stated reason in its docstring, no module is longer than this
 MAX_LINES = 500
 
