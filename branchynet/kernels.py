@@ -229,7 +229,22 @@ class ConvolutionGrad(function_node.FunctionNode):
         gy3 = numpy.ascontiguousarray(gy).reshape(n, out_c, oh * ow)
         W2 = W.reshape(out_c, -1)
         need_W, need_x = 1 in self.indexes, 0 in self.indexes
-        gxp = numpy.zeros(xp.shape, dtype=gy.dtype) if need_x else None
+        # With stride 1 the input gradient is itself a convolution: of the
+        # output gradient, padded by k - 1 - pad, with the weights flipped
+        # and their channels swapped. Its columns are gathered as the
+        # forward pass's are (a copy), instead of a (C*kh*kw, oh*ow) product
+        # of only O terms per element scattered back window by window.
+        gather = need_x and node.sy == node.sx == 1 and \
+            node.ph < kh and node.pw < kw
+        gx = gxp = gyp = Wt = None
+        if gather:
+            gyp = _padded(gy3.reshape(n, out_c, oh, ow), kh - 1 - node.ph,
+                          kw - 1 - node.pw)
+            Wt = numpy.ascontiguousarray(
+                W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(c, -1)
+            gx = numpy.empty((n, c, h * w), dtype=gy.dtype)
+        elif need_x:
+            gxp = numpy.zeros(xp.shape, dtype=gy.dtype)
 
         def work(first, end):
             gW = None
@@ -239,7 +254,10 @@ class ConvolutionGrad(function_node.FunctionNode):
                 gW = numpy.zeros(W2.shape, dtype=W.dtype)
                 for i in range(end - first):  # faster than one matmul
                     gW += gy3[first + i].dot(cols[i].T)
-            if need_x:
+            if gather:
+                numpy.matmul(Wt, _columns(gyp, first, end, kh, kw, 1, 1, h,
+                                          w), out=gx[first:end])
+            elif need_x:
                 gcol = numpy.matmul(W2.T, gy3[first:end])
                 _add_columns(gcol.reshape(end - first, c, kh, kw, oh, ow),
                              node.sy, node.sx, gxp[first:end])
@@ -251,7 +269,9 @@ class ConvolutionGrad(function_node.FunctionNode):
             grads[1] = gW.reshape(w_shape)
         if 2 in self.indexes:
             grads[2] = gy.sum(axis=(0, 2, 3))
-        if gxp is not None:
+        if gx is not None:
+            grads[0] = gx.reshape(x_shape)
+        elif gxp is not None:
             grads[0] = gxp if gxp.shape == x_shape else \
                 numpy.ascontiguousarray(gxp[:, :, node.ph:node.ph + h,
                                             node.pw:node.pw + w])

@@ -14,7 +14,7 @@ import pytest
 from helpers import Interrupted, ROOT, run_main
 from branchynet.depth import deep_shallow, ebcle, entropy_bound, trials
 from branchynet.depth.deep_shallow import StudyConfig
-from branchynet.depth.trials import Recipe, Trial, determination_ratio
+from branchynet.depth.trials import Recipe, determination_ratio
 from branchynet.paper import protocols
 from branchynet.utils.errors import UserError
 from networks.residual_stack import ResidualStack

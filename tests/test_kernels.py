@@ -73,6 +73,10 @@ ODD_CONVS = [  # x shape, W shape, stride, pad, bias
     ((3, 2, 9, 9), (5, 2, 4, 4), (3, 3), (2, 2), False),
     ((2, 1, 5, 5), (1, 1, 5, 5), (1, 1), (0, 0), True),
     ((1, 6, 4, 4), (8, 6, 1, 1), (1, 1), (0, 0), True),
+    # stride 1 with padding of a kernel's size or more: scattered, not
+    # gathered; a rectangular kernel, gathered
+    ((2, 3, 6, 6), (4, 3, 3, 3), (1, 1), (3, 1), True),
+    ((2, 3, 6, 7), (4, 3, 3, 5), (1, 1), (1, 2), False),
 ]
 ODD_POOLS = [  # x shape, ksize, stride, pad, cover_all
     ((1, 2, 7, 9), (3, 2), (2, 3), (1, 0), True),
