@@ -19,7 +19,8 @@ setup(
     extras_require={
         # onnx and onnxruntime: the port kit's ONNX export and its parity tests
         # openvino, tract: the runtime matrix (tests/test_runtimes.py)
-        'test': ['pytest>=8', 'scipy>=1.12', 'onnx>=1.14', 'onnxruntime>=1.16',
+        # pytest-xdist: the suite runs on every core (pytest.ini)
+        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'scipy>=1.12', 'onnx>=1.14', 'onnxruntime>=1.16',
                  'openvino>=2024.0', 'tract>=0.21'],
         # the PyTorch port (experiments/ports); on a CPU-only machine install
         # the CPU build first: pip install torch==2.13.0+cpu --index-url

@@ -31,6 +31,8 @@ shapes). Which runs is chosen by ``chainer.config.branchynet_kernels``:
 ``'fast'`` (the default) uses these on NumPy arrays; ``'stock'`` uses
 Chainer's everywhere. On a GPU Chainer's always run. Double backpropagation
 is not supported by these nodes (nothing in this project needs it).
+The module is longer than 500 lines because each kernel's forward and
+backward nodes, and the helpers they share, are read best side by side.
 """
 import concurrent.futures
 import os

@@ -1,4 +1,12 @@
 """The tests' fixtures; what they share besides is in helpers.py."""
+import os
+
+# A worker of a parallel run (pytest-xdist) has a core to itself: BLAS
+# threads, and the convolution threads sized to them, would contend with the
+# other workers. Set before NumPy loads OpenBLAS.
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
+
 import branchynet  # noqa: F401  (first: makes Chainer importable on NumPy 2)
 import pytest
 
