@@ -9,7 +9,7 @@ it; ``/tmp/`` names a folder inside). A command runs in its quick form:
   real (their results are what later commands of the page read);
 - work that takes minutes and has tests of its own elsewhere (the whole
   paper, the benchmark, deploy's measurements, the port comparison, the
-  elastic, preprocessing and depth studies, Fig. 5, and continuing or evaluating a
+  elastic, preprocessing and depth studies, Fig. 5, Fig. 6, and continuing or evaluating a
   committed run) up to the library call that starts it, which is recorded
   instead: its flags are accepted and its configuration is valid;
 - everything else (figures, tables, relays, kits, exports) for real.
@@ -30,7 +30,7 @@ import sys
 
 import pytest
 
-from branchynet.runs import fig5
+from branchynet.runs import fig5, fig6
 from branchynet import reproduce
 from branchynet.bench import benchmark
 from branchynet.data import datasets
@@ -170,6 +170,7 @@ class Recorder:
                              (elastic_study, 'run'),
                              (preprocessing_study, 'run'),
                              (deep_shallow, 'run'), (ebcle, 'run'),
+                             (fig6, 'run'),
                              (fig5, 'run_fig5')):
             monkeypatch.setattr(module, name, self.recording(module, name))
         self.real_run = pipeline.run
@@ -183,6 +184,7 @@ class Recorder:
         monkeypatch.setattr(deep_shallow, 'table2_markdown',
                             lambda summary: '')
         monkeypatch.setattr(ebcle, 'results_markdown', lambda summary: '')
+        monkeypatch.setattr(fig6, 'fig6_markdown', lambda results: '')
 
     def recording(self, module, name):
         def record(*args, **kwargs):
