@@ -9,6 +9,7 @@ Chainer.
 import os
 
 import numpy
+import chainer
 from chainer import serializers
 
 from branchynet.utils import files
@@ -101,3 +102,41 @@ def _check_fits(path, net, members, expected):
     if problems:
         raise FileProblem('{} does not fit {}: {}'.format(
             path, net.title, '; '.join(problems)))
+
+
+def _main_links(net):
+    """The links of ``net``'s main network (the trunk and the final head),
+    in order."""
+    return [layer for chain in list(net.trunk) + [net.heads[-1]]
+            for layer in chain.layers() if isinstance(layer, chainer.Link)]
+
+
+def copy_main_network(source, target):
+    """Copy the main network (trunk and final head: parameters and
+    statistics) of the BranchyNet ``source`` into ``target``, link by link
+    in order; their other exits may differ (B-AlexNet into its Fig. 5
+    variants).
+
+    Raises:
+        ValueError: the two main networks are not the same layers.
+    """
+    pairs = list(zip(_main_links(source), _main_links(target)))
+    same = len(_main_links(source)) == len(_main_links(target)) and all(
+        type(a) is type(b) and
+        [(n, p.shape) for n, p in sorted(a.namedparams())] ==
+        [(n, p.shape) for n, p in sorted(b.namedparams())]
+        for a, b in pairs)
+    if not same:
+        raise ValueError('{} and {} do not share their main network (trunk '
+                         'and final head)'.format(source.title, target.title))
+    for a, b in pairs:
+        for (_, p), (_, q) in zip(sorted(a.namedparams()),
+                                  sorted(b.namedparams())):
+            q.array[...] = p.array
+        for name in a._persistent:
+            value = getattr(a, name)
+            if hasattr(value, 'shape'):
+                getattr(b, name)[...] = value
+            else:
+                setattr(b, name, value)
+    return target

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import chainer
 import numpy
 import pytest
 
@@ -174,6 +175,37 @@ def test_branch_layers_run(data, tmp_path):
     saved = files.read_json(str(out / 'summary.json'))
     assert saved['variants'][1]['final_exit_accuracy'] == \
         files.read_json(saved['variants'][1]['results'])['exit_accuracy'][-1]
+
+
+def test_fig5_variants_share_a_finished_runs_main_network(data, tmp_path):
+    from branchynet.serialization import load_model
+    common = FAST + ['--data-dir', data, '--test-batch', 'data_batch_5',
+                     '--preprocessing', 'scale', '--cache-dir',
+                     str(tmp_path / 'cache'), '--train-size', '32',
+                     '--test-size', '16', '-b', '16', '--no-timing']
+    alexnet = tmp_path / 'alex'
+    cli.main('b_alexnet', common + ['-o', str(alexnet), '--epoch-joint', '0'])
+    out = tmp_path / 'layers'
+    summary = cli.fig5_main(common + ['-o', str(out), '--convs', '1',
+                                      '--main-from', str(alexnet)])
+    variant = out / 'exit1_1conv'
+    assert not (variant / 'main_phase').exists()  # no main phase trained
+    taken = load_model(str(variant / 'baseline.npz'),
+                       protocols.fig5_variant(1).network())
+    source = load_model(str(alexnet / 'baseline.npz'),
+                        protocols.get('b_alexnet').network())
+    x = numpy.random.RandomState(0).rand(4, 3, 32, 32).astype(numpy.float32)
+    with chainer.using_config('train', False):
+        numpy.testing.assert_array_equal(taken.main_forward(x).array,
+                                         source.main_forward(x).array)
+    results = files.read_json(str(variant / 'results.json'))
+    assert results['config']['main_from'] == str(alexnet)
+    assert [e['epoch'] for e in results['training']['main']] == [1]
+    assert summary['variants'][0]['branch1_convs'] == 1
+    with pytest.raises(SystemExit):  # a network with another main network
+        cli.main('b_lenet', FAST + ['--data-dir', data, '-o',
+                                    str(tmp_path / 'lenet'),
+                                    '--main-from', str(alexnet)])
 
 
 def test_missing_test_batch_fails_clearly_and_writes_nothing(data, tmp_path,

@@ -232,6 +232,8 @@ def build_parser(protocol, timing_by_default=True):
     p.add_argument('--epoch-joint', type=integer, default=d['epoch_joint'],
                    help='epochs of the joint phase (0: none; the main '
                    'network alone is trained)')
+    p.add_argument('--main-from', metavar='RUN_DIR', help='no main phase: '
+                   'the main network of this run (whose main phase is done)')
     p.add_argument('--data-dir',
                    help='folder with the dataset files (default: ${}, else '
                         'download with Chainer)'.format(datasets.DATA_DIR_ENV))

@@ -102,6 +102,9 @@ class RunConfig:
             (Chainer's own functions everywhere).
         sync_batchnorm: in a distributed run, BatchNorm statistics over
             every rank's batch (the single-process computation).
+        main_from: a run folder whose main phase is done: its main network
+            (trunk and final head) is this run's, and no main phase is
+            trained (Fig. 5's variants share B-AlexNet's).
     """
     protocol: str
     out: str
@@ -138,6 +141,7 @@ class RunConfig:
     communicator: typing.Optional[str] = None
     sync_batchnorm: bool = True
     kernels: str = 'fast'
+    main_from: typing.Optional[str] = None
 
     def __post_init__(self):
         for name in ('branch_weights', 'thresholds', 'threshold_list',
@@ -364,6 +368,13 @@ def check_paths(config):
             if not os.path.isfile(os.path.join(config.models, name)):
                 raise ValueError('--models {}: {} not found there'.format(
                     config.models, name))
+    if config.main_from is not None:
+        from branchynet.runs.run_folder import MODEL_FILES, RUN_FILE
+        for name in (RUN_FILE, MODEL_FILES['main']):
+            if not os.path.isfile(os.path.join(config.main_from, name)):
+                raise ValueError('--main-from {}: no {} there (a run whose '
+                                 'main phase is done)'.format(
+                                     config.main_from, name))
     if config.uses_gpu:
         check_gpu(config.device)
 

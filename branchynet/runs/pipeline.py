@@ -25,6 +25,7 @@ import numpy
 
 from branchynet import costs, distributed, loss, timing
 from branchynet.data import datasets
+from branchynet.paper import protocols
 from branchynet.runs import evaluation as steps
 from branchynet.runs import figures, reading, report
 from branchynet.runs.run_folder import (
@@ -35,7 +36,7 @@ from branchynet.runs.run_folder import (
     open_output,
     record_config,
 )
-from branchynet.serialization import load_model, save_model
+from branchynet.serialization import copy_main_network, load_model, save_model
 from branchynet.training import (
     PHASES,
     fresh_optimizer_state,
@@ -205,7 +206,18 @@ def train(protocol, config, data, device, say, folder,
     # model and log (the joint snapshot holds the whole state): a relay
     # (branchynet.runs.relay) carries one snapshot only.
     skip_main = cluster.agree(config.resume and run.main_phase_done())
-    if skip_main and cluster.is_root:
+    if config.main_from is not None and not skip_main:
+        # every rank takes the same weights; the joint phase starts from them
+        taken_log = main_network_from(config.main_from, net)
+        if cluster.is_root:
+            logs['main'] = taken_log
+            with folder.open_file(MODEL_FILES['main']) as f:
+                save_model(f, net)
+            models['main'] = net.copy(mode='copy')
+            say('training phase "main": not trained; the main network of {} '
+                '({} epochs)'.format(config.main_from, len(taken_log)))
+        skip_main = True
+    elif skip_main and cluster.is_root:
         logs['main'] = run.log('main')
         models['main'] = load_model(run.model('main'), protocol.network())
         models['main'].to_device(device)
@@ -237,6 +249,26 @@ def train(protocol, config, data, device, say, folder,
     if not cluster.is_root:
         return None
     return TrainedModels(models['main'], models['joint'], logs)
+
+
+def main_network_from(path, net):
+    """Copy the main network of the run in ``path`` (its saved main-phase
+    model) into ``net``; that run's main-phase log (``[]`` if it has none).
+
+    Raises:
+        UserError: ``path`` is not such a run, or its main network is not
+            ``net``'s.
+    """
+    source = RunFolder(path)
+    if source.stored is None:
+        raise UserError('--main-from {}: not a run folder'.format(path))
+    trained = load_model(source.model('main'),
+                         protocols.get(source.stored.protocol).network())
+    try:
+        copy_main_network(trained, net)
+    except ValueError as e:
+        raise UserError('--main-from {}: {}'.format(path, e)) from None
+    return source.log('main') or []
 
 
 def load_trained(protocol, config, device, folder):
