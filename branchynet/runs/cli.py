@@ -379,8 +379,7 @@ def parse(parser, key, argv=None, extra=()):
 
 def explicit_flags(parser, argv):
     """The destinations of the flags given on the command line ``argv``."""
-    # argparse fills in a default only where the namespace has no value yet:
-    # a namespace pre-filled with a sentinel keeps it for every flag absent.
+    # argparse fills in defaults only where a namespace has no value yet
     namespace = argparse.Namespace(**{
         action.dest: _UNSET for action in parser._actions
         if action.dest != 'help'})
