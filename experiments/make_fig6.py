@@ -52,10 +52,7 @@ def parse(argv=None):
                             '{} {}'.format(k, v) for k, v in SMOKE.items()))
     args = parser.parse_args(argv)
     if args.smoke:
-        given = cli.explicit_flags(parser, argv)
-        for key, value in SMOKE.items():
-            if key not in given:
-                setattr(args, key, value)
+        cli.apply_smoke(parser, argv, args, SMOKE)
     try:
         return Fig6Config(
             run=args.run, out=args.out,

@@ -105,10 +105,7 @@ def parse(argv=None):
                         '--smoke)')
     args = parser.parse_args(argv)
     if args.smoke:
-        given = cli.explicit_flags(parser, argv)
-        for name, value in SMOKE.items():
-            if name not in given:
-                setattr(args, name, value)
+        cli.apply_smoke(parser, argv, args, SMOKE)
     if args.out is None:
         args.out = 'results/smoke/elastic' if args.smoke else \
             'results/elastic'

@@ -56,10 +56,7 @@ def parse(p, argv, smoke, default_out):
                                for k, v in smoke.items()))
     args = p.parse_args(argv)
     if args.smoke:
-        given = cli.explicit_flags(p, argv)
-        for key, value in smoke.items():
-            if key not in given:
-                setattr(args, key, value)
+        cli.apply_smoke(p, argv, args, smoke)
     if args.out is None:
         args.out = default_out + ('_smoke' if args.smoke else '')
     data_dir = datasets.resolve_data_dir(args.data_dir)

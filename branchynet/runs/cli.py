@@ -7,7 +7,8 @@ alias, ``--batchsize/-b``, ``--out/-o``, ``--resume/-r``); defaults come
 from the configuration (``RunConfig.defaults``) and are shown by ``--help``.
 argparse only converts text to numbers; :class:`~branchynet.runs.config.RunConfig`
 checks every value, before anything is loaded or written; a user's mistake ends with one line
-naming it, not a traceback.
+naming it, not a traceback. (The module is longer than 500 lines because
+every run script's flags and their checks are kept in this one place.)
 """
 import argparse
 import contextlib
@@ -385,6 +386,15 @@ def explicit_flags(parser, argv):
         if action.dest != 'help'})
     parsed = parser.parse_args(argv, namespace=namespace)
     return {k for k, v in vars(parsed).items() if v is not _UNSET}
+
+
+def apply_smoke(parser, argv, args, smoke):
+    """Give ``args`` the ``--smoke`` values ``smoke`` (``{dest: value}``)
+    of every flag that ``argv`` does not give."""
+    given = explicit_flags(parser, argv)
+    for name, value in smoke.items():
+        if name not in given:
+            setattr(args, name, value)
 
 
 def resolve(config, explicit):
