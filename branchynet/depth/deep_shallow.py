@@ -275,20 +275,12 @@ def run(config, resume=False, say=print):
     with open_study(config.out, KIND, config.stored(), resume,
                     'deep-vs-shallow study',
                     opaque=(trials_.TRIALS_DIR,)) as folder:
-        results = trials_.run_trials(
-            folder, config.trials(), config.recipe,
-            lambda dataset: trials_.load(dataset, config.data_dir,
-                                         config.recipe, config.cache_dir,
-                                         config.official),
-            device, config.progress, say)
+        results = trials_.run_trials(folder, config, device, say)
         summary = {'kind': KIND, 'settings': config.stored(),
                    'schedule': schedule_label(dataclasses.asdict(
                        config.recipe)),
                    'table2': table2(results), 'paired': paired(results),
                    'trials': results,
                    'environment': environment.describe(device)}
-        folder.write_json('results.json', summary)
-        folder.write_text('table2.md', table2_markdown(summary))
-        draw(summary, folder)
-        folder.set(complete=True)
+        trials_.write_results(folder, summary, 'table2.md', table2_markdown, draw)
     return summary

@@ -333,12 +333,7 @@ def run(config, resume=False, say=print):
             raise UserError('--runs {}: no such folder'.format(path))
     with open_study(config.out, KIND, config.stored(), resume,
                     'EBCLE study', opaque=(trials_.TRIALS_DIR,)) as folder:
-        results = trials_.run_trials(
-            folder, config.trials(), config.recipe,
-            lambda dataset: trials_.load(dataset, config.data_dir,
-                                         config.recipe, config.cache_dir,
-                                         config.official),
-            device, config.progress, say)
+        results = trials_.run_trials(folder, config, device, say)
         parts = {}
         for dataset in config.datasets:
             say('[ebcle] entropy of the {} training images'.format(dataset))
@@ -357,8 +352,5 @@ def run(config, resume=False, say=print):
                                   for path in config.runs],
                    'trials': results,
                    'environment': environment.describe(device)}
-        folder.write_json('results.json', summary)
-        folder.write_text('results.md', results_markdown(summary))
-        draw(summary, folder)
-        folder.set(complete=True)
+        trials_.write_results(folder, summary, 'results.md', results_markdown, draw)
     return summary

@@ -191,27 +191,26 @@ def finished(folder, trial):
     return files.read_json(folder.file(trial_file(trial)))
 
 
-def run_trials(folder, trials, recipe, data, device, progress=True,
-               say=print):
-    """Train every trial of ``trials`` the study in ``folder`` has not
-    finished, in order; the results of all, in order.
-
-    Args:
-        data: ``dataset -> (train, validation)``, called once per dataset
-            that has a trial left to train.
-    """
+def run_trials(folder, study, device, say=print):
+    """Train every trial of ``study`` (a study's configuration: its
+    ``trials()``, ``recipe``, data settings and ``progress``) that the study
+    in ``folder`` has not finished, in order; the results of all, in order.
+    A dataset's images are loaded once, when a trial needs them."""
     results, loaded = [], {}
+    trials, recipe = study.trials(), study.recipe
     for number, trial in enumerate(trials, 1):
         result = finished(folder, trial)
         if result is None:
             if trial.dataset not in loaded:
-                loaded[trial.dataset] = data(trial.dataset)
+                loaded[trial.dataset] = load(
+                    trial.dataset, study.data_dir, recipe, study.cache_dir,
+                    study.official)
             out = folder.make_folder('{}/{}'.format(TRIALS_DIR, trial.name))
             say('[{}/{}] {}{}'.format(number, len(trials), trial.name,
                                       ' (resumed)' if latest_snapshot(out)
                                       else ''))
             result = train_trial(trial, recipe, *loaded[trial.dataset], out,
-                                 device, progress)
+                                 device, study.progress)
             folder.write_json(trial_file(trial), result)
             os.remove(latest_snapshot(out))  # finished: the results stay
             say('    validation loss {:.4f}, accuracy {:.2f} %, {:.0f} s'
@@ -220,3 +219,13 @@ def run_trials(folder, trials, recipe, data, device, progress=True,
                         result['seconds']))
         results.append(result)
     return results
+
+
+def write_results(folder, summary, report_name, report, draw):
+    """A finished study's ``results.json``, its Markdown report
+    (``report(summary)`` into ``report_name``) and its figures
+    (``draw(summary, folder)``); the folder is then marked complete."""
+    folder.write_json('results.json', summary)
+    folder.write_text(report_name, report(summary))
+    draw(summary, folder)
+    folder.set(complete=True)
