@@ -303,6 +303,12 @@ def test_branchynet_exits_share_and_image_entropy(data, tmp_path):
     assert placed['exit_entropy'][0] == pytest.approx(each[[0, 2, 3]].mean())
     assert placed['exit_entropy'][1] == pytest.approx(
         numpy.delete(each, [0, 2, 3]).mean())
+    assert placed['rank_correlation_exit1'] == pytest.approx(
+        ebcle.rank_correlation(each, entropies[0]))
+    assert ebcle.rank_correlation(numpy.arange(5), numpy.arange(5) ** 2) == \
+        pytest.approx(1.0)
+    assert ebcle.rank_correlation(numpy.arange(5), -numpy.arange(5)) == \
+        pytest.approx(-1.0)
     with pytest.raises(UserError, match='do not fit'):
         ebcle.branchynet_exits(_evaluated_lenet_run(
             tmp_path / 'other', numpy.zeros((3, 32))), data, official=False)

@@ -197,7 +197,18 @@ def branchynet_exits(run_path, data_dir, official=True):
             'exit_entropy': [float(entropies[exits == n].mean())
                              if (exits == n).any() else None
                              for n in range(protocol.num_exits)],
-            'test_entropy': float(entropies.mean())}
+            'test_entropy': float(entropies.mean()),
+            'rank_correlation_exit1': rank_correlation(
+                entropies, outputs.entropies[0])}
+
+
+def rank_correlation(a, b):
+    """Spearman's rank correlation of ``a`` and ``b`` (ties ranked in
+    their order): how far one image's entropy goes with how unsure exit 1
+    is of it."""
+    ranks = [numpy.argsort(numpy.argsort(v, kind='stable'), kind='stable')
+             for v in (a, b)]
+    return float(numpy.corrcoef(*ranks)[0, 1])
 
 
 # --- reporting -----------------------------------------------------------------
@@ -252,6 +263,10 @@ def results_markdown(summary):
                   'entropy', {}).get('bounds', {}).get(rule, '–')]
              for b in summary['branchynet']
              for n in range(len(b['exit_depths']))]))
+        lines += [''] + ['{}: rank correlation of an image\'s entropy with '
+                         'exit 1\'s softmax entropy on it: {:+.3f}.'.format(
+                             b['network'], b['rank_correlation_exit1'])
+                         for b in summary['branchynet']]
     return '\n'.join(lines) + '\n'
 
 
