@@ -170,8 +170,8 @@ class Fig6Config:
     out: str
     data_dir: str = None
     unofficial_data: bool = False
-    samples: int = 200
-    warmup: int = 10
+    samples: int = 50  # each takes seconds under valgrind
+    warmup: int = 5
     thresholds: tuple = None
     timing_repeats: int = 5
 
