@@ -69,24 +69,24 @@ class ResidualStack(chainer.Chain):
         """The stem's output ``h_0`` (after pooling)."""
         return F.max_pooling_2d(F.relu(self.stem(x)), 2, 2)
 
-    def terms(self, h0):
-        """``h_0`` and what each residual layer adds to it, in order: for
-        the sequential layout ``F_k(h_k)``, for the parallel ``F_k(h_0)``.
-        The features before the classifier are their sum."""
-        added, h = [], h0
+    def residual_steps(self, h0):
+        """Each residual layer's input and what it adds, in order (sequential:
+        ``(h_k, F_k(h_k))``; parallel: ``(h_0, F_k(h_0))``), and the features
+        before the classifier: ``h_0`` plus everything added."""
+        steps, h = [], h0
         for conv in self.residuals:
-            term = F.relu(conv(h if self.layout == 'sequential' else h0))
-            added.append(term)
-            if self.layout == 'sequential':
-                h = h + term
-        return added
+            read = h if self.layout == 'sequential' else h0
+            added = F.relu(conv(read))
+            steps.append((read, added))
+            h = h + added
+        return steps, h
+
+    def classify(self, h):
+        """The classifier on the features ``h``: logits."""
+        return self.head(F.average(h, axis=(2, 3)))
 
     def forward(self, x):
-        h0 = self.trunk(x)
-        h = h0
-        for term in self.terms(h0):
-            h = h + term
-        return self.head(F.average(h, axis=(2, 3)))
+        return self.classify(self.residual_steps(self.trunk(x))[1])
 
     @property
     def num_params(self):

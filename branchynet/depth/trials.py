@@ -130,15 +130,12 @@ def measure(net, x, t, batchsize=1000):
             chainer.no_backprop_mode():
         for first in range(0, len(t), batchsize):
             xb, tb = x[first:first + batchsize], t[first:first + batchsize]
-            h0 = net.trunk(xb)
-            h = h0
-            for k, term in enumerate(net.terms(h0)):
-                base = h if net.layout == 'sequential' else h0
+            steps, h = net.residual_steps(net.trunk(xb))
+            for k, (read, added) in enumerate(steps):
                 ratios[k] += float(numpy.sum(
-                    _norms(term.array) / numpy.maximum(_norms(base.array),
-                                                       1e-12)))
-                h = h + term
-            y = net.head(F.average(h, axis=(2, 3)))
+                    _norms(added.array) / numpy.maximum(_norms(read.array),
+                                                        1e-12)))
+            y = net.classify(h)
             loss += float(F.softmax_cross_entropy(y, tb).array) * len(tb)
             correct += float((y.array.argmax(axis=1) == tb).sum())
     return {'loss': loss / len(t), 'accuracy': correct / len(t),
