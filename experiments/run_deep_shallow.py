@@ -32,7 +32,7 @@ def parse(argv=None):
                    help='filters of every layer (the grid\'s widths)')
     p.add_argument('--ksizes', nargs='+', type=cli.positive_int,
                    default=list(defaults.ksizes), help='kernel sizes (odd)')
-    args, common = depth_cli.parse(p, argv, SMOKE, 'results/deep_shallow')
+    args, common = depth_cli.parse(p, argv, SMOKE, 'deep_shallow')
     try:
         return StudyConfig(layers=args.layers, filters=args.filters,
                            ksizes=args.ksizes, **common), args.resume

@@ -40,7 +40,7 @@ def parse(argv=None):
     p.add_argument('--runs', nargs='*', default=[],
                    help='trained BranchyNet run folders to place beside the '
                         'bound (e.g. figures/b_lenet figures/b_alexnet)')
-    args, common = depth_cli.parse(p, argv, SMOKE, 'results/ebcle')
+    args, common = depth_cli.parse(p, argv, SMOKE, 'ebcle')
     try:
         return StudyConfig(depths=args.depths, filters=args.filters,
                            ksize=args.ksize, rule=args.rule, runs=args.runs,

@@ -1,5 +1,6 @@
 """The command line the depth studies share: data, recipe, --smoke, --resume."""
 import dataclasses
+import os
 
 from branchynet.data import datasets
 from branchynet.depth.trials import DATASETS, Recipe
@@ -13,7 +14,8 @@ def parser(doc):
                            formatter_class=cli.HelpFormatter)
     p.add_argument('--data-dir', help='folder with MNIST and the CIFAR-10 '
                    'batches (default: ${})'.format(datasets.DATA_DIR_ENV))
-    p.add_argument('--out', '-o', help='output folder')
+    p.add_argument('--out', '-o', help='output folder (default: results/'
+                   '<study>, or results/smoke/<study> with --smoke)')
     p.add_argument('--resume', '-r', action='store_true',
                    help='continue the study in --out (finished trials are '
                         'never trained again)')
@@ -50,15 +52,18 @@ def parser(doc):
 
 def parse(p, argv, smoke, default_out):
     """``(args, common)``: the parsed flags, ``--smoke``'s values applied
-    where no flag was given, and the config fields both studies share."""
+    where no flag was given, and the config fields both studies share;
+    ``--out`` defaults to ``results/<default_out>`` (``results/smoke/...``
+    with ``--smoke``)."""
     p.add_argument('--smoke', action='store_true', help='a run of minutes: '
                    + ', '.join('{} {}'.format(k.replace('_', ' '), v)
                                for k, v in smoke.items()))
     args = p.parse_args(argv)
     if args.smoke:
         cli.apply_smoke(p, argv, args, smoke)
-    if args.out is None:
-        args.out = default_out + ('_smoke' if args.smoke else '')
+    if args.out is None:  # a smoke run apart from real ones, as elsewhere
+        args.out = os.path.join('results', *(
+            [cli.SMOKE_FOLDER] if args.smoke else []), default_out)
     data_dir = datasets.resolve_data_dir(args.data_dir)
     if data_dir is None:
         p.error('--data-dir (or ${}) must name the folder with MNIST and '

@@ -28,9 +28,9 @@ import numpy
 from branchynet.depth import trials as trials_
 from branchynet.utils import environment, markdown
 from branchynet.utils.study_folder import open_study
+from networks.residual_stack import LAYOUTS
 
 KIND = 'deep-shallow-study'
-from networks.residual_stack import LAYOUTS  # noqa: E402
 Q_INTERVALS = ((0, 1), (1, 3), (3, 10), (10, math.inf))
 SHORTENED = 'SHORTENED'
 
@@ -49,39 +49,23 @@ PAPER_SCHEDULE = '100 epochs on the full training sets (seed notes: assumed)'
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyConfig:
-    """The grid and how it trains.
-
-    Attributes:
-        out, data_dir, cache_dir, official: where it writes and reads.
-        datasets: of :data:`branchynet.depth.trials.DATASETS`.
-        layers, filters, ksizes: the grid's axes (every combination, both
-            layouts).
-        recipe: a :class:`branchynet.depth.trials.Recipe`.
-        device, progress: where and how it runs.
-    """
-    out: str
-    data_dir: str
-    datasets: tuple = trials_.DATASETS
+class StudyConfig(trials_.StudySettings):
+    """The grid and how it trains: the settings every depth study has
+    (:class:`branchynet.depth.trials.StudySettings`) and the grid's axes,
+    ``layers``, ``filters`` and ``ksizes`` (every combination, both
+    layouts)."""
     layers: tuple = (1, 2, 4, 8)
     filters: tuple = (4, 8, 16, 32)
     ksizes: tuple = (3, 5)
-    recipe: trials_.Recipe = trials_.Recipe()
-    device: str = '@numpy'
-    progress: bool = True
-    cache_dir: str = None
-    official: bool = True
 
     def __post_init__(self):
-        for name in ('datasets', 'layers', 'filters', 'ksizes'):
+        super().__post_init__()
+        for name in ('layers', 'filters', 'ksizes'):
             values = tuple(getattr(self, name))
             if not values or len(set(values)) != len(values):
                 raise ValueError('--{}: distinct values, got {}'.format(
                     name, values))
             object.__setattr__(self, name, values)
-        if not set(self.datasets) <= set(trials_.DATASETS):
-            raise ValueError('--datasets: of {}, got {}'.format(
-                trials_.DATASETS, self.datasets))
         if min(self.layers) < 1 or min(self.filters) < 1 or \
                 any(k < 1 or k % 2 == 0 for k in self.ksizes):
             raise ValueError('layers and filters at least 1, kernel sizes '
@@ -94,10 +78,8 @@ class StudyConfig:
                                   self.layers, LAYOUTS)]
 
     def stored(self):
-        return {'datasets': list(self.datasets), 'layers': list(self.layers),
-                'filters': list(self.filters), 'ksizes': list(self.ksizes),
-                'recipe': dataclasses.asdict(self.recipe),
-                'official': self.official}
+        return dict(super().stored(), layers=list(self.layers),
+                    filters=list(self.filters), ksizes=list(self.ksizes))
 
 
 def interval(q):

@@ -45,41 +45,27 @@ CIFAR10_TRAINING = ('data_batch_1', 'data_batch_2', 'data_batch_3',
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyConfig:
-    """The sweep and the runs it is compared with.
+class StudyConfig(trials_.StudySettings):
+    """The sweep and the runs it is compared with: the settings every
+    depth study has (:class:`branchynet.depth.trials.StudySettings`), and:
 
     Attributes:
-        out, data_dir, cache_dir, official: where it writes and reads.
-        datasets: of :data:`branchynet.depth.trials.DATASETS`.
         depths: numbers of residual layers swept (after the input layer).
         filters, ksize: the width and kernel size of every layer.
-        recipe: a :class:`branchynet.depth.trials.Recipe`.
         rule: the bound rule drawn (:data:`entropy_bound.BOUND_RULES`).
         runs: trained BranchyNet run folders (B-LeNet, B-AlexNet) to place
             beside the bound.
-        device, progress: where and how it runs.
     """
-    out: str
-    data_dir: str
-    datasets: tuple = trials_.DATASETS
     depths: tuple = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12)
     filters: int = 16
     ksize: int = 3
-    recipe: trials_.Recipe = trials_.Recipe()
     rule: str = entropy_bound.DEFAULT_BOUND_RULE
     runs: tuple = ()
-    device: str = '@numpy'
-    progress: bool = True
-    cache_dir: str = None
-    official: bool = True
 
     def __post_init__(self):
-        for name in ('datasets', 'depths', 'runs'):
+        super().__post_init__()
+        for name in ('depths', 'runs'):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        if not self.datasets or \
-                not set(self.datasets) <= set(trials_.DATASETS):
-            raise ValueError('--datasets: of {}, got {}'.format(
-                trials_.DATASETS, self.datasets))
         if not self.depths or min(self.depths) < 0 or \
                 len(set(self.depths)) != len(self.depths):
             raise ValueError('--depths: distinct values >= 0, got {}'.format(
@@ -91,10 +77,8 @@ class StudyConfig:
                 for d in self.datasets for n in sorted(self.depths)]
 
     def stored(self):
-        return {'datasets': list(self.datasets), 'depths': list(self.depths),
-                'filters': self.filters, 'ksize': self.ksize,
-                'recipe': dataclasses.asdict(self.recipe),
-                'official': self.official}
+        return dict(super().stored(), depths=list(self.depths),
+                    filters=self.filters, ksize=self.ksize)
 
 
 def raw_training_images(dataset, data_dir, official=True):

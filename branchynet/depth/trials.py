@@ -88,6 +88,38 @@ class Recipe:
         return optimizer
 
 
+@dataclasses.dataclass(frozen=True)
+class StudySettings:
+    """What both depth studies' configurations hold: where a study writes
+    (``out``) and reads (``data_dir``, ``cache_dir``, ``official``), its
+    ``datasets`` (of :data:`DATASETS`), how every trial trains
+    (``recipe``), and where and how it runs (``device``, ``progress``).
+    Each study adds its grid (``trials()``) and extends :meth:`stored`."""
+    out: str
+    data_dir: str
+    datasets: tuple = DATASETS
+    recipe: Recipe = Recipe()
+    device: str = '@numpy'
+    progress: bool = True
+    cache_dir: str = None
+    official: bool = True
+
+    def __post_init__(self):
+        datasets = tuple(self.datasets)
+        if not datasets or len(set(datasets)) != len(datasets) or \
+                not set(datasets) <= set(DATASETS):
+            raise ValueError('--datasets: distinct values of {}, got {}'
+                             .format(DATASETS, datasets))
+        object.__setattr__(self, 'datasets', datasets)
+
+    def stored(self):
+        """What the study's settings file keeps: everything that shapes
+        its results."""
+        return {'datasets': list(self.datasets),
+                'recipe': dataclasses.asdict(self.recipe),
+                'official': self.official}
+
+
 def load(dataset, data_dir, recipe, cache_dir=None, official=True):
     """``(train, validation)`` ``(x, t)`` pairs of ``dataset``: pixels / 255.
 
