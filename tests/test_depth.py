@@ -314,6 +314,20 @@ def test_branchynet_exits_share_and_image_entropy(data, tmp_path):
             tmp_path / 'other', numpy.zeros((3, 32))), data, official=False)
 
 
+def test_a_run_that_cannot_be_placed_is_refused_before_training(
+        data, tmp_path, monkeypatch):
+    trained = []
+    monkeypatch.setattr(trials, 'train_trial',
+                        lambda *args: trained.append(args))
+    with pytest.raises(UserError, match='not an evaluated run folder'):
+        ebcle.run(ebcle.StudyConfig(
+            out=str(tmp_path / 'ebcle'), data_dir=data, datasets=('mnist',),
+            depths=(0,), recipe=SMALL, official=False, progress=False,
+            runs=(str(tmp_path),)), say=lambda *a: None)
+    assert trained == []
+    assert not os.path.exists(str(tmp_path / 'ebcle'))
+
+
 def test_the_ebcle_smoke_run_end_to_end(data, tmp_path, capsys):
     out = str(tmp_path / 'ebcle')
     run_main('run_ebcle', ['--smoke', '--data-dir', data, '--out', out,

@@ -23,7 +23,6 @@ Its folder (kind ``ebcle-study``): ``study.json``, ``trials/``,
 ``results.json``, ``results.md``, ``depth_sweep.png``, ``exits_entropy.png``.
 """
 import dataclasses
-import os
 
 import chainer
 import chainer.links as L
@@ -33,6 +32,7 @@ from branchynet.data import datasets
 from branchynet.depth import entropy_bound, trials as trials_
 from branchynet.exit_rule import EntropyThresholds, assign_exits, exit_shares
 from branchynet.paper import protocols
+from branchynet.runs.run_folder import EXIT_OUTPUTS, RunFolder
 from branchynet.sweep import ExitOutputs
 from branchynet.utils import environment, markdown
 from branchynet.utils.errors import UserError
@@ -150,16 +150,26 @@ def test_images(config, data_dir, official=True):
     return images[:config.test_size]
 
 
-def branchynet_exits(run_path, data_dir, official=True):
-    """For a trained run: per exit, its depth, the share of test samples
-    leaving there at the paper's thresholds, and the mean (EBCLE) entropy of
-    those samples' images."""
-    from branchynet.runs.run_folder import EXIT_OUTPUTS, RunFolder
+def evaluated_run(run_path):
+    """``(RunFolder, its configuration)`` of a run folder that holds its
+    exit outputs.
+
+    Raises:
+        UserError: it is not one.
+    """
     folder = RunFolder(run_path)
     config = folder.stored
     if config is None or EXIT_OUTPUTS not in folder.entries:
         raise UserError('--runs {}: not an evaluated run folder (no run.json '
                         'or {})'.format(run_path, EXIT_OUTPUTS))
+    return folder, config
+
+
+def branchynet_exits(run_path, data_dir, official=True):
+    """For a trained run: per exit, its depth, the share of test samples
+    leaving there at the paper's thresholds, and the mean (EBCLE) entropy of
+    those samples' images."""
+    folder, config = evaluated_run(run_path)
     protocol = protocols.get(config.protocol)
     outputs = ExitOutputs.load(folder.file(EXIT_OUTPUTS))
     images = test_images(config, data_dir, official)
@@ -327,9 +337,8 @@ def run(config, resume=False, say=print):
     the runs, write the results; the summary (``results.json``'s)."""
     device = chainer.get_device(config.device)
     device.use()
-    for path in config.runs:
-        if not os.path.isdir(path):
-            raise UserError('--runs {}: no such folder'.format(path))
+    for path in config.runs:  # before hours of training, not after
+        evaluated_run(path)
     with open_study(config.out, KIND, config.stored(), resume,
                     'EBCLE study', opaque=(trials_.TRIALS_DIR,)) as folder:
         results = trials_.run_trials(folder, config, device, say)
