@@ -120,8 +120,9 @@ def copy_main_network(source, target):
     Raises:
         ValueError: the two main networks are not the same layers.
     """
-    pairs = list(zip(_main_links(source), _main_links(target)))
-    same = len(_main_links(source)) == len(_main_links(target)) and all(
+    ours, theirs = _main_links(source), _main_links(target)
+    pairs = list(zip(ours, theirs))
+    same = len(ours) == len(theirs) and all(
         type(a) is type(b) and
         [(n, p.shape) for n, p in sorted(a.namedparams())] ==
         [(n, p.shape) for n, p in sorted(b.namedparams())]

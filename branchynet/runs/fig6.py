@@ -34,7 +34,7 @@ import numpy
 
 from branchynet import exit_rule, timing
 from branchynet.paper import protocols
-from branchynet.runs import pipeline
+from branchynet.runs import fig6_worker, pipeline
 from branchynet.runs.run_folder import MODEL_FILES, RunFolder
 from branchynet.serialization import load_model
 from branchynet.utils import environment, files, markdown
@@ -282,10 +282,7 @@ def measure(config, say=print):
     net = load_model(run.model('joint'), protocol.network())
     baseline = load_model(run.model('main'), protocol.network())
     measured_x = data.test_x[config.warmup:count]
-    functions = [timing.baseline_classifier(baseline) if t is None else
-                 (lambda rule: lambda x: net.predict_sample(x, rule))(
-                     exit_rule.EntropyThresholds(t, net.num_exits))
-                 for _, t in vectors]
+    functions = [fig6_worker.inference(net, baseline, t) for _, t in vectors]
     times = timing.time_in_turns(functions, timing.as_samples(measured_x),
                                  chainer.get_device('@numpy'),
                                  config.timing_repeats, warmup=config.warmup)

@@ -19,6 +19,17 @@ import sys
 import numpy
 
 
+def inference(net, baseline, thresholds):
+    """What one threshold vector runs on a ``(1, ...)`` sample: the main
+    network ``baseline`` alone (``thresholds`` ``None``) or ``net``'s
+    batch-1 early exit."""
+    from branchynet import exit_rule, timing
+    if thresholds is None:
+        return timing.baseline_classifier(baseline)
+    rule = exit_rule.EntropyThresholds(thresholds, net.num_exits)
+    return lambda x: net.predict_sample(x, rule)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
@@ -29,8 +40,7 @@ def main(argv=None):
     plan = files.read_json(argv[0])
     protocol = protocols.get(plan['protocol'])
     net = load_model(plan['model'], protocol.network())
-    baseline = timing.baseline_classifier(
-        load_model(plan['baseline'], protocol.network()))
+    baseline = load_model(plan['baseline'], protocol.network())
     samples = timing.as_samples(numpy.load(plan['samples'],
                                            allow_pickle=False))
     helper = ctypes.CDLL(plan['helper'])
@@ -39,11 +49,7 @@ def main(argv=None):
     warm = samples[:plan['warmup']]
     measured = samples[plan['warmup']:plan['warmup'] + plan['samples_count']]
     for label, thresholds in zip(plan['labels'], plan['thresholds']):
-        if thresholds is None:
-            run = baseline
-        else:
-            rule = branchynet.EntropyThresholds(thresholds, net.num_exits)
-            run = (lambda r: lambda x: net.predict_sample(x, r))(rule)
+        run = inference(net, baseline, thresholds)
         run(samples[0])  # any first-call work, uncounted
         helper.fig6_start()
         for x in warm:
