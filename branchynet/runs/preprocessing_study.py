@@ -31,11 +31,11 @@ from branchynet.data import datasets
 from branchynet.paper import protocols
 from branchynet.runs import pipeline
 from branchynet.training import latest_snapshot, phase_log, train_phase
-from branchynet.utils import environment, files, markdown, ownership
+from branchynet.utils import environment, markdown
 from branchynet.utils.errors import UserError
+from branchynet.utils.study_folder import open_study
 
 KIND = 'preprocessing-study'
-STUDY_FILE = 'study.json'
 TRAIN_BATCHES = ('data_batch_1', 'data_batch_2', 'data_batch_3')
 VALIDATION_BATCH = 'data_batch_4'
 
@@ -109,36 +109,6 @@ class StudyConfig:
             values.pop(name)
         return {k: list(v) if isinstance(v, tuple) else v
                 for k, v in values.items()}
-
-
-def _open(config, resume):
-    """Open the study's folder; a resumed study must be the same study."""
-    ownership.check_out_path(config.out)
-    stored_path = os.path.join(config.out, STUDY_FILE)
-    exists = os.path.lexists(stored_path)
-    if resume and not exists:
-        raise UserError('--resume: {} holds no preprocessing study'.format(
-            config.out))
-    folder = ownership.OutputFolder.open(
-        config.out, KIND, foreign_ok=False,
-        opaque=tuple(config.candidates))
-    if exists:
-        if not resume:
-            folder.close()
-            raise UserError('--out {} already holds a preprocessing study: '
-                            'pass --resume to continue it, or choose another '
-                            '--out'.format(config.out))
-        stored = files.read_json(stored_path)
-        if stored != config.stored():
-            folder.close()
-            changed = sorted(k for k in set(stored) | set(config.stored())
-                             if stored.get(k) != config.stored().get(k))
-            raise UserError('--resume: the study in {} was made with other '
-                            'settings ({}); resume it with its own'.format(
-                                config.out, ', '.join(changed)))
-    else:
-        folder.write_json(STUDY_FILE, config.stored())
-    return folder
 
 
 def load(config, candidate):
@@ -279,7 +249,9 @@ def run(config, resume=False):
     folder, refusal = None, None
     if cluster.is_root:
         try:
-            folder = _open(config, resume)
+            folder = open_study(config.out, KIND, config.stored(), resume,
+                                'preprocessing study',
+                                opaque=tuple(config.candidates))
         except UserError as e:
             refusal = str(e)
     refusal = cluster.agree(refusal)
