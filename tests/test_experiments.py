@@ -206,6 +206,7 @@ def test_fig5_variants_share_a_finished_runs_main_network(data, tmp_path):
         cli.main('b_lenet', FAST + ['--data-dir', data, '-o',
                                     str(tmp_path / 'lenet'),
                                     '--main-from', str(alexnet)])
+    assert not (tmp_path / 'lenet').exists()  # refused before any output
 
 
 def test_missing_test_batch_fails_clearly_and_writes_nothing(data, tmp_path,

@@ -369,12 +369,17 @@ def check_paths(config):
                 raise ValueError('--models {}: {} not found there'.format(
                     config.models, name))
     if config.main_from is not None:
-        from branchynet.runs.run_folder import MODEL_FILES, RUN_FILE
+        from branchynet.runs.run_folder import (MODEL_FILES, RUN_FILE,
+                                                main_network_from)
         for name in (RUN_FILE, MODEL_FILES['main']):
             if not os.path.isfile(os.path.join(config.main_from, name)):
                 raise ValueError('--main-from {}: no {} there (a run whose '
                                  'main phase is done)'.format(
                                      config.main_from, name))
+        try:  # its main network fits this one: known before any data loads
+            main_network_from(config.main_from, config.spec.network())
+        except UserError as e:
+            raise ValueError(str(e)) from None
     if config.uses_gpu:
         check_gpu(config.device)
 

@@ -25,7 +25,6 @@ import numpy
 
 from branchynet import costs, distributed, loss, timing
 from branchynet.data import datasets
-from branchynet.paper import protocols
 from branchynet.runs import evaluation as steps
 from branchynet.runs import figures, reading, report
 from branchynet.runs.run_folder import (
@@ -33,10 +32,11 @@ from branchynet.runs.run_folder import (
     PHASE_FOLDERS,
     RunFolder,
     check_output_once,
+    main_network_from,
     open_output,
     record_config,
 )
-from branchynet.serialization import copy_main_network, load_model, save_model
+from branchynet.serialization import load_model, save_model
 from branchynet.training import (
     PHASES,
     fresh_optimizer_state,
@@ -249,26 +249,6 @@ def train(protocol, config, data, device, say, folder,
     if not cluster.is_root:
         return None
     return TrainedModels(models['main'], models['joint'], logs)
-
-
-def main_network_from(path, net):
-    """Copy the main network of the run in ``path`` (its saved main-phase
-    model) into ``net``; that run's main-phase log (``[]`` if it has none).
-
-    Raises:
-        UserError: ``path`` is not such a run, or its main network is not
-            ``net``'s.
-    """
-    source = RunFolder(path)
-    if source.stored is None:
-        raise UserError('--main-from {}: not a run folder'.format(path))
-    trained = load_model(source.model('main'),
-                         protocols.get(source.stored.protocol).network())
-    try:
-        copy_main_network(trained, net)
-    except ValueError as e:
-        raise UserError('--main-from {}: {}'.format(path, e)) from None
-    return source.log('main') or []
 
 
 def load_trained(protocol, config, device, folder):

@@ -22,6 +22,7 @@ import functools
 import os
 
 from branchynet import distributed
+from branchynet.paper import protocols
 from branchynet.runs import reading
 from branchynet.runs.config import RunConfig
 from branchynet.training import (
@@ -31,6 +32,7 @@ from branchynet.training import (
     latest_snapshot,
     phase_log,
 )
+from branchynet.serialization import copy_main_network, load_model
 from branchynet.utils import ownership
 from branchynet.utils.errors import FileProblem, OwnershipError, UserError
 
@@ -378,3 +380,23 @@ def kernel_history(config, previous):
             history.append({'phase': phase, 'first_epoch': done + 1,
                             'kernels': config.kernels})
     return history
+
+
+def main_network_from(path, net):
+    """Copy the main network of the run in ``path`` (its saved main-phase
+    model) into ``net``; that run's main-phase log (``[]`` if it has none).
+
+    Raises:
+        UserError: ``path`` is not such a run, or its main network is not
+            ``net``'s.
+    """
+    source = RunFolder(path)
+    if source.stored is None:
+        raise UserError('--main-from {}: not a run folder'.format(path))
+    trained = load_model(source.model('main'),
+                         protocols.get(source.stored.protocol).network())
+    try:
+        copy_main_network(trained, net)
+    except ValueError as e:
+        raise UserError('--main-from {}: {}'.format(path, e)) from None
+    return source.log('main') or []
