@@ -133,11 +133,11 @@ def copy_main_network(source, target):
     for a, b in pairs:
         for (_, p), (_, q) in zip(sorted(a.namedparams()),
                                   sorted(b.namedparams())):
-            q.array[...] = p.array
+            q.copydata(p)   # across devices too (a CPU-loaded source)
         for name in a._persistent:
             value = getattr(a, name)
             if hasattr(value, 'shape'):
-                getattr(b, name)[...] = value
+                getattr(b, name)[...] = b.device.send(value)
             else:
                 setattr(b, name, value)
     return target
