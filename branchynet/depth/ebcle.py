@@ -187,7 +187,7 @@ def branchynet_exits(run_path, data_dir, official=True):
             'dataset': protocol.dataset, 'thresholds': list(thresholds),
             'exit_depths': exit_depths(protocol.network()),
             'exit_shares': exit_shares(exits, protocol.num_exits),
-            'paper_exit_shares': list(protocol.paper.exit_shares),
+            'paper_exit_percent': list(protocol.paper.exit_percent),
             'exit_entropy': [float(entropies[exits == n].mean())
                              if (exits == n).any() else None
                              for n in range(protocol.num_exits)],
@@ -250,7 +250,7 @@ def results_markdown(summary):
              'mean image entropy (nats)', 'bound ({})'.format(rule)],
             [[b['network'], n + 1, b['exit_depths'][n],
               '{:.1f}'.format(100 * b['exit_shares'][n]),
-              '{:.1f}'.format(100 * b['paper_exit_shares'][n]),
+              '{:g}'.format(b['paper_exit_percent'][n]),
               '–' if b['exit_entropy'][n] is None else
               '{:.3f}'.format(b['exit_entropy'][n]),
               summary['datasets'].get(b['dataset'], {}).get(
