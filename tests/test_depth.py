@@ -295,6 +295,8 @@ def test_branchynet_exits_share_and_image_entropy(data, tmp_path):
     placed = ebcle.branchynet_exits(run, data, official=False)
     assert placed['exit_depths'] == [2, 3]
     assert placed['exit_shares'] == [3 / 32, 29 / 32]
+    # the paper's Table I percentages as printed, not renormalised to 100
+    assert placed['paper_exit_percent'] == [94.3, 5.63]
     from branchynet.data import datasets
     images = numpy.rint(datasets.load_mnist(
         data, train_size=1, test_size=32, official=False).test_x *
