@@ -131,13 +131,8 @@ def copy_main_network(source, target):
         raise ValueError('{} and {} do not share their main network (trunk '
                          'and final head)'.format(source.title, target.title))
     for a, b in pairs:
-        for (_, p), (_, q) in zip(sorted(a.namedparams()),
-                                  sorted(b.namedparams())):
-            q.copydata(p)   # across devices too (a CPU-loaded source)
-        for name in a._persistent:
-            value = getattr(a, name)
-            if hasattr(value, 'shape'):
-                getattr(b, name)[...] = b.device.send(value)
-            else:
-                setattr(b, name, value)
+        # Chainer's own copy: parameters and statistics of the link and of
+        # every link inside it (a residual block's BatchNorms), across
+        # devices too (a CPU-loaded source into a GPU network)
+        b.copyparams(a)
     return target

@@ -120,3 +120,30 @@ def test_a_model_whose_array_header_is_damaged_is_named(tmp_path):
     with pytest.raises(FileProblem, match='damaged.npz: not a readable '
                                           'saved model'):
         load_model(path, make_tiny_net())
+
+
+def test_the_main_network_is_copied_with_every_statistic_inside_it():
+    """B-ResNet-110's main network is residual blocks whose BatchNorms are
+    links inside links: their statistics come along, not only the
+    parameters."""
+    from branchynet.paper import protocols
+    from branchynet.serialization import copy_main_network
+    make = protocols.get('b_resnet110').network
+    source, target = make(), make()
+    for link in source.links():
+        if isinstance(link, chainer.links.BatchNormalization):
+            link.avg_mean[...] = 7.0
+            link.N = 3
+        for param in link.params(include_uninit=False):
+            param.array[...] = 0.5
+    copy_main_network(source, target)
+    main = [link for layer in list(target.trunk) + [target.heads[-1]]
+            for link in layer.links()]
+    norms = [link for link in main
+             if isinstance(link, chainer.links.BatchNormalization)]
+    assert len(norms) > 100
+    assert all((n.avg_mean == 7.0).all() and n.N == 3 for n in norms)
+    assert all((p.array == 0.5).all() for link in main
+               for p in link.params(include_uninit=False))
+    # the other exits are left as they were
+    assert not any((p.array == 0.5).all() for p in target.heads[0].params())
