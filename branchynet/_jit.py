@@ -120,6 +120,92 @@ def _add_columns(gcol, sy, sx, gxp):
                                                               i, j]
 
 
+def _bn_sums(x):
+    """Per channel of ``x`` ``(n, C, hw)``: the sum and the sum of squares
+    (float64), in one pass."""
+    n, c, hw = x.shape
+    total = numpy.zeros(c)
+    squares = numpy.zeros(c)
+    for a in range(n):
+        for b in range(c):
+            s = 0.0
+            q = 0.0
+            for k in range(hw):
+                v = numpy.float64(x[a, b, k])
+                s += v
+                q += v * v
+            total[b] += s
+            squares[b] += q
+    return total, squares
+
+
+def _bn_forward(x, mean, scale, shift, residual, relu, y):
+    """``y = (x - mean) * scale + shift`` per channel (in float64), plus
+    ``residual`` when it has ``x``'s shape (else it is ignored), then ReLU
+    if ``relu``; every array ``(n, C, hw)``."""
+    n, c, hw = x.shape
+    add = residual.shape == x.shape
+    for a in range(n):
+        for b in range(c):
+            m = mean[b]
+            sc = scale[b]
+            sh = shift[b]
+            for k in range(hw):
+                v = (x[a, b, k] - m) * sc + sh
+                if add:
+                    v += residual[a, b, k]
+                if relu and not v > 0:
+                    v = 0.0
+                y[a, b, k] = v
+
+
+def _bn_grad_sums(gy, y, x, mean, relu):
+    """Per channel: the sums of ``gz`` and of ``gz * (x - mean)`` (float64),
+    ``gz`` being ``gy`` where ``y > 0`` if ``relu``, else ``gy``."""
+    n, c, hw = x.shape
+    total = numpy.zeros(c)
+    centred = numpy.zeros(c)
+    for a in range(n):
+        for b in range(c):
+            m = mean[b]
+            s = 0.0
+            t = 0.0
+            for k in range(hw):
+                g = numpy.float64(gy[a, b, k])
+                if relu and not y[a, b, k] > 0:
+                    g = 0.0
+                s += g
+                t += g * (x[a, b, k] - m)
+            total[b] += s
+            centred[b] += t
+    return total, centred
+
+
+def _bn_backward(gy, y, x, mean, ca, cb, cc, relu, gx, gz):
+    """``gx = ca * gz - cb * (x - mean) - cc`` per channel, and ``gz`` (the
+    gradient before the normalisation: the residual's) when it has ``x``'s
+    shape."""
+    n, c, hw = x.shape
+    keep = gz.shape == x.shape
+    for a in range(n):
+        for b in range(c):
+            m = mean[b]
+            p = ca[b]
+            q = cb[b]
+            r = cc[b]
+            for k in range(hw):
+                g = gy[a, b, k]
+                if relu and not y[a, b, k] > 0:
+                    g = 0.0
+                if keep:
+                    gz[a, b, k] = g
+                gx[a, b, k] = p * g - q * (x[a, b, k] - m) - r
+
+
+bn_sums = _jit(_bn_sums)
+bn_forward = _jit(_bn_forward)
+bn_grad_sums = _jit(_bn_grad_sums)
+bn_backward = _jit(_bn_backward)
 pool_forward = _jit(_pool_forward)
 pool_backward = _jit(_pool_backward)
 depthwise_forward = _jit(_depthwise_forward)

@@ -16,7 +16,9 @@ on ``N`` ranks:
   across ranks, so with equal shards the update is the one a single process
   makes on the union of the ranks' batches;
 - BatchNorm statistics are synchronised across ranks by default
-  (``MultiNodeBatchNormalization``): a distributed B-ResNet-110 step is then
+  (the networks' :class:`branchynet.batch_norm.BatchNormalization` average
+  them themselves; other networks' ``L.BatchNormalization`` become
+  ChainerMN's ``MultiNodeBatchNormalization``): a distributed B-ResNet-110 step is then
   mathematically the single-process step; ``--no-sync-batchnorm`` keeps
   per-rank statistics (faster, not equivalent);
 - rank 0 alone writes: logs, snapshots (ChainerMN's multi-node snapshot:
@@ -27,11 +29,14 @@ Without MPI nothing of this is used: :data:`SINGLE` stands for one process.
 """
 import os
 
+import chainer
+import chainer.links as L
 import numpy
 from chainer import training
 from chainer.backends import cuda
 from chainer.datasets import TupleDataset
 
+from branchynet import batch_norm
 from branchynet.utils.errors import UserError
 
 GPU_COMMUNICATORS = ('pure_nccl', 'flat', 'non_cuda_aware')
@@ -221,8 +226,7 @@ class Cluster:
         """``net``, with BatchNorm synchronised across ranks if asked for."""
         if not (self.distributed and self.sync_batchnorm):
             return net
-        import chainermn.links
-        return chainermn.links.create_mnbn_model(net, self.comm)
+        return _synchronised(net, self.comm)
 
     def seed(self, seed):
         """A seed of this rank's own (its shuffling must differ from the others')."""
@@ -233,6 +237,31 @@ class Cluster:
         if self.distributed and spec.startswith('@cupy'):
             return '@cupy:{}'.format(self.comm.intra_rank)
         return spec
+
+
+def _synchronised(link, comm):
+    """``link`` with the statistics of its BatchNorms shared across ranks:
+    :class:`branchynet.batch_norm.BatchNormalization` links are given the
+    communicator (they average the statistics themselves); other
+    ``L.BatchNormalization`` links are replaced, in their parent, by
+    ChainerMN's ``MultiNodeBatchNormalization`` (what
+    ``chainermn.links.create_mnbn_model`` does, without copying the rest)."""
+    if isinstance(link, batch_norm.BatchNormalization):
+        link.comm = comm
+        return link
+    if isinstance(link, L.BatchNormalization):
+        import chainermn.links
+        return chainermn.links.create_mnbn_model(link, comm)
+    if isinstance(link, chainer.Sequential):
+        for i, child in enumerate(list(link)):
+            link[i] = _synchronised(child, comm)
+    elif isinstance(link, chainer.ChainList):
+        for i, child in enumerate(link._children):
+            link._children[i] = _synchronised(child, comm)
+    elif isinstance(link, chainer.Chain):
+        for name in link._children:
+            link.__dict__[name] = _synchronised(link.__dict__[name], comm)
+    return link
 
 
 class AveragedObservations(training.Extension):

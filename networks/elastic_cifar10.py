@@ -18,10 +18,9 @@ after every ``k``-th) or, with ``elastic=False``, the plain backbone: the
 same blocks and final head, one exit.
 """
 import chainer
-import chainer.functions as F
-import chainer.links as L
 
 from branchynet import elastic
+from branchynet.batch_norm import BatchNormalization
 from branchynet.layers import Convolution2D
 from networks.resnet_cifar10 import ResBlock
 
@@ -43,10 +42,10 @@ class ConvBN(chainer.Chain):
         with self.init_scope():
             self.conv = Convolution2D(in_channels, out_channels, ksize,
                                       stride, pad, nobias=True, groups=groups)
-            self.bn = L.BatchNormalization(out_channels)
+            self.bn = BatchNormalization(out_channels)
 
     def forward(self, x):
-        return F.relu(self.bn(self.conv(x)))
+        return self.bn(self.conv(x), relu=True)
 
     def port_description(self, prefix, describe):
         return {'type': 'sequence', 'layers': [

@@ -18,6 +18,7 @@ import chainer.links as L
 from chainer.initializers import LeCunNormal
 
 from branchynet import Branch, BranchyNet
+from branchynet.batch_norm import BatchNormalization
 from branchynet.layers import Convolution2D, average_pool, lrn, relu
 
 INPUT_SHAPE = (3, 32, 32)
@@ -47,15 +48,15 @@ class ResBlock(chainer.Chain):
         with self.init_scope():
             self.conv1 = Convolution2D(in_channels, out_channels, 3, stride,
                                          1, initialW=_residual_init())
-            self.bn1 = L.BatchNormalization(out_channels)
+            self.bn1 = BatchNormalization(out_channels)
             self.conv2 = Convolution2D(out_channels, out_channels, 3, 1, 1,
                                          initialW=_residual_init())
-            self.bn2 = L.BatchNormalization(out_channels)
+            self.bn2 = BatchNormalization(out_channels)
 
     def forward(self, x):
         """``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``."""
-        h = F.relu(self.bn1(self.conv1(x)))
-        h = self.bn2(self.conv2(h))
+        h = self.bn1(self.conv1(x), relu=True)
+        h = self.conv2(h)
         shortcut = x
         if self.extra_channels:
             # zero channels in front (a pad, not a concat with an array of
@@ -66,7 +67,8 @@ class ResBlock(chainer.Chain):
             # the reference's average_pooling_2d(1, stride), as a strided
             # slice: the same values without Chainer's im2col copy
             shortcut = shortcut[:, :, ::self.stride, ::self.stride]
-        return F.relu(h + shortcut)
+        # relu(bn2(h) + shortcut), in one pass each way on the CPU
+        return self.bn2(h, relu=True, residual=shortcut)
 
 
 def _stage(in_channels, out_channels, stride):
@@ -84,7 +86,7 @@ def get_network():
     lecun = LeCunNormal()
     layers = [
         Convolution2D(3, 16, 3, 1, 0, initialW=_residual_init()),  # 30x30
-        L.BatchNormalization(16), relu,
+        BatchNormalization(16), relu,
         Branch([
             Convolution2D(16, 64, 5, pad=2, initialW=lecun), relu, lrn(),
             Convolution2D(64, 32, 3, pad=1, initialW=lecun), relu,

@@ -57,3 +57,14 @@ def stops(capsys):
             assert message in text, text
         return text
     return run
+
+
+@pytest.fixture(params=['numba', 'numpy'])
+def loops(request, monkeypatch):
+    """Both inner loops of the CPU kernels: Numba's (when installed) and
+    NumPy's."""
+    from branchynet import kernels
+    if request.param == 'numba' and not kernels._jit.AVAILABLE:
+        pytest.skip('Numba is not installed')
+    monkeypatch.setattr(kernels, 'USE_JIT', request.param == 'numba')
+    return request.param
