@@ -327,7 +327,9 @@ def markdown(results):
               'training", says how to read these figures.']
     lines += ['', '## Speed on this CPU (median ms, timed in turns)', '',
               'Chainer stock: its own functions (`--kernels stock`); fast: '
-              'convolution and max pooling of branchynet/kernels.py '
+              'convolution and max pooling of branchynet/kernels.py, '
+              'training-mode BatchNorm (with the ReLU and residual addition '
+              'after it) of branchynet/batch_norm.py '
               '(`--kernels fast`, the default).', ''] + md.table([
                   'network', 'batch-1 early exit: Chainer stock', 'fast',
                   'PyTorch', 'joint training step (batch): Chainer stock',
