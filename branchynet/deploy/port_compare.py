@@ -279,6 +279,14 @@ def speed(kit, train_batch, repeats=5, latency_samples=50):
             'train_batch': train_batch, 'torch_threads': torch.get_num_threads()}
 
 
+# What ``--kernels fast`` replaced when a comparison was made (recorded in
+# its JSON; reports from before the fused BatchNorm say what they measured).
+FAST_KERNELS = ('convolution and max pooling of branchynet/kernels.py, '
+                'training-mode BatchNorm (with the ReLU and residual addition '
+                'after it) of branchynet/batch_norm.py')
+_FAST_KERNELS_BEFORE = 'convolution and max pooling of branchynet/kernels.py'
+
+
 def markdown(results):
     lines = ['# The PyTorch port against this project ({})'.format(
         results['environment']['cpu']), '',
@@ -327,10 +335,8 @@ def markdown(results):
               'training", says how to read these figures.']
     lines += ['', '## Speed on this CPU (median ms, timed in turns)', '',
               'Chainer stock: its own functions (`--kernels stock`); fast: '
-              'convolution and max pooling of branchynet/kernels.py, '
-              'training-mode BatchNorm (with the ReLU and residual addition '
-              'after it) of branchynet/batch_norm.py '
-              '(`--kernels fast`, the default).', ''] + md.table([
+              '{} (`--kernels fast`, the default).'.format(results.get(
+                  'fast_kernels', _FAST_KERNELS_BEFORE)), ''] + md.table([
                   'network', 'batch-1 early exit: Chainer stock', 'fast',
                   'PyTorch', 'joint training step (batch): Chainer stock',
                   'fast', 'PyTorch', 'stock / fast', 'fast / PyTorch'])
@@ -361,6 +367,7 @@ def run(networks, kit=None, data_dir=None, lockstep_steps=50,
     real MNIST for B-LeNet's kit and lockstep batches."""
     import torch
     results = {'kind': 'port-comparison', 'torch': torch.__version__,
+               'fast_kernels': FAST_KERNELS,
                'torch_threads': torch.get_num_threads(),
                'environment': environment.describe(), 'networks': {}}
     scratch = tempfile.mkdtemp(prefix='branchynet-kits-')
