@@ -554,7 +554,10 @@ def test_committed_reports_redraw_byte_identically_from_their_json(tmp_path):
     drawn = {'benchmarks/benchmark_cpu.md': benchmark.markdown(
         load('benchmarks/benchmark_cpu.json')),
         'port/compare_port.md': port_compare.markdown(
-            load('port/compare_port.json'))}
+            load('port/compare_port.json')),
+        'port/b_resnet110_fused_batchnorm/compare_port.md':
+            port_compare.markdown(load(
+                'port/b_resnet110_fused_batchnorm/compare_port.json'))}
     runs = ('b_lenet', 'b_lenet_validation', 'b_lenet_gpu', 'b_alexnet',
             'b_alexnet_gpu', 'b_alexnet_zca')
     for run in runs:
