@@ -146,8 +146,7 @@ class _BatchNormalizationReLUGrad(function_node.FunctionNode):
         if kernels.USE_JIT:
             _jit.bn_backward(gy3, y3, x3, mean, ca, cb, cc, node.relu, gx3,
                              gz3)
-        else:
-            gz = _mask(gy3, y3, node.relu)
+        else:  # gz: the masked gradient of the sums' pass above
             gx3[...] = ca[:, None] * gz - cb[:, None] * (
                 x3 - mean[:, None]) - cc[:, None]
             if self.residual:

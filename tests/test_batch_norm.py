@@ -4,8 +4,9 @@ addition and ReLU compute.
 Every BatchNorm shape of B-ResNet-110 and the elastic networks and odd
 shapes, with and without the ReLU and the residual, both inner loops:
 forward within 1e-6 and gradients within 1e-5 of the largest magnitude,
-the running statistics as Chainer updates them; then 50 joint training
-steps of B-ResNet-110 in lockstep with the stock functions.
+the running statistics as Chainer updates them; two ranks sharing the
+statistics; then one joint training step of B-ResNet-110, and 50 of a
+network of its residual blocks, in lockstep with the stock functions.
 """
 import chainer
 import chainer.functions as F
