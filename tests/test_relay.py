@@ -82,7 +82,10 @@ def test_a_relay_keeps_one_snapshot_and_every_sitting(data, tmp_path):
         relay.SNAPSHOT]
     saved = relay.read(str(tmp_path / 'relay'))
     assert [s['note'] for s in saved['sittings']] == ['first', 'second']
-    assert 'IN PROGRESS' in (tmp_path / 'relay' / 'PROGRESS.md').read_text()
+    progress = (tmp_path / 'relay' / 'PROGRESS.md').read_text()
+    assert 'IN PROGRESS' in progress
+    assert 'Saved 2 time(s) so far, the last at {} UTC'.format(
+        saved['sittings'][-1]['saved_utc']) in progress
     with pytest.raises(UserError, match='holds a run already'):
         relay.restore(str(tmp_path / 'relay'), run)
 

@@ -8,7 +8,8 @@ with the same number of ranks::
 
     relay.json        what the relay holds: the run's configuration
                       (run.json), the snapshot's phase and file name, the
-                      epochs done, every sitting so far
+                      epochs done, every save so far (a sitting may save
+                      more than once: while it runs, and at its stop)
     snapshot.npz      the latest Trainer snapshot: ONE file, replaced by
                       each save (in the joint phase, the joint one: it holds
                       the whole training state)
@@ -193,9 +194,10 @@ def progress_text(relay, relay_dir):
         '# {} — IN PROGRESS (a relay of resumable sittings)'.format(
             run['protocol']), '',
         'Not a result yet: the run is not finished. Epochs done: main {} of '
-        '{}, joint {} of {}; {} sitting(s) so far.'.format(
+        '{}, joint {} of {}. Saved {} time(s) so far, the last at {} UTC '
+        '(relay.json lists every save with its note).'.format(
             done['main'], planned['main'], done['joint'], planned['joint'],
-            len(relay['sittings'])), '']
+            len(relay['sittings']), relay['sittings'][-1]['saved_utc']), '']
     accuracies = ['{}: {:.2f} %'.format(key.split('/')[-2] if 'exit' in key
                                         else 'main network', 100 * value)
                   for key, value in sorted(latest.items())
