@@ -502,6 +502,20 @@ def test_a_folder_that_failed_before_work_is_discarded_whole(tmp_path):
     assert existing.is_dir() and os.listdir(str(existing)) == []
 
 
+def test_a_refused_call_leaves_the_folder_record_untouched(tmp_path):
+    path = str(tmp_path / 'run')
+    with OutputFolder.open(path, 'run', foreign_ok=False) as folder:
+        folder.write_text('run.json', '{}')
+    record = os.path.join(path, ownership.RECORD)
+    os.utime(record, ns=(0, 0))
+    before = open(record, 'rb').read()
+    folder = OutputFolder.open(path, 'run', foreign_ok=False)
+    folder.discard()  # as relay.restore does when it refuses the folder
+    assert open(record, 'rb').read() == before
+    assert os.stat(record).st_mtime_ns == 0
+    assert open(os.path.join(path, 'run.json')).read() == '{}'
+
+
 def test_partial_files_are_removed_only_for_names_this_program_writes(
         tmp_path):
     for name in ('.partial-results.json-x.tmp', '.partial-thesis.tex-x.tmp'):

@@ -253,7 +253,9 @@ class OutputFolder:
         made it and it names nothing any more). For a call that failed before it
         made anything worth keeping: an earlier run's files, a resumed
         run's own included, stay."""
-        self.remove(sorted(n for n in self._new_files if self.owns(n)))
+        written = sorted(n for n in self._new_files if self.owns(n))
+        if written:
+            self.remove(written)
         for folder in sorted(self._new_folders, reverse=True):
             if folder in self.record['folders'] and \
                     _remove_if_empty(self.file(folder)):
@@ -262,8 +264,8 @@ class OutputFolder:
             record_path = os.path.join(self.path, RECORD)
             if os.path.isfile(record_path):
                 os.remove(record_path)
-        else:
-            self._save_record()
+        elif self._record_on_disk() != self.record:
+            self._save_record()  # only if it changed: a refusal writes nothing
         self.close()
         if self._created:
             _remove_if_empty(self.path)
@@ -477,6 +479,12 @@ class OutputFolder:
                     self._adopt(name + '/' + entry, opaque)
         elif os.path.isfile(path):
             self.record['files'][name] = files.sha256(path)
+
+    def _record_on_disk(self):
+        try:
+            return read_record(self.path)
+        except (FileProblem, OSError, ValueError):
+            return None
 
     def _save_record(self):
         files.write_json(os.path.join(self.path, RECORD), self.record)
