@@ -41,12 +41,7 @@ def parse(argv=None):
 
 
 def main(argv=None):
-    config, resume = parse(argv)
-    with cli.one_line_errors('run_deep_shallow.py',
-                             interrupted='interrupted: continue with the same '
-                                         'command and --resume'):
-        summary = deep_shallow.run(config, resume)
-    print(deep_shallow.table2_markdown(summary))
+    depth_cli.main('run_deep_shallow.py', parse, deep_shallow.run, deep_shallow.table2_markdown, argv)
 
 
 if __name__ == '__main__':

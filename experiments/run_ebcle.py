@@ -50,12 +50,7 @@ def parse(argv=None):
 
 
 def main(argv=None):
-    config, resume = parse(argv)
-    with cli.one_line_errors('run_ebcle.py',
-                             interrupted='interrupted: continue with the same '
-                                         'command and --resume'):
-        summary = ebcle.run(config, resume)
-    print(ebcle.results_markdown(summary))
+    depth_cli.main('run_ebcle.py', parse, ebcle.run, ebcle.results_markdown, argv)
 
 
 if __name__ == '__main__':

@@ -78,3 +78,12 @@ def parse(p, argv, smoke, default_out):
                       device=args.device, progress=not args.no_progress,
                       cache_dir=args.cache_dir,
                       official=not args.unofficial_data)
+
+
+def main(script, parse, run, markdown, argv=None):
+    """A study script's body: parse, run (resumable), print its table."""
+    config, resume = parse(argv)
+    with cli.one_line_errors(script, interrupted='interrupted: continue '
+                             'with the same command and --resume'):
+        summary = run(config, resume)
+    print(markdown(summary))
