@@ -90,6 +90,28 @@ def test_a_relay_keeps_one_snapshot_and_every_sitting(data, tmp_path):
         relay.restore(str(tmp_path / 'relay'), run)
 
 
+def test_progress_names_the_phase_of_the_latest_test_accuracy():
+    run = {'protocol': 'b_lenet', 'epoch_main': 2, 'epoch_joint': 3}
+    main_log = [{'epoch': e, 'validation/main/accuracy': a}
+                for e, a in ((1, 0.5), (2, 0.75))]
+    joint_log = [{'epoch': 1, 'validation/main/exit0/accuracy': 0.25,
+                  'validation/main/exit1/accuracy': 0.875}]
+    sittings = [{'saved_utc': '2026-12-05T02:08:51'}]
+    # the joint phase's first snapshot, before its first epoch ends
+    relay_dict = dict(relay.progress(run, {'main': main_log, 'joint': None}),
+                      run=run, phase='joint', sittings=sittings)
+    text = relay.progress_text(relay_dict, 'figures/x')
+    assert 'Epochs done: main 2 of 2, joint 0 of 3.' in text
+    assert 'Latest test accuracy (epoch 2 of the main phase): main ' \
+        'network: 75.00 %.' in text
+    relay_dict = dict(relay.progress(run, {'main': main_log,
+                                           'joint': joint_log}),
+                      run=run, phase='joint', sittings=sittings)
+    text = relay.progress_text(relay_dict, 'figures/x')
+    assert 'Latest test accuracy (epoch 1 of the joint phase): exit0: ' \
+        '25.00 %, exit1: 87.50 %.' in text
+
+
 def test_the_committed_fixture_is_a_joint_phase_relay_of_two_ranks():
     saved = relay.read(FIXTURE)
     assert saved['phase'] == 'joint' and saved['run']['protocol'] == 'b_lenet'

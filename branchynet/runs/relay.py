@@ -204,8 +204,11 @@ def progress_text(relay, relay_dir):
                   if key.startswith('validation/') and
                   key.endswith('accuracy') and value is not None]
     if accuracies:
+        # the latest entry's phase: the joint snapshot may come before
+        # the joint phase's first log entry
+        phase = 'joint' if done['joint'] else 'main'
         lines += ['Latest test accuracy (epoch {} of the {} phase): {}.'.format(
-            latest.get('epoch'), relay['phase'], ', '.join(accuracies)), '']
+            latest.get('epoch'), phase, ', '.join(accuracies)), '']
     ranks = (run.get('distributed') or {}).get('ranks', 1)
     launch = 'OPENBLAS_NUM_THREADS=1 .venv/bin/mpiexec -n {} '.format(ranks) \
         if ranks > 1 else ''
