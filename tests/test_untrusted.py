@@ -559,6 +559,25 @@ def test_a_port_kit_manifest_naming_other_files_is_refused(tmp_path):
         port_kit.read(kit)
 
 
+@pytest.mark.parametrize('name', ['..', '.', '', 'log', '../../x',
+                                  'snapshot_epoch_2.0/../../x'])
+def test_a_relay_naming_another_file_for_its_snapshot_is_refused(tmp_path,
+                                                                  name):
+    relay_dir = copy_of(os.path.join(ROOT, 'tests', 'data',
+                                     'relay_b_lenet_2ranks'), tmp_path,
+                        'relay')
+    path = os.path.join(relay_dir, relay.RELAY_FILE)
+    with open(path) as f:
+        content = json.load(f)
+    content['snapshot_name'] = name
+    with open(path, 'w') as f:
+        json.dump(content, f)
+    run = str(tmp_path / 'run')
+    with pytest.raises(FileProblem, match='snapshot_name'):
+        relay.restore(relay_dir, run)
+    assert not os.path.exists(run)
+
+
 # --- 6. no half-made outputs -------------------------------------------------------------
 
 def test_a_restore_that_fails_leaves_nothing_and_can_be_done_again(tmp_path):

@@ -23,6 +23,7 @@ with the same number of ranks::
 """
 import datetime
 import os
+import re
 
 from branchynet.runs import reading
 from branchynet.runs.run_folder import (
@@ -40,6 +41,8 @@ KIND = 'branchynet-relay'
 FOLDER_KIND = 'relay'
 RELAY_FILE = 'relay.json'
 SNAPSHOT = 'snapshot.npz'
+# the names the Trainer gives its snapshots (branchynet.training.SNAPSHOT)
+SNAPSHOT_NAME = re.compile(r'snapshot_epoch_[0-9]+(\.[0-9]+)?')
 BASELINE = MODEL_FILES['main']
 
 
@@ -119,8 +122,8 @@ def read(relay_dir):
         'epochs_done': {'main': reading.Integer, 'joint': reading.Integer},
         'epochs_planned': {'main': reading.Integer,
                            'joint': reading.Integer}}, path)
-    if relay['phase'] not in PHASES or os.path.basename(
-            relay['snapshot_name']) != relay['snapshot_name']:
+    if relay['phase'] not in PHASES or not SNAPSHOT_NAME.fullmatch(
+            relay['snapshot_name']):  # what the Trainer writes and resumes
         raise FileProblem('{}: phase or snapshot_name is not what a relay '
                           'holds'.format(path))
     return relay
