@@ -112,6 +112,32 @@ def test_progress_names_the_phase_of_the_latest_test_accuracy():
         '25.00 %, exit1: 87.50 %.' in text
 
 
+def test_progress_gives_the_pace_and_the_time_left():
+    run = {'protocol': 'b_lenet', 'epoch_main': 2, 'epoch_joint': 3}
+    main_log = [{'epoch': 1, 'elapsed_time': 600.0},
+                {'epoch': 2, 'elapsed_time': 1200.0}]
+    sittings = [{'saved_utc': '2026-12-05T02:08:51'}]
+
+    def text(logs):
+        return relay.progress_text(dict(relay.progress(run, logs), run=run,
+                                        phase='joint', sittings=sittings),
+                                   'figures/x')
+    assert 'Pace so far (an epoch, its test pass included): main 10.0 ' \
+        'min. Left: 3 joint epoch(s) (the joint phase not timed yet).' in \
+        text({'main': main_log, 'joint': None})
+    # 2 joint epochs in 2400 s: 20 minutes each, one left
+    assert 'main 10.0 min, joint 20.0 min. Left: 1 joint epoch(s), about ' \
+        '0.3 hours at that pace.' in text({'main': main_log, 'joint': [
+            {'epoch': 1, 'elapsed_time': 1300.0},
+            {'epoch': 2, 'elapsed_time': 2400.0}]})
+    assert 'No epoch is left.' in text({'main': main_log, 'joint': [
+        {'epoch': e, 'elapsed_time': 100.0 * e} for e in (1, 2, 3)]})
+    # a log entry without a usable time gives no pace
+    assert 'none measured yet. Left: 1 main epoch(s) and 3 joint epoch(s) ' \
+        '(the main phase and the joint phase not timed yet).' in text(
+            {'main': [{'epoch': 1, 'elapsed_time': 'soon'}], 'joint': None})
+
+
 def test_the_committed_fixture_is_a_joint_phase_relay_of_two_ranks():
     saved = relay.read(FIXTURE)
     assert saved['phase'] == 'joint' and saved['run']['protocol'] == 'b_lenet'

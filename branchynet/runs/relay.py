@@ -56,7 +56,41 @@ def progress(run, logs):
     planned = {'main': run['epoch_main'], 'joint': run['epoch_joint']}
     latest = next((logs[p][-1] for p in reversed(PHASES) if logs.get(p)),
                   None)
-    return {'epochs_done': done, 'epochs_planned': planned, 'latest': latest}
+    return {'epochs_done': done, 'epochs_planned': planned, 'latest': latest,
+            'epoch_seconds': {p: _epoch_seconds(logs.get(p)) for p in PHASES}}
+
+
+def _epoch_seconds(log):
+    """The mean seconds an epoch of the phase took so far (its test pass
+    included; the Trainer's elapsed time, which a resume carries on), or
+    ``None`` before its first epoch."""
+    elapsed = log[-1].get('elapsed_time') if log else None
+    if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) \
+            or not elapsed > 0:
+        return None
+    return elapsed / len(log)
+
+
+def _time_left(relay):
+    """A sentence on the pace so far and the training left."""
+    done, planned = relay['epochs_done'], relay['epochs_planned']
+    pace = relay.get('epoch_seconds') or {}
+    left = {p: max(planned[p] - done[p], 0) for p in PHASES}
+    paces = ', '.join('{} {:.1f} min'.format(p, pace[p] / 60)
+                      for p in PHASES if pace.get(p))
+    sentence = 'Pace so far (an epoch, its test pass included): {}. '.format(
+        paces or 'none measured yet')
+    untimed = [p for p in PHASES if left[p] and not pace.get(p)]
+    epochs = ' and '.join('{} {} epoch(s)'.format(left[p], p)
+                          for p in PHASES if left[p])
+    if not epochs:
+        return sentence + 'No epoch is left.'
+    if untimed:
+        return sentence + 'Left: {} ({} not timed yet).'.format(
+            epochs, ' and '.join('the ' + p + ' phase' for p in untimed))
+    hours = sum(left[p] * pace[p] for p in PHASES) / 3600
+    return sentence + 'Left: {}, about {:.1f} hours at that pace.'.format(
+        epochs, hours)
 
 
 def save(run_dir, relay_dir, note=None):
@@ -200,7 +234,8 @@ def progress_text(relay, relay_dir):
         '{}, joint {} of {}. Saved {} time(s) so far, the last at {} UTC '
         '(relay.json lists every save with its note).'.format(
             done['main'], planned['main'], done['joint'], planned['joint'],
-            len(relay['sittings']), relay['sittings'][-1]['saved_utc']), '']
+            len(relay['sittings']), relay['sittings'][-1]['saved_utc']), '',
+        _time_left(relay), '']
     accuracies = ['{}: {:.2f} %'.format(key.split('/')[-2] if 'exit' in key
                                         else 'main network', 100 * value)
                   for key, value in sorted(latest.items())
