@@ -41,7 +41,8 @@ def parse(argv=None):
 
 
 def main(argv=None):
-    depth_cli.main('run_deep_shallow.py', parse, deep_shallow.run, deep_shallow.table2_markdown, argv)
+    depth_cli.main('run_deep_shallow.py', parse, deep_shallow.run,
+                   deep_shallow.table2_markdown, argv)
 
 
 if __name__ == '__main__':

@@ -50,7 +50,8 @@ def parse(argv=None):
 
 
 def main(argv=None):
-    depth_cli.main('run_ebcle.py', parse, ebcle.run, ebcle.results_markdown, argv)
+    depth_cli.main('run_ebcle.py', parse, ebcle.run, ebcle.results_markdown,
+                   argv)
 
 
 if __name__ == '__main__':
