@@ -10,6 +10,7 @@ continues exactly where an uninterrupted one would be.
 """
 import glob
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -26,6 +27,8 @@ from branchynet.utils.errors import FileProblem
 from branchynet.utils.schema import Integer, ListOf, check
 
 SNAPSHOT = 'snapshot_epoch_{.updater.epoch}'
+# the names SNAPSHOT gives (the epoch may print as 8 or as 8.0)
+SNAPSHOT_NAME = re.compile(r'snapshot_epoch_[0-9]+(\.[0-9]+)?')
 # A snapshot is also taken within an epoch once this many minutes have
 # passed since the last one, so that an interrupted run repeats at most
 # that much work (a B-ResNet-110 epoch takes most of an hour on a CPU).

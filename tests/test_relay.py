@@ -90,52 +90,52 @@ def test_a_relay_keeps_one_snapshot_and_every_sitting(data, tmp_path):
         relay.restore(str(tmp_path / 'relay'), run)
 
 
+PAGE_RUN = {'protocol': 'b_lenet', 'epoch_main': 2, 'epoch_joint': 3}
+
+
+def progress_page(logs):
+    """PROGRESS.md's text for a relay of PAGE_RUN with these logs, saved in
+    the joint phase (its first snapshot may come before its first log
+    entry)."""
+    saved = dict(relay.progress(PAGE_RUN, logs), run=PAGE_RUN, phase='joint',
+                 sittings=[{'saved_utc': '2026-12-05T02:08:51'}])
+    return relay.progress_text(saved, 'figures/x')
+
+
 def test_progress_names_the_phase_of_the_latest_test_accuracy():
-    run = {'protocol': 'b_lenet', 'epoch_main': 2, 'epoch_joint': 3}
     main_log = [{'epoch': e, 'validation/main/accuracy': a}
                 for e, a in ((1, 0.5), (2, 0.75))]
     joint_log = [{'epoch': 1, 'validation/main/exit0/accuracy': 0.25,
                   'validation/main/exit1/accuracy': 0.875}]
-    sittings = [{'saved_utc': '2026-12-05T02:08:51'}]
-    # the joint phase's first snapshot, before its first epoch ends
-    relay_dict = dict(relay.progress(run, {'main': main_log, 'joint': None}),
-                      run=run, phase='joint', sittings=sittings)
-    text = relay.progress_text(relay_dict, 'figures/x')
+    text = progress_page({'main': main_log, 'joint': None})
     assert 'Epochs done: main 2 of 2, joint 0 of 3.' in text
     assert 'Latest test accuracy (epoch 2 of the main phase): main ' \
         'network: 75.00 %.' in text
-    relay_dict = dict(relay.progress(run, {'main': main_log,
-                                           'joint': joint_log}),
-                      run=run, phase='joint', sittings=sittings)
-    text = relay.progress_text(relay_dict, 'figures/x')
+    text = progress_page({'main': main_log, 'joint': joint_log})
     assert 'Latest test accuracy (epoch 1 of the joint phase): exit0: ' \
         '25.00 %, exit1: 87.50 %.' in text
 
 
 def test_progress_gives_the_pace_and_the_time_left():
-    run = {'protocol': 'b_lenet', 'epoch_main': 2, 'epoch_joint': 3}
     main_log = [{'epoch': 1, 'elapsed_time': 600.0},
                 {'epoch': 2, 'elapsed_time': 1200.0}]
-    sittings = [{'saved_utc': '2026-12-05T02:08:51'}]
-
-    def text(logs):
-        return relay.progress_text(dict(relay.progress(run, logs), run=run,
-                                        phase='joint', sittings=sittings),
-                                   'figures/x')
     assert 'Pace so far (an epoch, its test pass included): main 10.0 ' \
         'min. Left: 3 joint epoch(s) (the joint phase not timed yet).' in \
-        text({'main': main_log, 'joint': None})
+        progress_page({'main': main_log, 'joint': None})
     # 2 joint epochs in 2400 s: 20 minutes each, one left
+    two_joint = [{'epoch': 1, 'elapsed_time': 1300.0},
+                 {'epoch': 2, 'elapsed_time': 2400.0}]
     assert 'main 10.0 min, joint 20.0 min. Left: 1 joint epoch(s), about ' \
-        '0.3 hours at that pace.' in text({'main': main_log, 'joint': [
-            {'epoch': 1, 'elapsed_time': 1300.0},
-            {'epoch': 2, 'elapsed_time': 2400.0}]})
-    assert 'No epoch is left.' in text({'main': main_log, 'joint': [
-        {'epoch': e, 'elapsed_time': 100.0 * e} for e in (1, 2, 3)]})
+        '0.3 hours at that pace.' in \
+        progress_page({'main': main_log, 'joint': two_joint})
+    all_joint = [{'epoch': e, 'elapsed_time': 100.0 * e} for e in (1, 2, 3)]
+    assert 'No epoch is left.' in \
+        progress_page({'main': main_log, 'joint': all_joint})
     # a log entry without a usable time gives no pace
     assert 'none measured yet. Left: 1 main epoch(s) and 3 joint epoch(s) ' \
-        '(the main phase and the joint phase not timed yet).' in text(
-            {'main': [{'epoch': 1, 'elapsed_time': 'soon'}], 'joint': None})
+        '(the main phase and the joint phase not timed yet).' in \
+        progress_page({'main': [{'epoch': 1, 'elapsed_time': 'soon'}],
+                       'joint': None})
 
 
 def test_the_committed_fixture_is_a_joint_phase_relay_of_two_ranks():

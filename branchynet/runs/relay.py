@@ -23,7 +23,6 @@ with the same number of ranks::
 """
 import datetime
 import os
-import re
 
 from branchynet.runs import reading
 from branchynet.runs.run_folder import (
@@ -32,7 +31,8 @@ from branchynet.runs.run_folder import (
     RUN_FILE,
     RunFolder,
 )
-from branchynet.training import LOG, PHASES, check_snapshot, read_log
+from branchynet.training import (LOG, PHASES, SNAPSHOT_NAME, check_snapshot,
+                                 read_log)
 from branchynet.utils import environment, files
 from branchynet.utils.errors import FileProblem, UserError
 from branchynet.utils.ownership import OutputFolder
@@ -41,8 +41,6 @@ KIND = 'branchynet-relay'
 FOLDER_KIND = 'relay'
 RELAY_FILE = 'relay.json'
 SNAPSHOT = 'snapshot.npz'
-# the names the Trainer gives its snapshots (branchynet.training.SNAPSHOT)
-SNAPSHOT_NAME = re.compile(r'snapshot_epoch_[0-9]+(\.[0-9]+)?')
 BASELINE = MODEL_FILES['main']
 
 
