@@ -103,18 +103,22 @@ def fresh_optimizer_state(links):
                 rule.init_state(param)
 
 
-def has_snapshot(out):
-    """Whether ``out`` holds a trainer snapshot of this module."""
-    return bool(glob.glob(os.path.join(out, 'snapshot_epoch_*')))
-
-
 PHASES = ('main', 'joint')
 
 
 def latest_snapshot(out):
-    """The snapshot a resumed phase in ``out`` continues from, or ``None``."""
+    """The snapshot a resumed phase in ``out`` continues from, or ``None``.
+
+    Every name with the snapshots' prefix counts, as Chainer's autoload
+    takes the newest of them.
+    """
     found = glob.glob(os.path.join(glob.escape(out), 'snapshot_epoch_*'))
     return max(found, key=os.path.getmtime) if found else None
+
+
+def has_snapshot(out):
+    """Whether ``out`` holds a trainer snapshot of this module."""
+    return latest_snapshot(out) is not None
 
 
 class SnapshotCheck(training.Extension):

@@ -88,3 +88,21 @@ def test_a_wrapped_snapshot_is_taken_once_per_epoch(tmp_path):
                 str(tmp_path / 'phase'), 4, chainer.get_device('@numpy'),
                 seed=0, progress=False, cluster=cluster)
     assert cluster.wrapped.iterations == [4, 8]
+
+
+
+@pytest.mark.parametrize('name', ['run', 'run[1]', 'run*'])
+def test_a_snapshot_is_found_whatever_the_folder_is_called(tmp_path, name):
+    # glob characters in the folder's name once hid its snapshot from the
+    # check that refuses to start a new run over an old one ('run[1]'), or
+    # found a sibling's ('run*' matches 'run1')
+    from branchynet.training import has_snapshot, latest_snapshot
+    out, sibling = tmp_path / name, tmp_path / 'run1'
+    out.mkdir()
+    sibling.mkdir()
+    (sibling / 'snapshot_epoch_5').write_bytes(b'')
+    assert not has_snapshot(str(out))
+    assert latest_snapshot(str(out)) is None
+    (out / 'snapshot_epoch_3').write_bytes(b'')
+    assert has_snapshot(str(out))
+    assert latest_snapshot(str(out)) == str(out / 'snapshot_epoch_3')
