@@ -573,7 +573,7 @@ def test_committed_reports_redraw_byte_identically_from_their_json(tmp_path):
             port_compare.markdown(load(
                 'port/b_resnet110_fused_batchnorm/compare_port.json'))}
     runs = ('b_lenet', 'b_lenet_validation', 'b_lenet_gpu', 'b_alexnet',
-            'b_alexnet_gpu', 'b_alexnet_zca')
+            'b_alexnet_gpu', 'b_alexnet_zca', 'b_resnet110')
     for run in runs:
         drawn[run + '/table1.md'] = report.table1_markdown(
             load(run + '/results.json'))
