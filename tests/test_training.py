@@ -5,7 +5,8 @@ import pytest
 from helpers import make_tiny_net, tiny_batch
 
 from branchynet.loss import BranchyLoss
-from branchynet.training import fresh_optimizer_state
+from branchynet.training import (fresh_optimizer_state, has_snapshot,
+                                 latest_snapshot)
 
 
 def test_exit_heads_start_joint_training_with_fresh_adam_state():
@@ -90,13 +91,11 @@ def test_a_wrapped_snapshot_is_taken_once_per_epoch(tmp_path):
     assert cluster.wrapped.iterations == [4, 8]
 
 
-
 @pytest.mark.parametrize('name', ['run', 'run[1]', 'run*'])
 def test_a_snapshot_is_found_whatever_the_folder_is_called(tmp_path, name):
     # glob characters in the folder's name once hid its snapshot from the
     # check that refuses to start a new run over an old one ('run[1]'), or
     # found a sibling's ('run*' matches 'run1')
-    from branchynet.training import has_snapshot, latest_snapshot
     out, sibling = tmp_path / name, tmp_path / 'run1'
     out.mkdir()
     sibling.mkdir()
