@@ -83,11 +83,21 @@ def test_a_relay_keeps_one_snapshot_and_every_sitting(data, tmp_path):
     saved = relay.read(str(tmp_path / 'relay'))
     assert [s['note'] for s in saved['sittings']] == ['first', 'second']
     progress = (tmp_path / 'relay' / 'PROGRESS.md').read_text()
-    assert 'IN PROGRESS' in progress
+    assert 'TRAINING FINISHED' in progress and 'IN PROGRESS' not in progress
     assert 'Saved 2 time(s) so far, the last at {} UTC'.format(
         saved['sittings'][-1]['saved_utc']) in progress
     with pytest.raises(UserError, match='holds a run already'):
         relay.restore(str(tmp_path / 'relay'), run)
+    # as its page says: restored and resumed, the finished run trains
+    # nothing more and writes the same models
+    relay.restore(str(tmp_path / 'relay'), str(tmp_path / 'again'))
+    cli.main('b_lenet', ['-o', str(tmp_path / 'again'), '--resume',
+                         '--data-dir', data] + FLAGS)
+    for name in ('baseline.npz', 'branchynet.npz'):
+        with numpy.load(os.path.join(run, name)) as a, \
+                numpy.load(tmp_path / 'again' / name) as b:
+            for key in a.files:
+                numpy.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 PAGE_RUN = {'protocol': 'b_lenet', 'epoch_main': 2, 'epoch_joint': 3}
@@ -114,6 +124,19 @@ def test_progress_names_the_phase_of_the_latest_test_accuracy():
     text = progress_page({'main': main_log, 'joint': joint_log})
     assert 'Latest test accuracy (epoch 1 of the joint phase): exit0: ' \
         '25.00 %, exit1: 87.50 %.' in text
+
+
+def test_progress_says_whether_training_is_finished():
+    one = [{'epoch': 1}]
+    unfinished = progress_page({'main': one + [{'epoch': 2}], 'joint': one})
+    assert unfinished.startswith('# b_lenet — IN PROGRESS')
+    assert 'Not a result yet' in unfinished
+    assert 'relay.py save /tmp/b_lenet figures/x' in unfinished
+    done = progress_page({'main': one + [{'epoch': 2}],
+                          'joint': one + [{'epoch': 2}, {'epoch': 3}]})
+    assert done.startswith('# b_lenet — TRAINING FINISHED')
+    assert 'Not a result yet' not in done and 'relay.py save' not in done
+    assert 'run_b_lenet.py --resume -o /tmp/b_lenet' in done
 
 
 def test_progress_gives_the_pace_and_the_time_left():

@@ -69,6 +69,12 @@ def _epoch_seconds(log):
     return elapsed / len(log)
 
 
+def finished(relay):
+    """Whether the relay's run has trained every planned epoch."""
+    done, planned = relay['epochs_done'], relay['epochs_planned']
+    return all(done[p] >= planned[p] for p in PHASES)
+
+
 def _time_left(relay):
     """A sentence on the pace so far and the training left."""
     done, planned = relay['epochs_done'], relay['epochs_planned']
@@ -225,14 +231,20 @@ def progress_text(relay, relay_dir):
     that continue it from ``relay_dir``."""
     done, planned = relay['epochs_done'], relay['epochs_planned']
     run, latest = relay['run'], relay['latest'] or {}
+    if finished(relay):
+        state, standing = 'TRAINING FINISHED', 'Training is finished.'
+    else:
+        state, standing = 'IN PROGRESS', (
+            'Not a result yet: the run is not finished.')
     lines = [
-        '# {} — IN PROGRESS (a relay of resumable sittings)'.format(
-            run['protocol']), '',
-        'Not a result yet: the run is not finished. Epochs done: main {} of '
-        '{}, joint {} of {}. Saved {} time(s) so far, the last at {} UTC '
-        '(relay.json lists every save with its note).'.format(
-            done['main'], planned['main'], done['joint'], planned['joint'],
-            len(relay['sittings']), relay['sittings'][-1]['saved_utc']), '',
+        '# {} — {} (a relay of resumable sittings)'.format(
+            run['protocol'], state), '',
+        '{} Epochs done: main {} of {}, joint {} of {}. Saved {} time(s) so '
+        'far, the last at {} UTC (relay.json lists every save with its '
+        'note).'.format(
+            standing, done['main'], planned['main'], done['joint'],
+            planned['joint'], len(relay['sittings']),
+            relay['sittings'][-1]['saved_utc']), '',
         _time_left(relay), '']
     accuracies = ['{}: {:.2f} %'.format(key.split('/')[-2] if 'exit' in key
                                         else 'main network', 100 * value)
@@ -250,17 +262,24 @@ def progress_text(relay, relay_dir):
         if ranks > 1 else ''
     key = run['protocol']
     relay_dir = os.path.normpath(relay_dir)
-    lines += [
-        'Continue it on {} rank(s), as it started (DATA: the dataset '
-        'folder):'.format(ranks), '',
-        '```bash',
+    commands = [
         '.venv/bin/python experiments/relay.py restore {} /tmp/{}'.format(
             relay_dir, key),
         '{}nice .venv/bin/python experiments/run_{}.py --resume -o /tmp/{} '
-        '--data-dir DATA'.format(launch, key, key),
-        '.venv/bin/python experiments/relay.py save /tmp/{} {}'.format(
-            key, relay_dir),
-        '```', '', 'Curves so far: `progress.png`.', '']
+        '--data-dir DATA'.format(launch, key, key)]
+    if finished(relay):
+        lines += ['Its models come back on {} rank(s), as it ran (DATA: the '
+                  'dataset folder): resumed, a finished run trains nothing '
+                  'more; it writes its models and evaluates them.'.format(
+                      ranks), '', '```bash'] + commands + [
+            '```', '', 'Training curves: `progress.png`.', '']
+    else:
+        lines += ['Continue it on {} rank(s), as it started (DATA: the '
+                  'dataset folder):'.format(ranks), '', '```bash'] + \
+            commands + [
+            '.venv/bin/python experiments/relay.py save /tmp/{} {}'.format(
+                key, relay_dir),
+            '```', '', 'Curves so far: `progress.png`.', '']
     return '\n'.join(lines)
 
 
@@ -270,6 +289,8 @@ def _draw(relay, logs, folder):
         return
     figure = figures.curves(
         logs.get('main') or [], logs.get('joint') or [],
+        '[TRAINING FINISHED] {}: training curves'.format(
+            relay['run']['protocol']) if finished(relay) else
         '[IN PROGRESS] {}: training so far'.format(relay['run']['protocol']))
     with folder.open_file('progress.png') as f:
         figure.savefig(f, format='png', bbox_inches='tight', dpi=120)
