@@ -15,6 +15,7 @@ OpenVINO, tract; ONNX's reference evaluator on request), in turns. The
 model's contract:
 branchynet/deploy/onnx_export.py and PORTING.md.
 """
+import argparse
 import os
 
 import branchynet  # noqa: F401  (first: prepares Chainer for NumPy 2)
@@ -60,6 +61,7 @@ def measure(args):
         networks=tuple(args.networks) if args.networks else None,
         at=args.at, data_dir=args.data_dir,
         official=not args.unofficial_data, test_size=args.test_size,
+        parity_sizes=tuple(args.parity_size or ()),
         noise_size=args.noise_size, timing_samples=args.timing_samples,
         repeats=args.repeats, batch=args.batch, keep_models=args.keep_models)
     results = deploy_report.measure(
@@ -70,6 +72,16 @@ def measure(args):
 
 
 DEFAULTS = deploy_report.Measurement(out='')
+
+
+def network_size(text):
+    """``NETWORK=N`` (``--parity-size``) as ``(network, n)``."""
+    key, _, size = text.partition('=')
+    if key not in benchmark.NETWORKS:
+        raise argparse.ArgumentTypeError('{!r}: not NETWORK=N with NETWORK '
+                                         'one of {}'.format(
+                                             text, ', '.join(benchmark.NETWORKS)))
+    return key, cli.positive_int(size)
 
 
 def runtimes(args):
@@ -115,7 +127,15 @@ def main(argv=None):
                       help='accept data files that are not the official '
                            'ones (a subset, synthetic data)')
     many.add_argument('--test-size', type=cli.positive_int, default=DEFAULTS.test_size,
-                      help='test images of a run for the parity check')
+                      help='test images of a run (its parity check and '
+                           'accuracy)')
+    many.add_argument('--parity-size', type=network_size, action='append',
+                      metavar='NETWORK=N',
+                      help='check that network\'s parity on its first N '
+                           'test images only (repeat for several): every '
+                           'threshold vector runs the deployed model again, '
+                           'and B-ResNet-110\'s 289 vectors on 10000 images '
+                           'take hours on a CPU')
     many.add_argument('--noise-size', type=cli.positive_int, default=DEFAULTS.noise_size,
                       help='noise images for a network without a run')
     many.add_argument('--timing-samples', type=cli.positive_int,

@@ -195,9 +195,12 @@ def test_measure_reports_the_deployed_rows_of_table1(tmp_path, at,
     report = deploy_experiment().main([
         'measure', '--run', COMMITTED, '--networks', 'b_lenet', '--at', at,
         '--data-dir', str(tmp_path / 'data'), '--unofficial-data',
-        '--timing-samples', '4',
+        '--timing-samples', '4', '--parity-size', 'b_lenet=10',
         '--repeats', '1', '--batch', '8', '--out', str(tmp_path / 'out')])
     test = report['networks']['b_lenet']['test']
+    # the parity check on the first 10 images, at every vector of the sweep
+    parity = report['networks']['b_lenet']['parity']
+    assert (parity['samples'], parity['vectors']) == (10, 17)
     assert test['thresholds'] == thresholds
     data = datasets.load_mnist(str(tmp_path / 'data' / 'mnist'),
                                train_size=1, official=False)

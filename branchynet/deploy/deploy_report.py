@@ -103,7 +103,10 @@ class Measurement:
         at: ``'paper'`` (the paper's thresholds) or ``'knee'`` (each run's
             knee from its results.json).
         data_dir, official: the runs' test images (``None``: noise).
-        test_size: test images of a run for the parity check.
+        test_size: test images of a run (its parity check and accuracy).
+        parity_sizes: ``(network, n)`` pairs: that network's parity check
+            on its first ``n`` test images only (every threshold vector runs
+            the deployed model again); the others check all of them.
         noise_size: noise images of a network without a run.
         timing_samples: images timed at batch size 1.
         repeats: timed passes (the median is reported).
@@ -117,6 +120,7 @@ class Measurement:
     data_dir: str = None
     official: bool = True
     test_size: int = 10000
+    parity_sizes: tuple = ()
     noise_size: int = 256
     timing_samples: int = 500
     repeats: int = 3
@@ -157,9 +161,10 @@ def measure_network(key, args, run_dir, at, folder, scratch, say):
     protocol = protocols.get(key)
     vectors = [list(v) for v in itertools.product(
         protocol.threshold_list, repeat=net.num_exits - 1)]
+    checked_x = x[:dict(args.parity_sizes).get(key, len(x))]
     say('{}: parity on {} images at {} threshold vectors'.format(
-        key, len(x), len(vectors)))
-    checked = deploy_check.parity(net, early, x, vectors)
+        key, len(checked_x), len(vectors)))
+    checked = deploy_check.parity(net, early, checked_x, vectors)
     if run_dir:
         thresholds, chosen, selected_on = at
     else:
