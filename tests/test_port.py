@@ -75,11 +75,17 @@ def test_onnx_runtime_reproduces_every_exit(kits, key):
     outputs = session.run(None, {'x': reference['x']})
     from branchynet import EntropyThresholds, assign_exits, entropy
     entropies = numpy.stack([entropy(F.softmax(y).array) for y in outputs])
-    for name in manifest['threshold_sets']:
+    # not the rule-only sets: their thresholds are a sample's entropy
+    # exactly, which another runtime's forward pass puts a few float32 steps
+    # either side (ONNX Runtime on an AMD EPYC did, on an Intel Xeon not);
+    # they test the rule on the kit's own entropies (below)
+    for name in [s for s in manifest['threshold_sets']
+                 if s not in port_kit.RULE_ONLY_SETS]:
         rule = EntropyThresholds(reference['thresholds_' + name],
                                  manifest['num_exits'])
         numpy.testing.assert_array_equal(
-            assign_exits(entropies[:-1], rule), reference['exits_' + name])
+            assign_exits(entropies[:-1], rule), reference['exits_' + name],
+            err_msg=name)
 
 
 # --- PORTING.md, point by point -------------------------------------------------------
