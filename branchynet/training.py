@@ -203,6 +203,9 @@ def check_snapshot_fits(path, trainer, optimizer):
 
 
 LOG = 'log'  # the file LogReport writes in a phase's folder
+# the snapshot members of the per-epoch table (PrintReport), which a run
+# started with --no-progress does not have
+PROGRESS_STATE = 'extension_triggers/PrintReport/'
 
 
 def read_log(path):
@@ -305,6 +308,17 @@ def train_phase(target, optimizer, loss_func, train, test, epochs, out,
         trigger=SnapshotTrigger())
     if cluster.is_root:
         trainer.extend(extensions.LogReport())
+    snapshot = cluster.agree(latest_snapshot(out) if resume and
+                             cluster.is_root else None)
+    if progress and cluster.is_root and snapshot is not None and \
+            not any(name.startswith(PROGRESS_STATE)
+                    for name in check_snapshot(snapshot)):
+        # started with --no-progress: the snapshot holds no state of the
+        # table, and Chainer loads every member its trainer has; resumed,
+        # the run stays as quiet as it started
+        print('{}: started without its progress table; resumed without it '
+              'too'.format(snapshot), flush=True)
+        progress = False
     if progress and cluster.is_root:
         if phase == 'main':
             keys = ['main/loss', 'validation/main/accuracy']
@@ -320,8 +334,6 @@ def train_phase(target, optimizer, loss_func, train, test, epochs, out,
         trainer.extend(extensions.ProgressBar(update_interval=1))
     for extension in extra_extensions:
         trainer.extend(extension)
-    snapshot = cluster.agree(latest_snapshot(out) if resume and
-                             cluster.is_root else None)
     if snapshot is not None:
         trainer.extend(SnapshotCheck(snapshot, optimizer, cluster))
     try:

@@ -105,3 +105,41 @@ def test_a_snapshot_is_found_whatever_the_folder_is_called(tmp_path, name):
     (out / 'snapshot_epoch_3').write_bytes(b'')
     assert has_snapshot(str(out))
     assert latest_snapshot(str(out)) == str(out / 'snapshot_epoch_3')
+
+
+def _tiny_phase(out, epochs, resume, progress):
+    from branchynet.training import train_phase
+    numpy.random.seed(0)
+    net = make_tiny_net(dropout_ratio=None)
+    policy = BranchyLoss(net)
+    optimizer = chainer.optimizers.Adam()
+    optimizer.setup(policy)
+    x, t = tiny_batch(16)
+    log = train_phase(policy, optimizer, policy, (x, t), (x, t), epochs,
+                      out, 4, chainer.get_device('@numpy'), seed=0,
+                      resume=resume, progress=progress)
+    return log, {name: p.array.copy() for name, p in net.namedparams()}
+
+
+def test_a_run_started_without_progress_resumes_with_it_asked(tmp_path,
+                                                                capfd):
+    """Defect: a run started with --no-progress had no state of the
+    progress table in its snapshot, and resuming it without the flag (as a
+    relay's page says) stopped with 'not a snapshot of this training'."""
+    _, straight = _tiny_phase(str(tmp_path / 'straight'), 3, False, False)
+    out = str(tmp_path / 'run')
+    _tiny_phase(out, 2, False, False)
+    capfd.readouterr()
+    log, resumed = _tiny_phase(out, 3, True, True)
+    assert 'started without its progress table' in capfd.readouterr().out
+    assert [e['epoch'] for e in log] == [1, 2, 3]
+    for name in straight:
+        numpy.testing.assert_array_equal(straight[name], resumed[name],
+                                         err_msg=name)
+    # with its table from the start, a resume keeps it (no notice)
+    shown = str(tmp_path / 'shown')
+    _tiny_phase(shown, 2, False, True)
+    capfd.readouterr()
+    _tiny_phase(shown, 3, True, True)
+    printed = capfd.readouterr().out
+    assert 'started without' not in printed
