@@ -55,6 +55,25 @@ class SnapshotTrigger:
         return False
 
 
+class EveryEpoch:
+    """Fires at the end of every epoch and keeps no state, unlike Chainer's
+    ``(1, 'epoch')``: an extension that only reports (the progress table,
+    the run's estimate) then adds nothing to the snapshot, so a run resumes
+    whether it was started with it or not (``--no-progress``, or by a
+    version of this program that did not have it)."""
+
+    def __call__(self, trainer):
+        return trainer.updater.is_new_epoch
+
+
+class EveryIteration:
+    """Fires after every iteration and keeps no state (see
+    :class:`EveryEpoch`)."""
+
+    def __call__(self, trainer):
+        return True
+
+
 class RandomStates(training.Extension):
     """Saves and restores random generators with the trainer's snapshot.
 
@@ -203,9 +222,6 @@ def check_snapshot_fits(path, trainer, optimizer):
 
 
 LOG = 'log'  # the file LogReport writes in a phase's folder
-# the snapshot members of the per-epoch table (PrintReport), which a run
-# started with --no-progress does not have
-PROGRESS_STATE = 'extension_triggers/PrintReport/'
 
 
 def read_log(path):
@@ -308,17 +324,6 @@ def train_phase(target, optimizer, loss_func, train, test, epochs, out,
         trigger=SnapshotTrigger())
     if cluster.is_root:
         trainer.extend(extensions.LogReport())
-    snapshot = cluster.agree(latest_snapshot(out) if resume and
-                             cluster.is_root else None)
-    if progress and cluster.is_root and snapshot is not None and \
-            not any(name.startswith(PROGRESS_STATE)
-                    for name in check_snapshot(snapshot)):
-        # started with --no-progress: the snapshot holds no state of the
-        # table, and Chainer loads every member its trainer has; resumed,
-        # the run stays as quiet as it started
-        print('{}: started without its progress table; resumed without it '
-              'too'.format(snapshot), flush=True)
-        progress = False
     if progress and cluster.is_root:
         if phase == 'main':
             keys = ['main/loss', 'validation/main/accuracy']
@@ -329,11 +334,15 @@ def train_phase(target, optimizer, loss_func, train, test, epochs, out,
             keys = ['main/loss'] + ['validation/main/exit{}/accuracy'.format(
                 n) for n in exits]
         trainer.extend(extensions.PrintReport(['epoch'] + keys +
-                                              ['elapsed_time']))
+                                              ['elapsed_time']),
+                       trigger=EveryEpoch())
         # every iteration: a B-ResNet-110 step takes seconds on a CPU
-        trainer.extend(extensions.ProgressBar(update_interval=1))
+        trainer.extend(extensions.ProgressBar(update_interval=1),
+                       trigger=EveryIteration())
     for extension in extra_extensions:
         trainer.extend(extension)
+    snapshot = cluster.agree(latest_snapshot(out) if resume and
+                             cluster.is_root else None)
     if snapshot is not None:
         trainer.extend(SnapshotCheck(snapshot, optimizer, cluster))
     try:

@@ -39,6 +39,7 @@ from branchynet.runs.run_folder import (
 from branchynet.serialization import load_model, save_model
 from branchynet.training import (
     PHASES,
+    EveryEpoch,
     fresh_optimizer_state,
     train_phase,
 )
@@ -125,10 +126,12 @@ class RunEstimate(chainer.training.Extension):
     estimated from a main epoch by the ratio of their multiply-adds (every
     exit's forward and backward against the main network's).
     """
-    trigger = (1, 'epoch')
     priority = chainer.training.PRIORITY_READER
 
     def __init__(self, phase, epochs, done, joint_ratio, say):
+        # keeps no state in the snapshot: a run that did not have this
+        # extension when it was saved resumes with it
+        self.trigger = EveryEpoch()
         self.phase, self.epochs, self.done = phase, epochs, done
         self.joint_ratio, self.say = joint_ratio, say
         self.seconds = {}  # per epoch, by phase, once measured
