@@ -89,6 +89,16 @@ def grads(net):
             if p.grad is not None}
 
 
+def assert_same_models(run_a, run_b):
+    """The two run folders hold the same saved models, bit for bit."""
+    for name in ('baseline.npz', 'branchynet.npz'):
+        with numpy.load(os.path.join(run_a, name)) as a, \
+                numpy.load(os.path.join(run_b, name)) as b:
+            assert a.files == b.files, name
+            for key in a.files:
+                numpy.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
 def cuda_unusable_reason():
     """Why CUDA cannot be used here, or ``None`` when it can.
 

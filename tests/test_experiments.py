@@ -9,7 +9,7 @@ import chainer
 import numpy
 import pytest
 
-from helpers import Interrupted, interrupt_training
+from helpers import Interrupted, assert_same_models, interrupt_training
 from branchynet import sweep
 from branchynet.loss import BranchyLoss
 from branchynet.paper import protocols
@@ -268,12 +268,7 @@ def test_resume_after_interruption_gives_the_same_weights(
     results = cli.main('b_lenet', ['-o', str(tmp_path / 'resumed'),
                                           '--resume'] + flags)
 
-    for name in ('baseline.npz', 'branchynet.npz'):
-        with numpy.load(tmp_path / 'straight' / name) as a, \
-                numpy.load(tmp_path / 'resumed' / name) as b:
-            assert a.files == b.files
-            for key in a.files:
-                numpy.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert_same_models(str(tmp_path / 'straight'), str(tmp_path / 'resumed'))
     assert [e['epoch'] for e in results['training']['joint']] == [1, 2, 3]
     straight = json.load(open(tmp_path / 'straight' / 'results.json'))
     assert straight['sweep'] == results['sweep']

@@ -12,10 +12,10 @@ import shutil
 import subprocess
 import sys
 
-import numpy
 import pytest
 
-from helpers import Interrupted, interrupt_training, run_main
+from helpers import (Interrupted, assert_same_models, interrupt_training,
+                     run_main)
 from branchynet.loss import BranchyLoss
 from branchynet.runs import cli, relay
 from branchynet.utils.errors import UserError
@@ -60,11 +60,7 @@ def test_a_relayed_run_ends_as_one_that_never_stopped(data, tmp_path,
     resumed = cli.main('b_lenet', ['-o', str(tmp_path / 'second'),
                                    '--resume'] + flags)
 
-    for name in ('baseline.npz', 'branchynet.npz'):
-        with numpy.load(tmp_path / 'straight' / name) as a, \
-                numpy.load(tmp_path / 'second' / name) as b:
-            for key in a.files:
-                numpy.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert_same_models(str(tmp_path / 'straight'), str(tmp_path / 'second'))
     strip = [{k: v for k, v in e.items() if k != 'elapsed_time'}
              for p in ('main', 'joint') for e in straight['training'][p]]
     assert strip == [{k: v for k, v in e.items() if k != 'elapsed_time'}
@@ -93,11 +89,7 @@ def test_a_relay_keeps_one_snapshot_and_every_sitting(data, tmp_path):
     relay.restore(str(tmp_path / 'relay'), str(tmp_path / 'again'))
     cli.main('b_lenet', ['-o', str(tmp_path / 'again'), '--resume',
                          '--data-dir', data] + FLAGS)
-    for name in ('baseline.npz', 'branchynet.npz'):
-        with numpy.load(os.path.join(run, name)) as a, \
-                numpy.load(tmp_path / 'again' / name) as b:
-            for key in a.files:
-                numpy.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert_same_models(run, str(tmp_path / 'again'))
 
 
 PAGE_RUN = {'protocol': 'b_lenet', 'epoch_main': 2, 'epoch_joint': 3}

@@ -4,9 +4,10 @@ import numpy
 import pytest
 from helpers import make_tiny_net, tiny_batch
 
+from branchynet.distributed import SINGLE
 from branchynet.loss import BranchyLoss
 from branchynet.training import (fresh_optimizer_state, has_snapshot,
-                                 latest_snapshot)
+                                 latest_snapshot, train_phase)
 
 
 def test_exit_heads_start_joint_training_with_fresh_adam_state():
@@ -52,6 +53,21 @@ def test_fresh_state_before_any_update_is_harmless():
                for p in net.heads.params())
 
 
+def _tiny_phase(out, epochs, resume=False, progress=False,
+                cluster=SINGLE):
+    """Train the tiny network for ``epochs`` epochs in ``out``; returns
+    the log and its parameters."""
+    net = make_tiny_net(dropout_ratio=None)
+    policy = BranchyLoss(net)
+    optimizer = chainer.optimizers.Adam()
+    optimizer.setup(policy)
+    x, t = tiny_batch(16)
+    log = train_phase(policy, optimizer, policy, (x, t), (x, t), epochs,
+                      out, 4, chainer.get_device('@numpy'), seed=0,
+                      resume=resume, progress=progress, cluster=cluster)
+    return log, {name: p.array.copy() for name, p in net.namedparams()}
+
+
 class _WrappedSnapshot(chainer.training.Extension):
     """Wraps a snapshot as ChainerMN's multi-node snapshot does: no trigger
     of its own, so Chainer's default (every iteration) applies unless the
@@ -71,8 +87,6 @@ def test_a_wrapped_snapshot_is_taken_once_per_epoch(tmp_path):
     (6 MB for B-AlexNet, each step), named after an epoch it was in the middle
     of."""
     from branchynet import distributed
-    from branchynet.loss import BranchyLoss
-    from branchynet.training import train_phase
 
     class Cluster(distributed.Cluster):
         def snapshot(self, snapshot):
@@ -80,14 +94,7 @@ def test_a_wrapped_snapshot_is_taken_once_per_epoch(tmp_path):
             return self.wrapped
 
     cluster = Cluster()
-    net = make_tiny_net(dropout_ratio=None)
-    policy = BranchyLoss(net)
-    optimizer = chainer.optimizers.Adam()
-    optimizer.setup(policy)
-    x, t = tiny_batch(16)
-    train_phase(policy, optimizer, policy, (x, t), (x, t), 2,
-                str(tmp_path / 'phase'), 4, chainer.get_device('@numpy'),
-                seed=0, progress=False, cluster=cluster)
+    _tiny_phase(str(tmp_path / 'phase'), 2, cluster=cluster)
     assert cluster.wrapped.iterations == [4, 8]
 
 
@@ -107,20 +114,6 @@ def test_a_snapshot_is_found_whatever_the_folder_is_called(tmp_path, name):
     assert latest_snapshot(str(out)) == str(out / 'snapshot_epoch_3')
 
 
-def _tiny_phase(out, epochs, resume, progress):
-    from branchynet.training import train_phase
-    numpy.random.seed(0)
-    net = make_tiny_net(dropout_ratio=None)
-    policy = BranchyLoss(net)
-    optimizer = chainer.optimizers.Adam()
-    optimizer.setup(policy)
-    x, t = tiny_batch(16)
-    log = train_phase(policy, optimizer, policy, (x, t), (x, t), epochs,
-                      out, 4, chainer.get_device('@numpy'), seed=0,
-                      resume=resume, progress=progress)
-    return log, {name: p.array.copy() for name, p in net.namedparams()}
-
-
 def test_a_run_resumes_whether_it_showed_its_progress_or_not(tmp_path):
     """Defect: a run started with --no-progress had no state of the
     progress table in its snapshot, and resuming it without the flag (as a
@@ -128,11 +121,11 @@ def test_a_run_resumes_whether_it_showed_its_progress_or_not(tmp_path):
     same for a snapshot of a version without the run's estimate. Report-only
     extensions now keep no state: either way the run ends as one that never
     stopped."""
-    _, straight = _tiny_phase(str(tmp_path / 'straight'), 3, False, False)
+    _, straight = _tiny_phase(str(tmp_path / 'straight'), 3)
     for first, then in ((False, True), (True, False)):
         out = str(tmp_path / 'run{}'.format(first))
-        _tiny_phase(out, 2, False, first)
-        log, resumed = _tiny_phase(out, 3, True, then)
+        _tiny_phase(out, 2, progress=first)
+        log, resumed = _tiny_phase(out, 3, resume=True, progress=then)
         assert [e['epoch'] for e in log] == [1, 2, 3]
         for name in straight:
             numpy.testing.assert_array_equal(straight[name], resumed[name],
