@@ -84,11 +84,11 @@ def _time_left(relay):
                       for p in PHASES if pace.get(p))
     sentence = 'Pace so far (an epoch, its test pass included): {}. '.format(
         paces or 'none measured yet')
+    if finished(relay):
+        return sentence + 'No epoch is left.'
     untimed = [p for p in PHASES if left[p] and not pace.get(p)]
     epochs = ' and '.join('{} {} epoch(s)'.format(left[p], p)
                           for p in PHASES if left[p])
-    if not epochs:
-        return sentence + 'No epoch is left.'
     if untimed:
         return sentence + 'Left: {} ({} not timed yet).'.format(
             epochs, ' and '.join('the ' + p + ' phase' for p in untimed))
@@ -231,7 +231,8 @@ def progress_text(relay, relay_dir):
     that continue it from ``relay_dir``."""
     done, planned = relay['epochs_done'], relay['epochs_planned']
     run, latest = relay['run'], relay['latest'] or {}
-    if finished(relay):
+    trained = finished(relay)
+    if trained:
         state, standing = 'TRAINING FINISHED', 'Training is finished.'
     else:
         state, standing = 'IN PROGRESS', (
@@ -267,7 +268,7 @@ def progress_text(relay, relay_dir):
             relay_dir, key),
         '{}nice .venv/bin/python experiments/run_{}.py --resume -o /tmp/{} '
         '--data-dir DATA'.format(launch, key, key)]
-    if finished(relay):
+    if trained:
         lines += ['Its models come back on {} rank(s), as it ran (DATA: the '
                   'dataset folder): resumed, a finished run trains nothing '
                   'more; it writes its models and evaluates them.'.format(
